@@ -1,0 +1,3 @@
+//! The translation layer: the only module that talks to `paho-mqtt`.
+
+mod properties;

@@ -1,0 +1,4 @@
+//! placeholder
+/// placeholder
+#[derive(Debug, Clone, Default)]
+pub struct Properties;

@@ -1,0 +1,5 @@
+//! placeholder
+/// placeholder
+pub struct Topic;
+/// placeholder
+pub struct Wildcard;
