@@ -49,6 +49,11 @@ pub enum Error {
         detail: String,
     },
 
+    /// The connection was closed by this client (`disconnect()`, or its last
+    /// handle dropped): the cause inside [`Error::Disconnected`].
+    #[error("The connection was closed by the client")]
+    Closed,
+
     /// The connection ended while iterating over messages. The cause is the
     /// [`source`](std::error::Error::source).
     #[error("Disconnected during message iteration")]
@@ -160,7 +165,7 @@ impl Error {
     pub fn is_connection_lost(&self) -> bool {
         matches!(
             self,
-            Error::ConnectionLost { .. } | Error::Disconnected(_) | Error::NotConnected
+            Error::ConnectionLost { .. } | Error::Disconnected(_) | Error::NotConnected | Error::Closed
         )
     }
 

@@ -2,15 +2,38 @@
 #![deny(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+mod client;
+mod connection;
 mod engine;
 mod error;
+mod incoming;
+mod message;
+mod ops;
+mod options;
+mod payload;
 mod properties;
 mod qos;
 mod reason_code;
+mod session;
 mod topic;
+mod will;
 
+pub use client::Client;
+pub use connection::Connection;
 pub use error::Error;
-pub use properties::Properties;
+pub use incoming::Messages;
+pub use message::Message;
+pub use ops::{
+    Filters, IntoFilter, IntoFilters, IntoUnsubscribeFilters, Publish, RetainHandling, Subscribe,
+    SubscribeOptions, Unsubscribe, UnsubscribeFilters,
+};
+pub use options::{
+    CertRequirements, CleanStart, ClientBuilder, ProtocolVersion, ProxyKind, ProxySettings,
+    QueueType, SocketOption, TlsParams, TlsVersion, Transport,
+};
+pub use payload::Payload;
+pub use properties::{PayloadFormat, Properties};
 pub use qos::QoS;
 pub use reason_code::ReasonCode;
 pub use topic::{Topic, Wildcard};
+pub use will::Will;

@@ -1,0 +1,291 @@
+//! The [`Client`]: configuration plus the reusable-but-not-reentrant connect.
+
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::connection::{Connection, ConnectionHandle};
+use crate::engine::{self, Engine};
+use crate::options::Options;
+use crate::session::{Established, Router, Session};
+use crate::{ClientBuilder, Error, ProtocolVersion};
+
+/// Pause before retrying a CONNECT that the engine ignored.
+const RETRY_PAUSE: Duration = Duration::from_millis(5);
+
+/// An MQTT client: the configuration of connections to one broker.
+///
+/// Cheap to clone; clones are the same client. It is **reusable but not
+/// reentrant**: [`connect`](Client::connect) fails with [`Error::Reentrant`] while a
+/// [`Connection`] from it is alive, and works again once that connection has ended.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), aiomqtt::Error> {
+/// let client = aiomqtt::Client::new("localhost");
+/// let conn = client.connect().await?;
+/// conn.publish("greetings", "hello").await?;
+/// conn.disconnect().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<ClientShared>,
+}
+
+pub(crate) struct ClientShared {
+    options: Arc<Options>,
+    identifier: String,
+    state: Mutex<ClientState>,
+}
+
+#[derive(Default)]
+struct ClientState {
+    /// A `connect()` or a connection holds the client.
+    busy: bool,
+    /// Bumped by every claim; a session only releases its own.
+    generation: u64,
+    /// The engine and its router, reused across connects while healthy.
+    slot: Option<Slot>,
+}
+
+#[derive(Clone)]
+struct Slot {
+    engine: Arc<Engine>,
+    router: Arc<Router>,
+}
+
+impl ClientShared {
+    fn lock(&self) -> MutexGuard<'_, ClientState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Frees the client after the connection of `generation` ended.
+    pub(crate) fn release(&self, generation: u64) {
+        let mut state = self.lock();
+        if state.generation == generation {
+            state.busy = false;
+        }
+    }
+}
+
+/// Holds the client during `connect()`; dropped early (error, timeout, or the
+/// future cancelled) it frees the client, and retires an engine whose CONNECT
+/// may still be running.
+struct Claim<'a> {
+    shared: &'a Arc<ClientShared>,
+    generation: u64,
+    started: Option<Slot>,
+    done: bool,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut state = self.shared.lock();
+        if let Some(started) = &self.started {
+            if state
+                .slot
+                .as_ref()
+                .is_some_and(|s| Arc::ptr_eq(&s.engine, &started.engine))
+            {
+                state.slot = None;
+            }
+        }
+        if state.generation == self.generation {
+            state.busy = false;
+        }
+    }
+}
+
+impl Client {
+    /// A client for `hostname` with every option at its default.
+    /// A bad hostname is reported by [`connect`](Client::connect).
+    pub fn new(hostname: impl Into<String>) -> Client {
+        Client::from_options(ClientBuilder::new(hostname).into_options())
+    }
+
+    /// A builder to set options, named after aiomqtt's keywords.
+    pub fn builder(hostname: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(hostname)
+    }
+
+    pub(crate) fn from_options(options: Options) -> Client {
+        let identifier = match &options.identifier {
+            Some(id) => id.clone(),
+            // MQTT 3.1 requires an identifier; 3.1.1 and 5 let the broker assign one.
+            None if options.protocol == ProtocolVersion::V31 => random_identifier(),
+            None => String::new(),
+        };
+        Client {
+            shared: Arc::new(ClientShared {
+                options: Arc::new(options),
+                identifier,
+                state: Mutex::new(ClientState::default()),
+            }),
+        }
+    }
+
+    /// The client identifier sent in CONNECT (empty if the broker assigns it;
+    /// see [`Connection::identifier`] for the assigned one).
+    pub fn identifier(&self) -> &str {
+        &self.shared.identifier
+    }
+
+    /// The default timeout of operations.
+    pub fn timeout(&self) -> Duration {
+        self.shared.options.timeout
+    }
+
+    /// Above this many pending calls a warning is logged.
+    pub fn pending_calls_threshold(&self) -> usize {
+        self.shared.options.pending_calls_threshold
+    }
+
+    /// Connects: CONNECT, then waits for CONNACK within the client's `timeout`.
+    ///
+    /// Fails with [`Error::Reentrant`] while another connection of this client is
+    /// alive; [`Error::Connect`] carries a refused CONNACK's reason code. Any failure
+    /// leaves the client ready for the next `connect()`.
+    pub async fn connect(&self) -> Result<Connection, Error> {
+        let mut claim = self.claim()?;
+        let options = &self.shared.options;
+        let deadline = tokio::time::Instant::now() + options.timeout;
+
+        engine::preflight(options, deadline).await?;
+
+        let slot = self.slot()?;
+        let session = Arc::new(Session::new(
+            claim.generation,
+            slot.engine.clone(),
+            slot.router.clone(),
+            Arc::downgrade(&self.shared),
+            options.clone(),
+        ));
+        slot.router.attach(session.clone());
+        claim.started = Some(slot.clone());
+
+        let result = loop {
+            let pending = match slot.engine.connect(options, options.clean_flag()) {
+                Ok(pending) => pending,
+                Err(e) => break Err(e),
+            };
+            match tokio::time::timeout_at(deadline, pending).await {
+                // The DISCONNECT of a dropped connection is still queued: Paho
+                // ignores a CONNECT until it has run. It takes milliseconds.
+                Ok(Err(e)) if engine::is_command_ignored(&e) => {
+                    if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+                        break Err(Error::Timeout);
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Ok(result) => break result,
+                Err(_) => break Err(Error::Timeout),
+            }
+        };
+        let info = match result {
+            Ok(info) => info,
+            Err(e) => {
+                slot.router.detach(&session);
+                let e = match e {
+                    Error::ConnectionRefused { .. } => engine::diagnose(options, deadline).await,
+                    e => e,
+                };
+                return Err(e);
+            }
+        };
+
+        let identifier = info
+            .properties
+            .as_ref()
+            .and_then(|p| p.assigned_client_identifier.clone())
+            .unwrap_or_else(|| self.shared.identifier.clone());
+        let _ = session.established.set(Established {
+            identifier,
+            session_present: info.session_present,
+            properties: info.properties,
+        });
+        claim.done = true;
+        Ok(Connection::new(Arc::new(ConnectionHandle { session })))
+    }
+
+    fn claim(&self) -> Result<Claim<'_>, Error> {
+        let mut state = self.shared.lock();
+        if state.busy {
+            return Err(Error::Reentrant);
+        }
+        state.busy = true;
+        state.generation += 1;
+        Ok(Claim {
+            shared: &self.shared,
+            generation: state.generation,
+            started: None,
+            done: false,
+        })
+    }
+
+    /// The current engine, created on first use (or after one was retired).
+    fn slot(&self) -> Result<Slot, Error> {
+        let mut state = self.shared.lock();
+        if let Some(slot) = &state.slot {
+            return Ok(slot.clone());
+        }
+        let router = Arc::new(Router::default());
+        let engine = Engine::create(&self.shared.options, &self.shared.identifier, router.clone())?;
+        let slot = Slot {
+            engine: Arc::new(engine),
+            router,
+        };
+        state.slot = Some(slot.clone());
+        Ok(slot)
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("identifier", &self.shared.identifier)
+            .field("options", &self.shared.options)
+            .finish()
+    }
+}
+
+/// 22 random alphanumerics, the MQTT 3.1 maximum length, as paho-python makes.
+fn random_identifier() -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut out = String::with_capacity(22);
+    // RandomState is seeded from the OS per process and varies per instance.
+    let mut bits = 0u64;
+    let mut left = 0;
+    while out.len() < 22 {
+        if left < 6 {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(bits);
+            bits = h.finish();
+            left = 64;
+        }
+        let index = (bits & 63) as usize;
+        bits >>= 6;
+        left -= 6;
+        if index < ALPHABET.len() {
+            out.push(char::from(ALPHABET[index]));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_identifiers_are_22_alphanumerics_and_differ() {
+        let a = random_identifier();
+        let b = random_identifier();
+        assert_eq!(a.len(), 22);
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,255 @@
+//! The connection's incoming message queue and the [`Messages`] stream over it.
+//!
+//! The engine's callback only pushes here (never blocks, never calls back into
+//! Paho); users pop from their own tasks. One queue per connection, shared by
+//! every `Messages` handle: each message goes to exactly one of them.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use futures::Stream;
+
+use crate::connection::ConnectionHandle;
+use crate::{Error, Message, QueueType};
+
+/// Queue storage in the order `QueueType` asks for.
+enum Store {
+    Fifo(VecDeque<Message>),
+    Lifo(Vec<Message>),
+    Priority {
+        key: fn(&Message) -> i64,
+        heap: BinaryHeap<Reverse<Keyed>>,
+        seq: u64,
+    },
+}
+
+/// A message with its priority key; ties broken by arrival order.
+struct Keyed {
+    key: i64,
+    seq: u64,
+    message: Message,
+}
+
+impl PartialEq for Keyed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.key, self.seq) == (other.key, other.seq)
+    }
+}
+impl Eq for Keyed {}
+impl PartialOrd for Keyed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Keyed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.key, self.seq).cmp(&(other.key, other.seq))
+    }
+}
+
+impl Store {
+    fn new(kind: QueueType) -> Self {
+        match kind {
+            QueueType::Fifo => Store::Fifo(VecDeque::new()),
+            QueueType::Lifo => Store::Lifo(Vec::new()),
+            QueueType::Priority(key) => Store::Priority {
+                key,
+                heap: BinaryHeap::new(),
+                seq: 0,
+            },
+        }
+    }
+    fn len(&self) -> usize {
+        match self {
+            Store::Fifo(q) => q.len(),
+            Store::Lifo(q) => q.len(),
+            Store::Priority { heap, .. } => heap.len(),
+        }
+    }
+    fn push(&mut self, message: Message) {
+        match self {
+            Store::Fifo(q) => q.push_back(message),
+            Store::Lifo(q) => q.push(message),
+            Store::Priority { key, heap, seq } => {
+                *seq += 1;
+                let key = key(&message);
+                heap.push(Reverse(Keyed {
+                    key,
+                    seq: *seq,
+                    message,
+                }));
+            }
+        }
+    }
+    fn pop(&mut self) -> Option<Message> {
+        match self {
+            Store::Fifo(q) => q.pop_front(),
+            Store::Lifo(q) => q.pop(),
+            Store::Priority { heap, .. } => heap.pop().map(|Reverse(k)| k.message),
+        }
+    }
+}
+
+/// What the stream yields once the queue is drained after the connection ended.
+enum End {
+    /// Still connected.
+    Open,
+    /// Ended; the first consumer to find the queue empty gets this cause.
+    Ended(Error),
+    /// The error was handed out; everyone gets `None` now.
+    Finished,
+}
+
+struct State {
+    store: Store,
+    end: End,
+    /// Wakers of the `Messages` handles waiting for a message, by handle id.
+    waiting: Vec<(u64, Waker)>,
+}
+
+/// The shared queue.
+pub(crate) struct Queue {
+    state: Mutex<State>,
+    limit: Option<usize>,
+    discarded: AtomicU64,
+    next_handle: AtomicU64,
+    logger: Arc<str>,
+}
+
+impl Queue {
+    pub(crate) fn new(kind: QueueType, limit: Option<usize>, logger: Arc<str>) -> Self {
+        Queue {
+            state: Mutex::new(State {
+                store: Store::new(kind),
+                end: End::Open,
+                waiting: Vec::new(),
+            }),
+            limit,
+            discarded: AtomicU64::new(0),
+            next_handle: AtomicU64::new(0),
+            logger,
+        }
+    }
+
+    /// Poisoning cannot leave the queue inconsistent (every mutation is one call),
+    /// so a poisoned lock is simply taken over.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Called on Paho's thread: never blocks beyond the short lock.
+    pub(crate) fn push(&self, message: Message) {
+        let wakers = {
+            let mut state = self.lock();
+            if !matches!(state.end, End::Open) {
+                return;
+            }
+            if self.limit.is_some_and(|limit| state.store.len() >= limit) {
+                drop(state);
+                self.discarded.fetch_add(1, Ordering::Relaxed);
+                log::warn!(target: &self.logger, "Message queue is full. Discarding message.");
+                return;
+            }
+            state.store.push(message);
+            std::mem::take(&mut state.waiting)
+        };
+        wakers.into_iter().for_each(|(_, w)| w.wake());
+    }
+
+    /// Marks the end of the connection; queued messages stay readable.
+    pub(crate) fn close(&self, cause: Error) {
+        let wakers = {
+            let mut state = self.lock();
+            if !matches!(state.end, End::Open) {
+                return;
+            }
+            state.end = End::Ended(cause);
+            std::mem::take(&mut state.waiting)
+        };
+        wakers.into_iter().for_each(|(_, w)| w.wake());
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lock().store.len()
+    }
+
+    pub(crate) fn discarded(&self) -> u64 {
+        self.discarded.load(Ordering::Relaxed)
+    }
+
+    fn poll_next(&self, id: u64, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
+        let mut state = self.lock();
+        if let Some(message) = state.store.pop() {
+            return Poll::Ready(Some(Ok(message)));
+        }
+        match std::mem::replace(&mut state.end, End::Finished) {
+            End::Ended(cause) => return Poll::Ready(Some(Err(Error::Disconnected(Box::new(cause))))),
+            End::Finished => return Poll::Ready(None),
+            End::Open => state.end = End::Open,
+        }
+        match state.waiting.iter_mut().find(|(h, _)| *h == id) {
+            Some((_, waker)) => waker.clone_from(cx.waker()),
+            None => state.waiting.push((id, cx.waker().clone())),
+        }
+        Poll::Pending
+    }
+
+    fn forget(&self, id: u64) {
+        self.lock().waiting.retain(|(h, _)| *h != id);
+    }
+}
+
+/// The stream of incoming messages of a connection (aiomqtt's `client.messages`).
+///
+/// Several `Messages` of one connection share its queue: each message goes to
+/// exactly one of them. When the connection ends, the messages already queued are
+/// still yielded, then one `Err(Error::Disconnected(cause))` — to whichever handle
+/// finds the queue empty first — and then `None`.
+///
+/// A `Messages` keeps its connection open, as a [`Connection`](crate::Connection)
+/// clone does.
+pub struct Messages {
+    handle: Arc<ConnectionHandle>,
+    id: u64,
+}
+
+impl Messages {
+    pub(crate) fn new(handle: Arc<ConnectionHandle>) -> Self {
+        let id = handle.session.queue.next_handle.fetch_add(1, Ordering::Relaxed);
+        Messages { handle, id }
+    }
+
+    /// The number of messages waiting in the queue.
+    pub fn len(&self) -> usize {
+        self.handle.session.queue.len()
+    }
+
+    /// `true` when no message is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Stream for Messages {
+    type Item = Result<Message, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.handle.session.queue.poll_next(self.id, cx)
+    }
+}
+
+impl Drop for Messages {
+    fn drop(&mut self) {
+        self.handle.session.queue.forget(self.id);
+    }
+}
+
+impl std::fmt::Debug for Messages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Messages").field("len", &self.len()).finish()
+    }
+}

@@ -1,0 +1,59 @@
+//! Outgoing operations: builders that implement `IntoFuture`, and the runner
+//! that applies the timeout, the concurrency bound and the pending-call count.
+
+mod publish;
+mod subscribe;
+mod unsubscribe;
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::Error;
+use crate::engine::Engine;
+use crate::session::Session;
+
+pub use publish::Publish;
+pub use subscribe::{Filters, IntoFilter, IntoFilters, RetainHandling, Subscribe, SubscribeOptions};
+pub use unsubscribe::{IntoUnsubscribeFilters, Unsubscribe, UnsubscribeFilters};
+
+/// Runs one operation: waits for a `max_concurrent_outgoing_calls` slot, starts
+/// it on the engine, and waits for the broker — all within `timeout` — failing
+/// at once if the connection ends first.
+pub(crate) async fn run<T, F>(
+    session: &Session,
+    timeout: Option<Duration>,
+    start: impl FnOnce(&Engine) -> Result<F, Error>,
+) -> Result<T, Error>
+where
+    F: Future<Output = Result<T, Error>>,
+{
+    session.check_live()?;
+    let timeout = timeout.unwrap_or(session.options.timeout);
+    let work = async {
+        let _slot = match &session.calls.slots {
+            Some(slots) => Some(slots.acquire().await.map_err(|_| Error::NotConnected)?),
+            None => None,
+        };
+        session.check_live()?;
+        let _pending = session.enter_call();
+        let operation = start(&session.engine)?;
+        tokio::select! {
+            biased;
+            result = operation => result,
+            cause = session.ended() => Err(cause),
+        }
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Timeout),
+    }
+}
+
+/// Properties are an MQTT 5 feature; on 3.x they are refused, not ignored.
+pub(crate) fn check_v5(session: &Session, what: &str) -> Result<(), Error> {
+    if session.options.protocol == crate::ProtocolVersion::V5 {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!("{what} need MQTT 5")))
+    }
+}

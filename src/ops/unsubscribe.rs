@@ -1,0 +1,105 @@
+//! `Connection::unsubscribe`.
+
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::properties::PacketKind;
+use crate::session::Session;
+use crate::{Error, Properties, Topic, Wildcard};
+
+/// The filters of an unsubscribe call (build it with [`IntoUnsubscribeFilters`]).
+#[derive(Debug, Clone, Default)]
+pub struct UnsubscribeFilters(Vec<String>);
+
+/// One filter (`&str`, `String`, [`Wildcard`], [`Topic`]) or a list of them.
+pub trait IntoUnsubscribeFilters {
+    /// Converts into the filter list.
+    fn into_unsubscribe_filters(self) -> UnsubscribeFilters;
+}
+
+macro_rules! unsubscribe_filters {
+    ($($t:ty),* $(,)?) => {$(
+        impl IntoUnsubscribeFilters for $t {
+            fn into_unsubscribe_filters(self) -> UnsubscribeFilters {
+                UnsubscribeFilters(vec![AsRef::<str>::as_ref(&self).to_owned()])
+            }
+        }
+        impl IntoUnsubscribeFilters for Vec<$t> {
+            fn into_unsubscribe_filters(self) -> UnsubscribeFilters {
+                UnsubscribeFilters(self.iter().map(|f| AsRef::<str>::as_ref(f).to_owned()).collect())
+            }
+        }
+        impl<const N: usize> IntoUnsubscribeFilters for [$t; N] {
+            fn into_unsubscribe_filters(self) -> UnsubscribeFilters {
+                UnsubscribeFilters(self.iter().map(|f| AsRef::<str>::as_ref(f).to_owned()).collect())
+            }
+        }
+        impl IntoUnsubscribeFilters for &[$t] {
+            fn into_unsubscribe_filters(self) -> UnsubscribeFilters {
+                UnsubscribeFilters(self.iter().map(|f| AsRef::<str>::as_ref(f).to_owned()).collect())
+            }
+        }
+    )*};
+}
+
+unsubscribe_filters!(&str, String, &String, Wildcard, &Wildcard, Topic, &Topic);
+
+/// An UNSUBSCRIBE being prepared; `.await` it to send.
+#[must_use = "an unsubscribe does nothing until it is awaited"]
+pub struct Unsubscribe {
+    session: Arc<Session>,
+    filters: UnsubscribeFilters,
+    properties: Option<Properties>,
+    timeout: Option<Duration>,
+}
+
+impl Unsubscribe {
+    pub(crate) fn new(session: Arc<Session>, filters: UnsubscribeFilters) -> Self {
+        Unsubscribe {
+            session,
+            filters,
+            properties: None,
+            timeout: None,
+        }
+    }
+    /// MQTT 5 UNSUBSCRIBE properties (user properties).
+    pub fn properties(mut self, properties: Properties) -> Self {
+        self.properties = Some(properties);
+        self
+    }
+    /// Overrides the client's timeout for this call.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    async fn send(self) -> Result<(), Error> {
+        if self.filters.0.is_empty() {
+            return Err(Error::InvalidArgument("unsubscribe needs at least one filter".to_owned()));
+        }
+        for filter in &self.filters.0 {
+            Wildcard::new(filter.as_str())?;
+        }
+        if let Some(props) = &self.properties {
+            super::check_v5(&self.session, "UNSUBSCRIBE properties")?;
+            props.check(PacketKind::Unsubscribe)?;
+        }
+        let (filters, properties) = (self.filters.0, self.properties);
+        super::run(&self.session, self.timeout, move |engine| {
+            engine.unsubscribe(&filters, properties.as_ref())
+        })
+        .await
+    }
+}
+
+impl IntoFuture for Unsubscribe {
+    type Output = Result<(), Error>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.send())
+    }
+}
+

@@ -1,0 +1,682 @@
+//! Client options and the consuming [`ClientBuilder`] that validates them.
+//!
+//! Builder methods carry aiomqtt's keyword names. `build()` checks every option
+//! up front; an option the Paho engine cannot honour is rejected with
+//! [`Error::Unsupported`] naming it, never silently ignored.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::properties::PacketKind;
+use crate::{Client, Error, Message, Properties, Topic, Will};
+
+/// The MQTT protocol version spoken to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum ProtocolVersion {
+    /// MQTT 3.1.
+    V31,
+    /// MQTT 3.1.1 (the default, as in aiomqtt).
+    #[default]
+    V311,
+    /// MQTT 5.0.
+    V5,
+}
+
+/// The Clean Start flag policy of MQTT 5 (aiomqtt's `clean_start`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum CleanStart {
+    /// Start clean on every [`Client::connect`], not on reconnects within one connection.
+    #[default]
+    FirstOnly,
+    /// Always start clean.
+    Always,
+    /// Never start clean: resume the broker's session if it has one.
+    Never,
+}
+
+/// How the incoming message queue orders messages (aiomqtt's `queue_type`).
+#[derive(Clone, Copy, Default)]
+pub enum QueueType {
+    /// First in, first out (the default).
+    #[default]
+    Fifo,
+    /// Last in, first out.
+    Lifo,
+    /// Smallest key first; equal keys in arrival order.
+    Priority(fn(&Message) -> i64),
+}
+
+impl fmt::Debug for QueueType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QueueType::Fifo => f.write_str("Fifo"),
+            QueueType::Lifo => f.write_str("Lifo"),
+            QueueType::Priority(_) => f.write_str("Priority(..)"),
+        }
+    }
+}
+
+/// The network transport to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Transport {
+    /// MQTT over TCP (or TLS over TCP with [`ClientBuilder::tls_params`]).
+    #[default]
+    Tcp,
+    /// MQTT over WebSockets (or secure WebSockets with TLS).
+    WebSockets,
+    /// MQTT over a Unix domain socket; the hostname is the socket's path.
+    Unix,
+}
+
+/// Whether the broker's certificate must be verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum CertRequirements {
+    /// Verify the broker's certificate chain (the default).
+    #[default]
+    Required,
+    /// Accept any certificate: no chain verification. Insecure.
+    None,
+}
+
+/// A TLS protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    Tls12,
+    /// TLS 1.3.
+    Tls13,
+}
+
+/// TLS settings from files, as aiomqtt's `TLSParameters`.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct TlsParams {
+    /// PEM file of the CA certificates that sign the broker's certificate.
+    /// `None` uses the system's trust store.
+    pub ca_certs: Option<PathBuf>,
+    /// PEM file of the client certificate (mutual TLS).
+    pub certfile: Option<PathBuf>,
+    /// PEM file of the client's private key.
+    pub keyfile: Option<PathBuf>,
+    /// Passphrase of an encrypted `keyfile`. Never shown by `Debug`.
+    pub keyfile_password: Option<String>,
+    /// Whether the broker's certificate is verified.
+    pub cert_reqs: CertRequirements,
+    /// A TLS version to pin.
+    pub tls_version: Option<TlsVersion>,
+    /// OpenSSL cipher list string.
+    pub ciphers: Option<String>,
+    /// ALPN protocols to offer.
+    pub alpn_protocols: Vec<String>,
+}
+
+impl TlsParams {
+    /// Default TLS settings: system CAs, certificate and hostname verified.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets [`ca_certs`](Self::ca_certs).
+    pub fn ca_certs(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_certs = Some(path.into());
+        self
+    }
+    /// Sets [`certfile`](Self::certfile).
+    pub fn certfile(mut self, path: impl Into<PathBuf>) -> Self {
+        self.certfile = Some(path.into());
+        self
+    }
+    /// Sets [`keyfile`](Self::keyfile).
+    pub fn keyfile(mut self, path: impl Into<PathBuf>) -> Self {
+        self.keyfile = Some(path.into());
+        self
+    }
+    /// Sets [`keyfile_password`](Self::keyfile_password).
+    pub fn keyfile_password(mut self, password: impl Into<String>) -> Self {
+        self.keyfile_password = Some(password.into());
+        self
+    }
+    /// Sets [`cert_reqs`](Self::cert_reqs).
+    pub fn cert_reqs(mut self, reqs: CertRequirements) -> Self {
+        self.cert_reqs = reqs;
+        self
+    }
+    /// Sets [`tls_version`](Self::tls_version).
+    pub fn tls_version(mut self, version: TlsVersion) -> Self {
+        self.tls_version = Some(version);
+        self
+    }
+    /// Sets [`ciphers`](Self::ciphers).
+    pub fn ciphers(mut self, ciphers: impl Into<String>) -> Self {
+        self.ciphers = Some(ciphers.into());
+        self
+    }
+    /// Sets [`alpn_protocols`](Self::alpn_protocols).
+    pub fn alpn_protocols<I, S>(mut self, protocols: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.alpn_protocols = protocols.into_iter().map(Into::into).collect();
+        self
+    }
+}
+
+impl fmt::Debug for TlsParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsParams")
+            .field("ca_certs", &self.ca_certs)
+            .field("certfile", &self.certfile)
+            .field("keyfile", &self.keyfile)
+            .field("keyfile_password", &self.keyfile_password.as_ref().map(|_| Redacted))
+            .field("cert_reqs", &self.cert_reqs)
+            .field("tls_version", &self.tls_version)
+            .field("ciphers", &self.ciphers)
+            .field("alpn_protocols", &self.alpn_protocols)
+            .finish()
+    }
+}
+
+/// The kind of proxy in [`ProxySettings`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProxyKind {
+    /// An HTTP proxy that supports `CONNECT`.
+    Http,
+    /// SOCKS 4.
+    Socks4,
+    /// SOCKS 5.
+    Socks5,
+}
+
+/// A proxy between the client and the broker (aiomqtt's `ProxySettings`).
+#[derive(Clone)]
+pub struct ProxySettings {
+    pub(crate) kind: ProxyKind,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<String>,
+}
+
+impl ProxySettings {
+    /// An HTTP `CONNECT` proxy.
+    pub fn http(host: impl Into<String>, port: u16) -> Self {
+        Self::new(ProxyKind::Http, host, port)
+    }
+    /// A SOCKS 4 proxy (rejected by `build()`: the engine has no SOCKS support).
+    pub fn socks4(host: impl Into<String>, port: u16) -> Self {
+        Self::new(ProxyKind::Socks4, host, port)
+    }
+    /// A SOCKS 5 proxy (rejected by `build()`: the engine has no SOCKS support).
+    pub fn socks5(host: impl Into<String>, port: u16) -> Self {
+        Self::new(ProxyKind::Socks5, host, port)
+    }
+    fn new(kind: ProxyKind, host: impl Into<String>, port: u16) -> Self {
+        Self {
+            kind,
+            host: host.into(),
+            port,
+            username: None,
+            password: None,
+        }
+    }
+    /// Credentials for the proxy (HTTP Basic authentication).
+    pub fn credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self.password = Some(password.into());
+        self
+    }
+    /// The kind of proxy.
+    pub fn kind(&self) -> ProxyKind {
+        self.kind
+    }
+}
+
+impl fmt::Debug for ProxySettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxySettings")
+            .field("kind", &self.kind)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| Redacted))
+            .finish()
+    }
+}
+
+/// A socket option as `setsockopt(level, name, value)` (aiomqtt's `SocketOption`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketOption {
+    /// The protocol level, e.g. `SOL_SOCKET`.
+    pub level: i32,
+    /// The option name, e.g. `SO_KEEPALIVE`.
+    pub name: i32,
+    /// The value as bytes (an `int` option is its native-endian bytes).
+    pub value: Vec<u8>,
+}
+
+/// Prints as `"<redacted>"`, standing in for secrets in `Debug` output.
+pub(crate) struct Redacted;
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// Every option of a [`Client`], validated.
+#[derive(Clone)]
+pub(crate) struct Options {
+    pub(crate) hostname: String,
+    pub(crate) port: u16,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<String>,
+    pub(crate) logger: String,
+    pub(crate) identifier: Option<String>,
+    pub(crate) queue_type: QueueType,
+    pub(crate) protocol: ProtocolVersion,
+    pub(crate) will: Option<Will>,
+    pub(crate) clean_session: Option<bool>,
+    pub(crate) transport: Transport,
+    pub(crate) timeout: Duration,
+    pub(crate) keepalive: Duration,
+    pub(crate) clean_start: CleanStart,
+    pub(crate) max_queued_incoming_messages: Option<usize>,
+    pub(crate) max_queued_outgoing_messages: Option<usize>,
+    pub(crate) max_inflight_messages: u16,
+    pub(crate) max_concurrent_outgoing_calls: Option<usize>,
+    pub(crate) properties: Option<Properties>,
+    pub(crate) tls_params: Option<TlsParams>,
+    pub(crate) tls_insecure: bool,
+    pub(crate) proxy: Option<ProxySettings>,
+    pub(crate) websocket_path: Option<String>,
+    pub(crate) websocket_headers: Vec<(String, String)>,
+    pub(crate) pending_calls_threshold: usize,
+}
+
+/// The default in-flight window. Mosquitto's own default `max_inflight_messages`
+/// is 20, and a 3.1.1 QoS 2 burst beyond the broker's window is silently lost
+/// (ENGINE.md hazard 5), so the client never opens a wider window unless asked.
+pub(crate) const DEFAULT_MAX_INFLIGHT: u16 = 20;
+
+impl Options {
+    fn new(hostname: String) -> Self {
+        Options {
+            hostname,
+            port: 1883,
+            username: None,
+            password: None,
+            logger: "mqtt".to_owned(),
+            identifier: None,
+            queue_type: QueueType::Fifo,
+            protocol: ProtocolVersion::V311,
+            will: None,
+            clean_session: None,
+            transport: Transport::Tcp,
+            timeout: Duration::from_secs(10),
+            keepalive: Duration::from_secs(60),
+            clean_start: CleanStart::FirstOnly,
+            max_queued_incoming_messages: None,
+            max_queued_outgoing_messages: None,
+            max_inflight_messages: DEFAULT_MAX_INFLIGHT,
+            max_concurrent_outgoing_calls: None,
+            properties: None,
+            tls_params: None,
+            tls_insecure: false,
+            proxy: None,
+            websocket_path: None,
+            websocket_headers: Vec::new(),
+            pending_calls_threshold: 10,
+        }
+    }
+}
+
+impl Options {
+    /// `true` if any secret is configured (password, key passphrase, proxy password).
+    pub(crate) fn has_secrets(&self) -> bool {
+        self.password.is_some()
+            || self.tls_params.as_ref().is_some_and(|t| t.keyfile_password.is_some())
+            || self.proxy.as_ref().is_some_and(|p| p.password.is_some())
+    }
+
+    /// The Clean Session (3.x) / Clean Start (5) flag of a `connect()`.
+    pub(crate) fn clean_flag(&self) -> bool {
+        match self.protocol {
+            ProtocolVersion::V5 => self.clean_start != CleanStart::Never,
+            _ => self.clean_session.unwrap_or(true),
+        }
+    }
+}
+
+impl fmt::Debug for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Options")
+            .field("hostname", &self.hostname)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| Redacted))
+            .field("logger", &self.logger)
+            .field("identifier", &self.identifier)
+            .field("queue_type", &self.queue_type)
+            .field("protocol", &self.protocol)
+            .field("will", &self.will)
+            .field("clean_session", &self.clean_session)
+            .field("transport", &self.transport)
+            .field("timeout", &self.timeout)
+            .field("keepalive", &self.keepalive)
+            .field("clean_start", &self.clean_start)
+            .field("max_queued_incoming_messages", &self.max_queued_incoming_messages)
+            .field("max_queued_outgoing_messages", &self.max_queued_outgoing_messages)
+            .field("max_inflight_messages", &self.max_inflight_messages)
+            .field("max_concurrent_outgoing_calls", &self.max_concurrent_outgoing_calls)
+            .field("properties", &self.properties)
+            .field("tls_params", &self.tls_params)
+            .field("tls_insecure", &self.tls_insecure)
+            .field("proxy", &self.proxy)
+            .field("websocket_path", &self.websocket_path)
+            .field("websocket_headers", &self.websocket_headers)
+            .field("pending_calls_threshold", &self.pending_calls_threshold)
+            .finish()
+    }
+}
+
+/// Builds a [`Client`]; every method is named after an aiomqtt keyword.
+///
+/// ```
+/// use std::time::Duration;
+/// use aiomqtt::{Client, ProtocolVersion, QoS, Will};
+///
+/// let client = Client::builder("localhost")
+///     .port(1883)
+///     .identifier("sensor-7")
+///     .protocol(ProtocolVersion::V5)
+///     .keepalive(Duration::from_secs(30))
+///     .will(Will::new("status/sensor-7", "offline").qos(QoS::AtLeastOnce).retain(true))
+///     .build()?;
+/// # Ok::<(), aiomqtt::Error>(())
+/// ```
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build()` is called"]
+pub struct ClientBuilder {
+    options: Options,
+    clean_start_set: bool,
+    unsupported: Option<Error>,
+}
+
+impl ClientBuilder {
+    pub(crate) fn new(hostname: impl Into<String>) -> Self {
+        ClientBuilder {
+            options: Options::new(hostname.into()),
+            clean_start_set: false,
+            unsupported: None,
+        }
+    }
+
+    pub(crate) fn into_options(self) -> Options {
+        self.options
+    }
+
+    fn reject(mut self, option: &'static str, reason: &'static str) -> Self {
+        self.unsupported
+            .get_or_insert(Error::Unsupported { option, reason });
+        self
+    }
+
+    /// The broker's port (default 1883).
+    pub fn port(mut self, port: u16) -> Self {
+        self.options.port = port;
+        self
+    }
+    /// The user name sent in CONNECT.
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.options.username = Some(username.into());
+        self
+    }
+    /// The password sent in CONNECT. It never appears in `Debug`, errors or this crate's logs.
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.options.password = Some(password.into());
+        self
+    }
+    /// The `log` target this client logs under (default `"mqtt"`), like aiomqtt's `logger`.
+    pub fn logger(mut self, target: impl Into<String>) -> Self {
+        self.options.logger = target.into();
+        self
+    }
+    /// The client identifier. When absent: a random 22-character id on MQTT 3.1,
+    /// empty on 3.1.1 and 5 (the broker assigns one).
+    pub fn identifier(mut self, identifier: impl Into<String>) -> Self {
+        self.options.identifier = Some(identifier.into());
+        self
+    }
+    /// The order of the incoming message queue.
+    pub fn queue_type(mut self, queue_type: QueueType) -> Self {
+        self.options.queue_type = queue_type;
+        self
+    }
+    /// The MQTT version (default 3.1.1). Always passed explicitly to the engine.
+    pub fn protocol(mut self, protocol: ProtocolVersion) -> Self {
+        self.options.protocol = protocol;
+        self
+    }
+    /// The Will published by the broker if the connection ends without DISCONNECT.
+    pub fn will(mut self, will: Will) -> Self {
+        self.options.will = Some(will);
+        self
+    }
+    /// The Clean Session flag of MQTT 3.x (default `true`). Not valid on MQTT 5: use `clean_start`.
+    pub fn clean_session(mut self, clean: bool) -> Self {
+        self.options.clean_session = Some(clean);
+        self
+    }
+    /// The transport (default TCP).
+    pub fn transport(mut self, transport: Transport) -> Self {
+        self.options.transport = transport;
+        self
+    }
+    /// The default timeout of every wait on the broker (default 10 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.options.timeout = timeout;
+        self
+    }
+    /// The keep-alive interval, in whole seconds from 1 to 65,535 (default 60 s).
+    pub fn keepalive(mut self, keepalive: Duration) -> Self {
+        self.options.keepalive = keepalive;
+        self
+    }
+    /// Binds the local socket to an address. Rejected by `build()`: the engine cannot.
+    pub fn bind_address(self, _address: impl Into<String>) -> Self {
+        self.reject(
+            "bind_address",
+            "Paho C's Socket_new() calls socket() and connect() without bind(); there is no hook for a local address",
+        )
+    }
+    /// Binds the local socket to a port. Rejected by `build()`: the engine cannot.
+    pub fn bind_port(self, _port: u16) -> Self {
+        self.reject(
+            "bind_port",
+            "Paho C's Socket_new() calls socket() and connect() without bind(); there is no hook for a local port",
+        )
+    }
+    /// The Clean Start policy of MQTT 5 (default [`CleanStart::FirstOnly`]).
+    pub fn clean_start(mut self, clean_start: CleanStart) -> Self {
+        self.options.clean_start = clean_start;
+        self.clean_start_set = true;
+        self
+    }
+    /// Bounds the incoming queue; when full, new messages are discarded with a warning
+    /// and counted ([`Connection::discarded_messages`](crate::Connection::discarded_messages)).
+    /// `0` means unbounded, as in aiomqtt.
+    pub fn max_queued_incoming_messages(mut self, max: usize) -> Self {
+        self.options.max_queued_incoming_messages = (max > 0).then_some(max);
+        self
+    }
+    /// Bounds the engine's queue of outgoing messages; beyond it `publish` fails with
+    /// [`Error::OutgoingQueueFull`]. `0` means unbounded (the default).
+    pub fn max_queued_outgoing_messages(mut self, max: usize) -> Self {
+        self.options.max_queued_outgoing_messages = (max > 0).then_some(max);
+        self
+    }
+    /// The window of unacknowledged QoS 1/2 messages (default 20, Mosquitto's own default).
+    pub fn max_inflight_messages(mut self, max: u16) -> Self {
+        self.options.max_inflight_messages = max;
+        self
+    }
+    /// Bounds how many publish/subscribe/unsubscribe calls run at once; the others wait.
+    pub fn max_concurrent_outgoing_calls(mut self, max: usize) -> Self {
+        self.options.max_concurrent_outgoing_calls = Some(max);
+        self
+    }
+    /// MQTT 5 CONNECT properties.
+    pub fn properties(mut self, properties: Properties) -> Self {
+        self.options.properties = Some(properties);
+        self
+    }
+    /// A ready OpenSSL context. Rejected by `build()`: the engine builds its own `SSL_CTX`.
+    pub fn tls_context(self, _context: openssl::ssl::SslContext) -> Self {
+        self.reject(
+            "tls_context",
+            "Paho C's SSLSocket_createContext() builds its own SSL_CTX from file paths; it cannot take a ready context (use tls_params)",
+        )
+    }
+    /// TLS from files: CA, client certificate and key, ciphers, ALPN.
+    pub fn tls_params(mut self, params: TlsParams) -> Self {
+        self.options.tls_params = Some(params);
+        self
+    }
+    /// `true` skips the hostname check of the broker's certificate. Insecure.
+    pub fn tls_insecure(mut self, insecure: bool) -> Self {
+        self.options.tls_insecure = insecure;
+        self
+    }
+    /// Connects through a proxy.
+    pub fn proxy(mut self, proxy: ProxySettings) -> Self {
+        self.options.proxy = Some(proxy);
+        self
+    }
+    /// Socket options to set. Rejected by `build()`: the engine never exposes its socket.
+    pub fn socket_options<I: IntoIterator<Item = SocketOption>>(self, _options: I) -> Self {
+        self.reject(
+            "socket_options",
+            "Paho C sets only TCP_NODELAY/SO_NOSIGPIPE in Socket_new() and never exposes the file descriptor",
+        )
+    }
+    /// The WebSocket path (default `/mqtt`).
+    pub fn websocket_path(mut self, path: impl Into<String>) -> Self {
+        self.options.websocket_path = Some(path.into());
+        self
+    }
+    /// Extra headers of the WebSocket handshake.
+    pub fn websocket_headers<I, K, V>(mut self, headers: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.options.websocket_headers = headers
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        self
+    }
+    /// Above this many pending calls a warning is logged (default 10).
+    pub fn pending_calls_threshold(mut self, threshold: usize) -> Self {
+        self.options.pending_calls_threshold = threshold;
+        self
+    }
+
+    /// Validates every option and returns the client.
+    pub fn build(self) -> Result<Client, Error> {
+        if let Some(err) = self.unsupported {
+            return Err(err);
+        }
+        let o = &self.options;
+        let v5 = o.protocol == ProtocolVersion::V5;
+        check_text("hostname", &o.hostname)?;
+        if o.hostname.is_empty() {
+            return Err(invalid("hostname must not be empty"));
+        }
+        for (name, value) in [
+            ("identifier", &o.identifier),
+            ("username", &o.username),
+            ("password", &o.password),
+        ] {
+            if let Some(value) = value {
+                check_text(name, value)?;
+            }
+        }
+        if o.password.is_some() && o.username.is_none() {
+            return Err(invalid(
+                "a password needs a username (MQTT 3.1.1 §3.1.2.9)",
+            ));
+        }
+        if o.clean_session.is_some() && v5 {
+            return Err(invalid(
+                "clean_session is not used on MQTT 5; use clean_start",
+            ));
+        }
+        if self.clean_start_set && !v5 {
+            return Err(invalid("clean_start needs MQTT 5; use clean_session"));
+        }
+        if o.properties.is_some() && !v5 {
+            return Err(invalid("properties need MQTT 5"));
+        }
+        if let Some(props) = &o.properties {
+            props.check(PacketKind::Connect)?;
+        }
+        if let Some(will) = &o.will {
+            Topic::new(will.topic.clone())?;
+            if will.properties.is_some() && !v5 {
+                return Err(invalid("Will properties need MQTT 5"));
+            }
+            if let Some(props) = &will.properties {
+                props.check(PacketKind::Will)?;
+            }
+        }
+        let keepalive = o.keepalive;
+        if keepalive.is_zero() {
+            return Err(Error::Unsupported {
+                option: "keepalive",
+                reason: "0 (no keep-alive) is impossible on the Paho engine: paho-mqtt turns 0 into 1 s",
+            });
+        }
+        if keepalive.subsec_nanos() != 0 || keepalive.as_secs() > u64::from(u16::MAX) {
+            return Err(invalid(
+                "keepalive must be a whole number of seconds from 1 to 65535",
+            ));
+        }
+        if o.timeout.is_zero() {
+            return Err(invalid("timeout must be greater than zero"));
+        }
+        if o.max_inflight_messages == 0 {
+            return Err(invalid("max_inflight_messages must be at least 1"));
+        }
+        if o.max_concurrent_outgoing_calls == Some(0) {
+            return Err(invalid("max_concurrent_outgoing_calls must be at least 1"));
+        }
+        if let Some(max) = o.max_queued_outgoing_messages {
+            if max > i32::MAX as usize {
+                return Err(invalid("max_queued_outgoing_messages is too large"));
+            }
+        }
+        crate::engine::check_transport(o)?;
+        Ok(Client::from_options(self.options))
+    }
+}
+
+fn invalid(text: &str) -> Error {
+    Error::InvalidArgument(text.to_owned())
+}
+
+/// Strings handed to the engine must not contain NUL (ENGINE.md hazard 6).
+fn check_text(name: &str, value: &str) -> Result<(), Error> {
+    if value.contains('\0') {
+        return Err(Error::InvalidArgument(format!(
+            "{name} must not contain a NUL character"
+        )));
+    }
+    Ok(())
+}
