@@ -1,0 +1,550 @@
+//! The client and its connection guard: lifecycle, reentrancy, failures, and
+//! every connect option as the broker sees it.
+
+mod support;
+
+use std::time::Duration;
+
+use aiomqtt::{CleanStart, Client, Error, Properties, ProtocolVersion, QoS, ReasonCode, Will};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use support::*;
+
+const T: Duration = Duration::from_secs(30);
+
+fn client(broker: &Broker) -> aiomqtt::ClientBuilder {
+    Client::builder("127.0.0.1").port(broker.port())
+}
+
+/// Waits until the broker log has a line containing every needle.
+fn wait_log_line(broker: &Broker, needles: &[&str]) {
+    let found = wait_until(Duration::from_secs(5), || {
+        broker
+            .log()
+            .lines()
+            .any(|l| needles.iter().all(|n| l.contains(n)))
+    });
+    assert!(found, "no log line with {needles:?}:\n{}", broker.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_and_disconnect_on_every_protocol() {
+    with_timeout(T, async {
+        let broker = Broker::start();
+        for (protocol, p) in [
+            (ProtocolVersion::V31, "p1"),
+            (ProtocolVersion::V311, "p2"),
+            (ProtocolVersion::V5, "p5"),
+        ] {
+            let id = format!("proto-{p}");
+            let c = client(&broker)
+                .protocol(protocol)
+                .identifier(&id)
+                .build()
+                .unwrap();
+            let conn = c.connect().await.unwrap();
+            assert!(conn.is_connected());
+            assert_eq!(conn.protocol(), protocol);
+            assert_eq!(conn.identifier(), id);
+            // The protocol is always explicit on the wire (hazard 8).
+            wait_log_line(&broker, &[&format!("as {id} ("), &format!("({p},")]);
+            conn.disconnect().await.unwrap();
+            wait_log_line(&broker, &[&format!("Client {id} disconnected")]);
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identifier_generated_per_protocol() {
+    with_timeout(T, async {
+        let broker = Broker::start();
+        // 3.1: a random 22-character alphanumeric id, as paho-python makes.
+        let v31 = client(&broker)
+            .protocol(ProtocolVersion::V31)
+            .build()
+            .unwrap();
+        let id = v31.identifier().to_owned();
+        assert_eq!(id.len(), 22, "{id}");
+        assert!(id.bytes().all(|b| b.is_ascii_alphanumeric()));
+        let other = client(&broker)
+            .protocol(ProtocolVersion::V31)
+            .build()
+            .unwrap();
+        assert_ne!(other.identifier(), id);
+        let conn = v31.connect().await.unwrap();
+        assert_eq!(conn.identifier(), id);
+        wait_log_line(&broker, &[&format!("as {id} (p1")]);
+        drop(conn);
+
+        // 3.1.1: empty; the broker assigns one it does not report.
+        let v311 = client(&broker).build().unwrap();
+        assert_eq!(v311.identifier(), "");
+        let conn = v311.connect().await.unwrap();
+        assert_eq!(conn.identifier(), "");
+        drop(conn);
+
+        // 5: empty, and the broker's Assigned Client Identifier is read back.
+        let v5 = client(&broker)
+            .protocol(ProtocolVersion::V5)
+            .build()
+            .unwrap();
+        assert_eq!(v5.identifier(), "");
+        let conn = v5.connect().await.unwrap();
+        assert!(
+            conn.identifier().starts_with("auto-"),
+            "{}",
+            conn.identifier()
+        );
+        wait_log_line(&broker, &[&format!("as {} (p5", conn.identifier())]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reusable_but_not_reentrant() {
+    with_timeout(T, async {
+        let broker = Broker::start();
+        let c = client(&broker).identifier("reentrant").build().unwrap();
+        let conn = c.connect().await.unwrap();
+
+        let err = c.connect().await.unwrap_err();
+        assert!(matches!(err, Error::Reentrant), "{err:?}");
+        assert_eq!(err.to_string(), "The client is reusable, but not reentrant");
+        // Clones are the same client.
+        assert!(matches!(c.clone().connect().await, Err(Error::Reentrant)));
+        // A clone of the connection keeps it alive.
+        let clone = conn.clone();
+        drop(conn);
+        assert!(matches!(c.connect().await, Err(Error::Reentrant)));
+
+        // Ended by disconnect(): connect() works again at once; stale handles fail.
+        clone.clone().disconnect().await.unwrap();
+        assert!(!clone.is_connected());
+        let err = clone.publish("t", "x").await.unwrap_err();
+        assert!(matches!(err, Error::NotConnected), "{err:?}");
+        let conn = c.connect().await.unwrap();
+        // The stale handle dropping must not end the new connection.
+        drop(clone);
+        conn.publish("t", "still connected")
+            .qos(QoS::AtLeastOnce)
+            .await
+            .unwrap();
+
+        // Ended by dropping the last handle: connect() works again.
+        drop(conn);
+        let conn = c.connect().await.unwrap();
+        conn.publish("t", "x").qos(QoS::AtLeastOnce).await.unwrap();
+        conn.disconnect().await.unwrap();
+
+        // Many rounds, alternating disconnect() and drop.
+        for round in 0..10 {
+            let conn = c.connect().await.unwrap();
+            conn.publish("t", round)
+                .qos(QoS::AtLeastOnce)
+                .await
+                .unwrap();
+            if round % 2 == 0 {
+                conn.disconnect().await.unwrap();
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_connection_frees_the_client() {
+    with_timeout(T, async {
+        let mut broker = Broker::start();
+        let c = client(&broker).identifier("lost").build().unwrap();
+        let conn = c.connect().await.unwrap();
+        let mut messages = conn.messages();
+        broker.kill();
+        match messages.next().await {
+            Some(Err(Error::Disconnected(cause))) => {
+                assert!(matches!(*cause, Error::ConnectionLost { .. }), "{cause:?}")
+            }
+            other => panic!("expected Disconnected, got {other:?}"),
+        }
+        assert!(messages.next().await.is_none());
+        assert!(!conn.is_connected());
+        assert!(matches!(
+            conn.publish("t", "x").await,
+            Err(Error::NotConnected)
+        ));
+        // Not reentrant any more: the failure is about the broker, not the claim.
+        let err = c.connect().await.unwrap_err();
+        assert!(matches!(err, Error::ConnectionRefused { .. }), "{err:?}");
+        broker.start_again();
+        let conn = c.connect().await.unwrap();
+        conn.publish("t", "back")
+            .qos(QoS::AtLeastOnce)
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_port_is_connection_refused_and_client_stays_reusable() {
+    with_timeout(T, async {
+        let mut broker = Broker::start();
+        let port = broker.port();
+        broker.kill();
+        let c = Client::builder("127.0.0.1").port(port).build().unwrap();
+        for _ in 0..2 {
+            let err = c.connect().await.unwrap_err();
+            match &err {
+                Error::ConnectionRefused { address, detail } => {
+                    assert_eq!(address, &format!("127.0.0.1:{port}"));
+                    assert!(detail.contains("refused"), "{detail}");
+                }
+                other => panic!("expected ConnectionRefused, got {other:?}"),
+            }
+            assert!(err.is_connect());
+        }
+        // The broker comes back on that port: the same client connects.
+        broker.start_again();
+        let conn = c.connect().await.unwrap();
+        conn.disconnect().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_host_is_a_dns_error() {
+    with_timeout(T, async {
+        let c = Client::new("no-such-host.invalid");
+        let err = c.connect().await.unwrap_err();
+        match &err {
+            Error::Dns { host, .. } => assert_eq!(host, "no-such-host.invalid"),
+            other => panic!("expected Dns, got {other:?}"),
+        }
+        // Still reusable: the same error again, not Reentrant.
+        assert!(matches!(c.connect().await, Err(Error::Dns { .. })));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connack_timeout_then_reusable() {
+    with_timeout(T, async {
+        let broker = Broker::start();
+        let proxy = FaultProxy::start(broker.port()).await;
+        proxy.blackhole(true);
+        let c = Client::builder("127.0.0.1")
+            .port(proxy.port())
+            .identifier("slow-connack")
+            .timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let err = c.connect().await.unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(err, Error::Timeout), "{err:?}");
+        assert!(err.is_timeout());
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+
+        // The link works again: the same client connects (on a fresh engine,
+        // while Paho finishes the abandoned attempt on the reaper thread).
+        proxy.blackhole(false);
+        let conn = c.connect().await.unwrap();
+        conn.publish("t", "x").qos(QoS::AtLeastOnce).await.unwrap();
+        conn.disconnect().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelled_connect_leaves_the_client_reusable() {
+    with_timeout(T, async {
+        let broker = Broker::start();
+        let proxy = FaultProxy::start(broker.port()).await;
+        proxy.blackhole(true);
+        let c = Client::builder("127.0.0.1")
+            .port(proxy.port())
+            .build()
+            .unwrap();
+        // The caller gives up (drops the future) before CONNACK.
+        let abandoned = tokio::time::timeout(Duration::from_millis(300), c.connect()).await;
+        assert!(abandoned.is_err());
+        proxy.blackhole(false);
+        let conn = c.connect().await.unwrap();
+        conn.disconnect().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_connack_carries_the_reason_code() {
+    with_timeout(T, async {
+        let broker = Broker::builder().password_file(&[("user", "pass")]).start();
+        let auth = |protocol, password: &str| {
+            Client::builder("127.0.0.1")
+                .port(broker.auth_port())
+                .protocol(protocol)
+                .username("user")
+                .password(password)
+                .build()
+                .unwrap()
+        };
+        for protocol in [ProtocolVersion::V311, ProtocolVersion::V5] {
+            let c = auth(protocol, "wrong");
+            let err = c.connect().await.unwrap_err();
+            let Error::Connect(rc) = err else {
+                panic!("expected Connect, got {err:?}")
+            };
+            // Mosquitto refuses a wrong password with 3.1.1 CONNACK 5, mapped to
+            // 0x87 as aiomqtt does, and with 0x87 on v5: the same text on both.
+            assert_eq!(rc, ReasonCode::NOT_AUTHORIZED, "{protocol:?}");
+            assert_eq!(err_text(rc), "[code:135] Not authorized");
+            assert_eq!(Error::Connect(rc).to_string(), "[code:135] Not authorized");
+            // The client stays reusable: the same refusal again.
+            assert!(matches!(c.connect().await, Err(Error::Connect(_))));
+            // And with the right password, a new client connects.
+            auth(protocol, "pass")
+                .connect()
+                .await
+                .unwrap()
+                .disconnect()
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+}
+
+fn err_text(rc: ReasonCode) -> String {
+    format!("[code:{}] {}", rc.value(), rc)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn not_authorized_text_matches_aiomqtt() {
+    assert_eq!(
+        Error::Connect(ReasonCode::NOT_AUTHORIZED).to_string(),
+        "[code:135] Not authorized"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keepalive_clean_session_and_clean_start_on_the_wire() {
+    with_timeout(T, async {
+        let broker = Broker::start();
+        let c = client(&broker)
+            .identifier("ka-7")
+            .keepalive(Duration::from_secs(7))
+            .clean_session(false)
+            .build()
+            .unwrap();
+        let conn = c.connect().await.unwrap();
+        wait_log_line(&broker, &["as ka-7 (p2, c0, k7)"]);
+        drop(conn);
+
+        let c = client(&broker)
+            .identifier("v5-never")
+            .protocol(ProtocolVersion::V5)
+            .clean_start(CleanStart::Never)
+            .properties(Properties::new().session_expiry_interval(300))
+            .build()
+            .unwrap();
+        let conn = c.connect().await.unwrap();
+        wait_log_line(&broker, &["as v5-never (p5, c0, k60)"]);
+        conn.disconnect().await.unwrap();
+        // The session survived (expiry 300 s): Session Present on the next connect.
+        let conn = c.connect().await.unwrap();
+        assert!(conn.session_present());
+        conn.disconnect().await.unwrap();
+
+        let c = client(&broker)
+            .identifier("v5-never")
+            .protocol(ProtocolVersion::V5)
+            .clean_start(CleanStart::Always)
+            .build()
+            .unwrap();
+        let conn = c.connect().await.unwrap();
+        assert!(!conn.session_present());
+        wait_log_line(&broker, &["as v5-never (p5, c1, k60)"]);
+        conn.disconnect().await.unwrap();
+
+        // FirstOnly (the default) starts clean on every connect().
+        let c = client(&broker)
+            .identifier("v5-first")
+            .protocol(ProtocolVersion::V5)
+            .properties(Properties::new().session_expiry_interval(300))
+            .build()
+            .unwrap();
+        for _ in 0..2 {
+            let conn = c.connect().await.unwrap();
+            assert!(!conn.session_present());
+            conn.disconnect().await.unwrap();
+        }
+        wait_log_line(&broker, &["as v5-first (p5, c1, k60)"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn persistent_session_receives_messages_published_while_away() {
+    with_timeout(T, async {
+        let broker = Broker::start();
+        let topic = unique_topic("persist");
+        let c = client(&broker)
+            .identifier("persist-1")
+            .clean_session(false)
+            .build()
+            .unwrap();
+        let conn = c.connect().await.unwrap();
+        conn.subscribe(&topic).qos(QoS::AtLeastOnce).await.unwrap();
+        conn.disconnect().await.unwrap();
+
+        let publisher = client(&broker).build().unwrap().connect().await.unwrap();
+        publisher
+            .publish(&topic, "while away")
+            .qos(QoS::AtLeastOnce)
+            .await
+            .unwrap();
+
+        let conn = c.connect().await.unwrap();
+        assert!(conn.session_present());
+        let mut messages = conn.messages();
+        let m = with_timeout(Duration::from_secs(5), messages.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.payload, b"while away");
+        assert_eq!(m.qos, QoS::AtLeastOnce);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropping_the_connection_disconnects_without_the_will() {
+    with_timeout(T, async {
+        let broker = Broker::start();
+        let will_topic = unique_topic("will-drop");
+        let watcher = client(&broker).build().unwrap().connect().await.unwrap();
+        watcher.subscribe(&will_topic).await.unwrap();
+        let mut wills = watcher.messages();
+
+        let c = client(&broker)
+            .identifier("dropper")
+            .will(Will::new(&will_topic, "gone").qos(QoS::AtLeastOnce))
+            .build()
+            .unwrap();
+        let conn = c.connect().await.unwrap();
+        drop(conn);
+        wait_log_line(&broker, &["Client dropper disconnected"]);
+        let got = tokio::time::timeout(Duration::from_millis(700), wills.next()).await;
+        assert!(got.is_err(), "the Will was published: {got:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn will_is_published_on_abrupt_close() {
+    with_timeout(T, async {
+        let broker = Broker::start();
+        let will_topic = unique_topic("will-cut");
+        let watcher = client(&broker).build().unwrap().connect().await.unwrap();
+        watcher
+            .subscribe(&will_topic)
+            .qos(QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let mut wills = watcher.messages();
+
+        let proxy = FaultProxy::start(broker.port()).await;
+        let c = Client::builder("127.0.0.1")
+            .port(proxy.port())
+            .will(
+                Will::new(&will_topic, "offline")
+                    .qos(QoS::AtLeastOnce)
+                    .retain(false),
+            )
+            .build()
+            .unwrap();
+        let conn = c.connect().await.unwrap();
+        let mut own = conn.messages();
+        proxy.cut();
+        let will = with_timeout(Duration::from_secs(5), wills.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(will.payload, b"offline");
+        assert_eq!(will.qos, QoS::AtLeastOnce);
+        // Our side learns of the loss too.
+        let end = with_timeout(Duration::from_secs(5), own.next()).await;
+        assert!(matches!(end, Some(Err(Error::Disconnected(_)))), "{end:?}");
+    })
+    .await;
+}
+
+/// ENGINE.md hazard 5: Mosquitto 2.0.11 with its default window (20) silently
+/// loses QoS 2 messages of a 3.1.1 burst beyond it. The default window must not.
+#[tokio::test(flavor = "multi_thread")]
+async fn default_window_does_not_lose_a_qos2_burst() {
+    with_timeout(T, async {
+        let broker = Broker::builder().max_inflight_messages(20).start();
+        let topic = unique_topic("burst");
+        let sub = client(&broker).build().unwrap().connect().await.unwrap();
+        sub.subscribe(&topic).qos(QoS::ExactlyOnce).await.unwrap();
+        let mut messages = sub.messages();
+
+        let publisher = client(&broker).build().unwrap().connect().await.unwrap();
+        const N: usize = 300;
+        let mut burst: FuturesUnordered<_> = (0..N)
+            .map(|i| {
+                publisher
+                    .publish(&topic, i)
+                    .qos(QoS::ExactlyOnce)
+                    .into_future()
+            })
+            .collect();
+        while let Some(result) = burst.next().await {
+            result.unwrap();
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        while seen.len() < N {
+            let m = with_timeout(Duration::from_secs(10), messages.next())
+                .await
+                .unwrap()
+                .unwrap();
+            let i: usize = m.payload_str().unwrap().parse().unwrap();
+            assert!(seen.insert(i), "duplicate {i}");
+        }
+        assert_eq!(seen.len(), N);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accessors_on_client_and_connection() {
+    with_timeout(T, async {
+        let broker = Broker::start();
+        let c = client(&broker)
+            .timeout(Duration::from_secs(4))
+            .pending_calls_threshold(3)
+            .build()
+            .unwrap();
+        assert_eq!(c.timeout(), Duration::from_secs(4));
+        assert_eq!(c.pending_calls_threshold(), 3);
+        let conn = c.connect().await.unwrap();
+        assert_eq!(conn.timeout(), Duration::from_secs(4));
+        assert_eq!(conn.pending_calls_threshold(), 3);
+        assert_eq!(conn.discarded_messages(), 0);
+        assert!(conn.connack_properties().is_none());
+        let c5 = client(&broker)
+            .protocol(ProtocolVersion::V5)
+            .build()
+            .unwrap();
+        let conn5 = c5.connect().await.unwrap();
+        let props = conn5.connack_properties().expect("v5 CONNACK properties");
+        assert!(props.assigned_client_identifier.is_some());
+    })
+    .await;
+}
+
+use std::future::IntoFuture;
