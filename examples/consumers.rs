@@ -24,14 +24,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             while let Ok(Some(Ok(message))) =
                 tokio::time::timeout(Duration::from_millis(500), messages.next()).await
             {
-                println!("worker {id}: {}", message.payload_str().unwrap_or("<binary>"));
+                println!(
+                    "worker {id}: {}",
+                    message.payload_str().unwrap_or("<binary>")
+                );
                 done += 1;
             }
             done
         }));
     }
     for job in 0..9 {
-        conn.publish("work/jobs", format!("job {job}")).qos(QoS::AtLeastOnce).await?;
+        conn.publish("work/jobs", format!("job {job}"))
+            .qos(QoS::AtLeastOnce)
+            .await?;
     }
     let mut total = 0;
     for worker in workers {

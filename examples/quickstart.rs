@@ -21,7 +21,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     conn.subscribe("quickstart/#").qos(QoS::AtLeastOnce).await?;
     let mut messages = conn.messages();
-    conn.publish("quickstart/temperature", 23.5).qos(QoS::AtLeastOnce).await?;
+    conn.publish("quickstart/temperature", 23.5)
+        .qos(QoS::AtLeastOnce)
+        .await?;
 
     let message = tokio::time::timeout(Duration::from_secs(5), messages.next())
         .await?

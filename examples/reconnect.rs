@@ -23,7 +23,9 @@ async fn main() -> Result<(), aiomqtt::Error> {
     for round in 1..=3 {
         match listen(&client, round).await {
             Ok(()) => println!("round {round}: done"),
-            Err(Error::Disconnected(cause)) => println!("round {round}: lost ({cause}); reconnecting"),
+            Err(Error::Disconnected(cause)) => {
+                println!("round {round}: lost ({cause}); reconnecting")
+            }
             Err(e) => println!("round {round}: {e}; retrying"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -36,7 +38,9 @@ async fn listen(client: &Client, round: u32) -> Result<(), Error> {
     conn.subscribe("reconnect/#").await?;
     let mut messages = conn.messages();
     conn.publish("reconnect/round", round).await?;
-    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(1), messages.next()).await {
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_secs(1), messages.next()).await
+    {
         println!("got {} = {}", message?.topic, round);
     }
     conn.disconnect().await

@@ -25,7 +25,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut messages = conn.messages();
     conn.publish("sensors/kitchen/temperature", "21.0").await?;
-    conn.publish("alerts/fire", "none").qos(QoS::ExactlyOnce).await?;
+    conn.publish("alerts/fire", "none")
+        .qos(QoS::ExactlyOnce)
+        .await?;
 
     for _ in 0..2 {
         let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await
@@ -41,7 +43,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("messages still queued: {}", messages.len());
     }
 
-    conn.unsubscribe(["sensors/+/temperature", "alerts/#"]).await?;
+    conn.unsubscribe(["sensors/+/temperature", "alerts/#"])
+        .await?;
     conn.disconnect().await?;
     Ok(())
 }

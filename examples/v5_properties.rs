@@ -21,7 +21,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("assigned identifier: {}", conn.identifier());
 
     conn.subscribe("v5/requests")
-        .options(SubscribeOptions::new().qos(QoS::AtLeastOnce).no_local(false))
+        .options(
+            SubscribeOptions::new()
+                .qos(QoS::AtLeastOnce)
+                .no_local(false),
+        )
         .properties(Properties::new().subscription_identifier(7))
         .await?;
     let mut messages = conn.messages();
@@ -40,10 +44,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let message = tokio::time::timeout(Duration::from_secs(5), messages.next())
         .await?
         .ok_or("the connection ended")??;
-    let props = message.properties.as_deref().ok_or("no properties on a v5 message")?;
+    let props = message
+        .properties
+        .as_deref()
+        .ok_or("no properties on a v5 message")?;
     println!(
         "content type {:?}, response topic {:?}, user properties {:?}, subscription ids {:?}",
-        props.content_type, props.response_topic, props.user_properties, props.subscription_identifiers
+        props.content_type,
+        props.response_topic,
+        props.user_properties,
+        props.subscription_identifiers
     );
     conn.disconnect().await?;
     Ok(())

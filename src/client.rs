@@ -233,7 +233,11 @@ impl Client {
             return Ok(slot.clone());
         }
         let router = Arc::new(Router::default());
-        let engine = Engine::create(&self.shared.options, &self.shared.identifier, router.clone())?;
+        let engine = Engine::create(
+            &self.shared.options,
+            &self.shared.identifier,
+            router.clone(),
+        )?;
         let slot = Slot {
             engine: Arc::new(engine),
             router,

@@ -165,7 +165,10 @@ impl Error {
     pub fn is_connection_lost(&self) -> bool {
         matches!(
             self,
-            Error::ConnectionLost { .. } | Error::Disconnected(_) | Error::NotConnected | Error::Closed
+            Error::ConnectionLost { .. }
+                | Error::Disconnected(_)
+                | Error::NotConnected
+                | Error::Closed
         )
     }
 

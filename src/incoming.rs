@@ -187,7 +187,9 @@ impl Queue {
             return Poll::Ready(Some(Ok(message)));
         }
         match std::mem::replace(&mut state.end, End::Finished) {
-            End::Ended(cause) => return Poll::Ready(Some(Err(Error::Disconnected(Box::new(cause))))),
+            End::Ended(cause) => {
+                return Poll::Ready(Some(Err(Error::Disconnected(Box::new(cause)))));
+            }
             End::Finished => return Poll::Ready(None),
             End::Open => state.end = End::Open,
         }
@@ -219,7 +221,11 @@ pub struct Messages {
 
 impl Messages {
     pub(crate) fn new(handle: Arc<ConnectionHandle>) -> Self {
-        let id = handle.session.queue.next_handle.fetch_add(1, Ordering::Relaxed);
+        let id = handle
+            .session
+            .queue
+            .next_handle
+            .fetch_add(1, Ordering::Relaxed);
         Messages { handle, id }
     }
 
@@ -250,6 +256,8 @@ impl Drop for Messages {
 
 impl std::fmt::Debug for Messages {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Messages").field("len", &self.len()).finish()
+        f.debug_struct("Messages")
+            .field("len", &self.len())
+            .finish()
     }
 }

@@ -171,7 +171,10 @@ impl fmt::Debug for TlsParams {
             .field("ca_certs", &self.ca_certs)
             .field("certfile", &self.certfile)
             .field("keyfile", &self.keyfile)
-            .field("keyfile_password", &self.keyfile_password.as_ref().map(|_| Redacted))
+            .field(
+                "keyfile_password",
+                &self.keyfile_password.as_ref().map(|_| Redacted),
+            )
             .field("cert_reqs", &self.cert_reqs)
             .field("tls_version", &self.tls_version)
             .field("ciphers", &self.ciphers)
@@ -339,7 +342,10 @@ impl Options {
     /// `true` if any secret is configured (password, key passphrase, proxy password).
     pub(crate) fn has_secrets(&self) -> bool {
         self.password.is_some()
-            || self.tls_params.as_ref().is_some_and(|t| t.keyfile_password.is_some())
+            || self
+                .tls_params
+                .as_ref()
+                .is_some_and(|t| t.keyfile_password.is_some())
             || self.proxy.as_ref().is_some_and(|p| p.password.is_some())
     }
 
@@ -369,10 +375,19 @@ impl fmt::Debug for Options {
             .field("timeout", &self.timeout)
             .field("keepalive", &self.keepalive)
             .field("clean_start", &self.clean_start)
-            .field("max_queued_incoming_messages", &self.max_queued_incoming_messages)
-            .field("max_queued_outgoing_messages", &self.max_queued_outgoing_messages)
+            .field(
+                "max_queued_incoming_messages",
+                &self.max_queued_incoming_messages,
+            )
+            .field(
+                "max_queued_outgoing_messages",
+                &self.max_queued_outgoing_messages,
+            )
             .field("max_inflight_messages", &self.max_inflight_messages)
-            .field("max_concurrent_outgoing_calls", &self.max_concurrent_outgoing_calls)
+            .field(
+                "max_concurrent_outgoing_calls",
+                &self.max_concurrent_outgoing_calls,
+            )
             .field("properties", &self.properties)
             .field("tls_params", &self.tls_params)
             .field("tls_insecure", &self.tls_insecure)
@@ -609,9 +624,7 @@ impl ClientBuilder {
             }
         }
         if o.password.is_some() && o.username.is_none() {
-            return Err(invalid(
-                "a password needs a username (MQTT 3.1.1 §3.1.2.9)",
-            ));
+            return Err(invalid("a password needs a username (MQTT 3.1.1 §3.1.2.9)"));
         }
         if o.clean_session.is_some() && v5 {
             return Err(invalid(

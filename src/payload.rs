@@ -74,7 +74,9 @@ macro_rules! decimal_payload {
         }
     )*};
 }
-decimal_payload!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64);
+decimal_payload!(
+    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64
+);
 
 #[cfg(test)]
 mod tests {

@@ -177,12 +177,17 @@ mod tests {
         assert_eq!(ReasonCode::NOT_AUTHORIZED.value(), 135);
         assert!(ReasonCode::NOT_AUTHORIZED.is_error());
         assert!(!ReasonCode::GRANTED_QOS_2.is_error());
-        assert_eq!(ReasonCode::from(0x7F).to_string(), "Unknown reason code 0x7F");
+        assert_eq!(
+            ReasonCode::from(0x7F).to_string(),
+            "Unknown reason code 0x7F"
+        );
     }
 
     #[test]
     fn v3_connack_mapping() {
-        let mapped: Vec<u8> = (1..=5).map(|rc| ReasonCode::from_v3_connack(rc).value()).collect();
+        let mapped: Vec<u8> = (1..=5)
+            .map(|rc| ReasonCode::from_v3_connack(rc).value())
+            .collect();
         assert_eq!(mapped, [0x84, 0x85, 0x88, 0x86, 0x87]);
     }
 }

@@ -18,7 +18,10 @@ use crate::{Error, Message, Properties, ReasonCode};
 #[derive(Debug, Clone)]
 pub(crate) enum EndCause {
     /// Lost: by the network, or a DISCONNECT from the broker (with its code).
-    Lost { rc: Option<ReasonCode>, detail: String },
+    Lost {
+        rc: Option<ReasonCode>,
+        detail: String,
+    },
     /// Closed by this client (`disconnect()` or the last handle dropped).
     Closed,
 }

@@ -34,12 +34,20 @@ pub fn broker() -> Broker {
             .ok()
             .and_then(|p| p.parse().ok())
             .unwrap_or(1883);
-        return Broker { host, port, child: None, _dir: None };
+        return Broker {
+            host,
+            port,
+            child: None,
+            _dir: None,
+        };
     }
-    let Some(mosquitto) = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-    else {
+    let Some(mosquitto) = [
+        "/usr/sbin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+        "/opt/homebrew/sbin/mosquitto",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists()) else {
         eprintln!(
             "No broker: set MQTT_HOST (and MQTT_PORT) to use yours, or install Mosquitto \
              (Debian/Ubuntu: `sudo apt-get install mosquitto`) so a local one can be started."
@@ -53,8 +61,11 @@ pub fn broker() -> Broker {
     let dir = tempdir::TempDir::new();
     let conf = dir.path.join("mosquitto.conf");
     let user = if is_root() { "user root\n" } else { "" };
-    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\n{user}"))
-        .unwrap_or_else(|e| panic!("cannot write {}: {e}", conf.display()));
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\n{user}"),
+    )
+    .unwrap_or_else(|e| panic!("cannot write {}: {e}", conf.display()));
     let child = Command::new(mosquitto)
         .arg("-c")
         .arg(&conf)
@@ -64,15 +75,26 @@ pub fn broker() -> Broker {
         .unwrap_or_else(|e| panic!("cannot start {mosquitto}: {e}"));
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(10), "Mosquitto did not start on port {port}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "Mosquitto did not start on port {port}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     eprintln!("(started a local Mosquitto on 127.0.0.1:{port})");
-    Broker { host: "127.0.0.1".into(), port, child: Some(child), _dir: Some(dir) }
+    Broker {
+        host: "127.0.0.1".into(),
+        port,
+        child: Some(child),
+        _dir: Some(dir),
+    }
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"))
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"))
 }
 
 /// A minimal temporary directory, so the examples need no extra crate.
@@ -83,7 +105,8 @@ mod tempdir {
     impl TempDir {
         pub fn new() -> TempDir {
             let path = std::env::temp_dir().join(format!("aiomqtt-example-{}", std::process::id()));
-            std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+            std::fs::create_dir_all(&path)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
             TempDir { path }
         }
     }

@@ -16,7 +16,13 @@ use crate::{Error, Transport};
 fn first_hop(o: &Options) -> (String, u16) {
     match &o.proxy {
         Some(p) => (p.host.clone(), p.port),
-        None => (o.hostname.trim_start_matches('[').trim_end_matches(']').to_owned(), o.port),
+        None => (
+            o.hostname
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            o.port,
+        ),
     }
 }
 
@@ -67,7 +73,12 @@ pub(crate) async fn diagnose(o: &Options, deadline: Instant) -> Error {
     }
     let (host, port) = first_hop(o);
     let address = format!("{host}:{port}");
-    match timeout_at(deadline, tokio::net::TcpStream::connect((host.as_str(), port))).await {
+    match timeout_at(
+        deadline,
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    {
         Err(_) => Error::Timeout,
         Ok(Err(e)) => Error::ConnectionRefused {
             address,

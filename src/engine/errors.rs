@@ -15,9 +15,13 @@ pub(crate) fn map_error(e: paho::Error) -> Error {
             detail: "the session ended before the operation completed".to_owned(),
         },
         paho::Error::Timeout | paho::Error::TcpConnectTimeout => Error::Timeout,
-        paho::Error::BadUtf8String => Error::InvalidArgument("a string is not valid UTF-8".to_owned()),
+        paho::Error::BadUtf8String => {
+            Error::InvalidArgument("a string is not valid UTF-8".to_owned())
+        }
         paho::Error::BadQos => Error::InvalidArgument("QoS must be 0, 1 or 2".to_owned()),
-        paho::Error::Nul(_) => Error::InvalidArgument("a string contains a NUL character".to_owned()),
+        paho::Error::Nul(_) => {
+            Error::InvalidArgument("a string contains a NUL character".to_owned())
+        }
         other => Error::Engine {
             code: paho_code(&other),
             message: other.to_string(),

@@ -27,7 +27,9 @@ use std::time::Duration;
 use paho_mqtt as paho;
 
 use crate::options::Options;
-use crate::{Error, Message, ProtocolVersion, Properties, QoS, ReasonCode, SubscribeOptions, Topic};
+use crate::{
+    Error, Message, Properties, ProtocolVersion, QoS, ReasonCode, SubscribeOptions, Topic,
+};
 
 pub(crate) use diagnose::{diagnose, preflight};
 pub(crate) use transport::check_transport;
@@ -109,15 +111,21 @@ impl Engine {
             // not unwind into C (it would abort), so the conversion is fenced.
             match catch_unwind(AssertUnwindSafe(|| convert_message(&message, v5))) {
                 Ok(Some(message)) => sink.message(message),
-                Ok(None) => log::warn!(target: &logger, "Dropped a message with an invalid topic name"),
-                Err(_) => log::warn!(target: &logger, "Dropped a message whose topic is not valid UTF-8"),
+                Ok(None) => {
+                    log::warn!(target: &logger, "Dropped a message with an invalid topic name")
+                }
+                Err(_) => {
+                    log::warn!(target: &logger, "Dropped a message whose topic is not valid UTF-8")
+                }
             }
         });
         let sink = events.clone();
         cli.set_connection_lost_callback(move |_| sink.lost(None, "connection lost".to_owned()));
         let sink = events;
         cli.set_disconnected_callback(move |_, props, rc| {
-            let detail = properties::from_paho(&props).reason_string.unwrap_or_default();
+            let detail = properties::from_paho(&props)
+                .reason_string
+                .unwrap_or_default();
             sink.lost(Some(ReasonCode::from(rc as u8)), detail);
         });
 
@@ -222,9 +230,15 @@ impl Engine {
                         o.no_local,
                         o.retain_as_published,
                         match o.retain_handling {
-                            crate::RetainHandling::SendOnSubscribe => paho::RetainHandling::SendRetainedOnSubscribe,
-                            crate::RetainHandling::SendIfNew => paho::RetainHandling::SendRetainedOnNew,
-                            crate::RetainHandling::DoNotSend => paho::RetainHandling::DontSendRetained,
+                            crate::RetainHandling::SendOnSubscribe => {
+                                paho::RetainHandling::SendRetainedOnSubscribe
+                            }
+                            crate::RetainHandling::SendIfNew => {
+                                paho::RetainHandling::SendRetainedOnNew
+                            }
+                            crate::RetainHandling::DoNotSend => {
+                                paho::RetainHandling::DontSendRetained
+                            }
                         },
                     )
                 })
@@ -242,18 +256,28 @@ impl Engine {
                     if codes.len() != n {
                         return Err(Error::Engine {
                             code: -1,
-                            message: format!("SUBACK carried {} codes for {n} filters", codes.len()),
+                            message: format!(
+                                "SUBACK carried {} codes for {n} filters",
+                                codes.len()
+                            ),
                         });
                     }
-                    Ok(codes.into_iter().map(|c| ReasonCode::from(c as u8)).collect())
+                    Ok(codes
+                        .into_iter()
+                        .map(|c| ReasonCode::from(c as u8))
+                        .collect())
                 }
                 // Paho reports a refused single filter as a failure; as aiomqtt,
                 // a refusal is a returned code, not an error.
-                Err(paho::Error::ReasonCode(rc, _)) if n == 1 => Ok(vec![ReasonCode::from(rc as u8)]),
+                Err(paho::Error::ReasonCode(rc, _)) if n == 1 => {
+                    Ok(vec![ReasonCode::from(rc as u8)])
+                }
                 // On 3.x Paho turns SUBACK 0x80 for a single filter into a bare
                 // `Failure` (MQTTAsyncUtils.c, SUBACK handling: onFailure with code 0x80,
                 // then paho-mqtt's on_complete maps the positive code to -1).
-                Err(paho::Error::Failure) if n == 1 && !v5 => Ok(vec![ReasonCode::UNSPECIFIED_ERROR]),
+                Err(paho::Error::Failure) if n == 1 && !v5 => {
+                    Ok(vec![ReasonCode::UNSPECIFIED_ERROR])
+                }
                 Err(e) => Err(errors::map_error(e)),
             }
         })

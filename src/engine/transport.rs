@@ -108,21 +108,28 @@ fn no_nul(what: &str, s: &str) -> Result<(), Error> {
 pub(crate) fn check_transport(o: &Options) -> Result<(), Error> {
     let ws = o.transport == Transport::WebSockets;
     if !ws && o.websocket_path.is_some() {
-        return Err(invalid("websocket_path needs transport(Transport::WebSockets)"));
+        return Err(invalid(
+            "websocket_path needs transport(Transport::WebSockets)",
+        ));
     }
     if !ws && !o.websocket_headers.is_empty() {
-        return Err(invalid("websocket_headers need transport(Transport::WebSockets)"));
+        return Err(invalid(
+            "websocket_headers need transport(Transport::WebSockets)",
+        ));
     }
     if let Some(path) = &o.websocket_path {
         if !path.starts_with('/') || path.chars().any(|c| c.is_control() || c == ' ') {
-            return Err(invalid("websocket_path must start with '/' and contain no spaces or control characters"));
+            return Err(invalid(
+                "websocket_path must start with '/' and contain no spaces or control characters",
+            ));
         }
     }
     for (name, value) in &o.websocket_headers {
-        let bad_name = name.is_empty()
-            || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+        let bad_name = name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
         if bad_name || value.chars().any(|c| c.is_control()) {
-            return Err(invalid(format!("websocket header {name:?} is not a valid HTTP header")));
+            return Err(invalid(format!(
+                "websocket header {name:?} is not a valid HTTP header"
+            )));
         }
     }
     if o.transport == Transport::Unix {
@@ -150,7 +157,10 @@ pub(crate) fn check_transport(o: &Options) -> Result<(), Error> {
         ] {
             if let Some(path) = path {
                 if !path.is_file() {
-                    return Err(invalid(format!("{what} file {} does not exist", path.display())));
+                    return Err(invalid(format!(
+                        "{what} file {} does not exist",
+                        path.display()
+                    )));
                 }
             }
         }

@@ -13,7 +13,9 @@ use crate::engine::Engine;
 use crate::session::Session;
 
 pub use publish::Publish;
-pub use subscribe::{Filters, IntoFilter, IntoFilters, RetainHandling, Subscribe, SubscribeOptions};
+pub use subscribe::{
+    Filters, IntoFilter, IntoFilters, RetainHandling, Subscribe, SubscribeOptions,
+};
 pub use unsubscribe::{IntoUnsubscribeFilters, Unsubscribe, UnsubscribeFilters};
 
 /// Runs one operation: waits for a `max_concurrent_outgoing_calls` slot, starts

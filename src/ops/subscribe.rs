@@ -143,7 +143,12 @@ impl<T: IntoFilter, const N: usize> IntoFilters for [T; N] {
 }
 impl<T: IntoFilter + Clone> IntoFilters for &[T] {
     fn into_filters(self) -> Filters {
-        Filters(self.iter().cloned().flat_map(|f| f.into_filter().0).collect())
+        Filters(
+            self.iter()
+                .cloned()
+                .flat_map(|f| f.into_filter().0)
+                .collect(),
+        )
     }
 }
 impl<T: IntoFilter> FromIterator<T> for Filters {
@@ -204,7 +209,9 @@ impl Subscribe {
     /// Each filter with its final options: its own, else the call's.
     fn resolve(&self) -> Result<Vec<(String, SubscribeOptions)>, Error> {
         if self.filters.0.is_empty() {
-            return Err(Error::InvalidArgument("subscribe needs at least one filter".to_owned()));
+            return Err(Error::InvalidArgument(
+                "subscribe needs at least one filter".to_owned(),
+            ));
         }
         let mut base = self.options.unwrap_or_default();
         if let Some(qos) = self.qos {

@@ -77,7 +77,9 @@ impl Unsubscribe {
 
     async fn send(self) -> Result<(), Error> {
         if self.filters.0.is_empty() {
-            return Err(Error::InvalidArgument("unsubscribe needs at least one filter".to_owned()));
+            return Err(Error::InvalidArgument(
+                "unsubscribe needs at least one filter".to_owned(),
+            ));
         }
         for filter in &self.filters.0 {
             Wildcard::new(filter.as_str())?;
@@ -102,4 +104,3 @@ impl IntoFuture for Unsubscribe {
         Box::pin(self.send())
     }
 }
-
