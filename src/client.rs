@@ -190,8 +190,10 @@ impl Client {
             Err(e) => {
                 slot.router.detach(&session);
                 let e = match e {
-                    Error::ConnectionRefused { .. } => engine::diagnose(options, deadline).await,
-                    e => e,
+                    // A refusal by CONNACK, or our own deadline, says it all.
+                    e @ (Error::Connect(_) | Error::Timeout) => e,
+                    // The engine reports refused, TLS and WebSocket failures alike.
+                    _ => engine::diagnose(options, deadline).await,
                 };
                 return Err(e);
             }

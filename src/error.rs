@@ -108,9 +108,14 @@ pub enum Error {
         detail: String,
     },
 
-    /// The TLS handshake or certificate verification failed.
-    #[error("TLS error: {0}")]
-    Tls(String),
+    /// The TLS handshake or certificate verification failed; `kind` says why.
+    #[error("TLS error ({kind}): {detail}")]
+    Tls {
+        /// What went wrong.
+        kind: TlsErrorKind,
+        /// Details from OpenSSL.
+        detail: String,
+    },
 
     /// The engine's outgoing queue is full (`max_queued_outgoing_messages`).
     #[error("Outgoing message queue is full ({limit} messages)")]
@@ -135,6 +140,46 @@ pub enum Error {
         /// Paho's description.
         message: String,
     },
+}
+
+/// Why a TLS connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsErrorKind {
+    /// The broker's certificate is not signed by a trusted CA.
+    UnknownCa,
+    /// The certificate does not name the host that was dialled.
+    HostnameMismatch,
+    /// The certificate has expired (or is not valid yet).
+    Expired,
+    /// Another certificate verification failure.
+    Certificate,
+    /// The broker requires a client certificate and none (or one it rejects) was sent.
+    ClientCertificateRejected,
+    /// The client key could not be read: wrong `keyfile_password`, or not a key.
+    BadKey,
+    /// The peer does not speak TLS (a plain port).
+    NotTls,
+    /// The peer expects TLS, and the client was not configured for it.
+    TlsRequired,
+    /// Any other handshake failure.
+    Handshake,
+}
+
+impl std::fmt::Display for TlsErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TlsErrorKind::UnknownCa => "certificate signed by an unknown CA",
+            TlsErrorKind::HostnameMismatch => "certificate does not match the hostname",
+            TlsErrorKind::Expired => "certificate expired or not yet valid",
+            TlsErrorKind::Certificate => "certificate verification failed",
+            TlsErrorKind::ClientCertificateRejected => "client certificate missing or rejected",
+            TlsErrorKind::BadKey => "client key cannot be read",
+            TlsErrorKind::NotTls => "the server does not speak TLS",
+            TlsErrorKind::TlsRequired => "the server expects TLS",
+            TlsErrorKind::Handshake => "handshake failed",
+        })
+    }
 }
 
 fn lost_text(rc: &Option<ReasonCode>, detail: &str) -> String {
@@ -174,7 +219,7 @@ impl Error {
 
     /// `true` for TLS handshake and certificate failures.
     pub fn is_tls(&self) -> bool {
-        matches!(self, Error::Tls(_))
+        matches!(self, Error::Tls { .. })
     }
 
     /// `true` for errors of `connect()` that happened before a CONNACK arrived
@@ -182,7 +227,10 @@ impl Error {
     pub fn is_connect(&self) -> bool {
         matches!(
             self,
-            Error::Dns { .. } | Error::ConnectionRefused { .. } | Error::Tls(_) | Error::Connect(_)
+            Error::Dns { .. }
+                | Error::ConnectionRefused { .. }
+                | Error::Tls { .. }
+                | Error::Connect(_)
         )
     }
 }

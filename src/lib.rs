@@ -20,7 +20,7 @@ mod will;
 
 pub use client::Client;
 pub use connection::Connection;
-pub use error::Error;
+pub use error::{Error, TlsErrorKind};
 pub use incoming::Messages;
 pub use message::Message;
 pub use ops::{

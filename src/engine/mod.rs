@@ -15,6 +15,7 @@ mod diagnose;
 mod errors;
 mod properties;
 mod secrets;
+mod tls_config;
 mod transport;
 
 use std::future::Future;
@@ -150,8 +151,11 @@ impl Engine {
         let mut b = paho::ConnectOptionsBuilder::with_mqtt_version(paho_version(options.protocol));
         b.keep_alive_interval(options.keepalive)
             .max_inflight(i32::from(options.max_inflight_messages))
-            // Paho's own timer (whole seconds, ~3 s granularity); the facade's timer is exact.
-            .connect_timeout(options.timeout.max(Duration::from_secs(1)));
+            // Paho's own timer (whole seconds, ~3 s granularity), never shorter than
+            // the facade's exact one.
+            .connect_timeout(Duration::from_secs(
+                options.timeout.as_secs_f64().ceil().max(1.0) as u64,
+            ));
         if self.v5() {
             b.clean_start(clean);
         } else {

@@ -176,6 +176,8 @@ pub(crate) fn check_transport(o: &Options) -> Result<(), Error> {
         if let Some(ciphers) = &tls.ciphers {
             no_nul("ciphers", ciphers)?;
         }
+        // A wrong passphrase fails here, at once, not as a handshake failure later.
+        super::tls_config::load_key(tls)?;
         for proto in &tls.alpn_protocols {
             if proto.is_empty() || proto.len() > 255 {
                 return Err(invalid("each ALPN protocol must be 1 to 255 bytes"));
