@@ -1,0 +1,94 @@
+//! Outgoing flow control: the in-flight window is what goes on the wire, and a
+//! bounded outgoing queue refuses with a clear error instead of growing.
+
+mod support;
+
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use aiomqtt::{Client, Error, QoS};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use support::*;
+
+const T: Duration = Duration::from_secs(30);
+
+/// Publishes `n` QoS 1 messages at once through a proxy to a paused broker and
+/// returns how many PUBLISH packets the client put on the wire.
+async fn publishes_on_the_wire(window: Option<u16>, n: usize) -> usize {
+    let mut broker = Broker::start();
+    let proxy = FaultProxy::start(broker.port()).await;
+    let mut b = Client::builder("127.0.0.1").port(proxy.port());
+    if let Some(window) = window {
+        b = b.max_inflight_messages(window);
+    }
+    let conn = b.build().unwrap().connect().await.unwrap();
+    broker.pause();
+    let topic = unique_topic("window");
+    let mut calls: FuturesUnordered<_> = (0..n)
+        .map(|i| conn.publish(&topic, i).qos(QoS::AtLeastOnce).into_future())
+        .collect();
+    // Let the client send all it is willing to.
+    let _ = tokio::time::timeout(Duration::from_millis(800), calls.next()).await;
+    let sent = proxy.count(Direction::ClientToBroker, PacketType::Publish);
+    broker.resume();
+    while let Some(result) = calls.next().await {
+        result.unwrap();
+    }
+    assert_eq!(proxy.count(Direction::ClientToBroker, PacketType::Publish), n);
+    sent
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inflight_window_is_enforced_on_the_wire() {
+    with_timeout(T, async {
+        assert_eq!(publishes_on_the_wire(Some(5), 30).await, 5);
+        // The default window is 20 (Mosquitto's own default).
+        assert_eq!(publishes_on_the_wire(None, 30).await, 20);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bounded_outgoing_queue_refuses_with_a_clear_error() {
+    with_timeout(T, async {
+        let mut broker = Broker::start();
+        let conn = Client::builder("127.0.0.1")
+            .port(broker.port())
+            .max_inflight_messages(1)
+            .max_queued_outgoing_messages(5)
+            .build()
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        broker.pause();
+        let topic = unique_topic("outgoing");
+        let calls: Vec<_> = (0..12)
+            .map(|i| tokio::spawn(conn.publish(&topic, i).qos(QoS::AtLeastOnce).into_future()))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        broker.resume();
+        let (mut ok, mut full) = (0, 0);
+        for call in calls {
+            match call.await.unwrap() {
+                Ok(()) => ok += 1,
+                Err(Error::OutgoingQueueFull { limit }) => {
+                    assert_eq!(limit, 5);
+                    full += 1;
+                }
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
+        assert_eq!(ok + full, 12);
+        assert!(full >= 6, "only {full} refused ({ok} sent)");
+        assert!(ok <= 6 && ok >= 5, "{ok} sent");
+        assert_eq!(
+            Error::OutgoingQueueFull { limit: 5 }.to_string(),
+            "Outgoing message queue is full (5 messages)"
+        );
+        // Once drained, publishing works again.
+        conn.publish(&topic, "after").qos(QoS::AtLeastOnce).await.unwrap();
+    })
+    .await;
+}
