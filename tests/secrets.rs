@@ -6,7 +6,7 @@ mod support;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use aiomqtt::{Client, Error, ProtocolVersion, QoS};
+use aiomqtt::{Client, Error, ProtocolVersion, ProxySettings, QoS, TlsParams};
 use support::*;
 
 static RECORDS: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -25,6 +25,7 @@ impl log::Log for Capture {
 }
 
 const PASSWORD: &str = "Pa55-w0rd-never-logged";
+const PROXY_PASSWORD: &str = "Pr0xy-pa55-never-logged";
 
 /// Every way a secret shows up in a log line: as text, as `Debug` of its bytes
 /// (paho-mqtt keeps the password as `Vec<u8>`), in base64 (HTTP Basic auth) and hex.
@@ -76,6 +77,58 @@ async fn password_never_reaches_any_log_record() {
             assert!(matches!(err, Error::Connect(_)), "{err:?}");
             assert!(!format!("{err} {err:?} {wrong:?}").contains(PASSWORD));
         }
+
+        // The key passphrase: mutual TLS with the encrypted client key.
+        let tls_broker = Broker::builder().mutual_tls().start();
+        let certs = tls_broker.certs();
+        let client = Client::builder("localhost")
+            .port(tls_broker.mtls_port())
+            .tls_params(
+                TlsParams::new()
+                    .ca_certs(&certs.ca)
+                    .certfile(&certs.client_cert)
+                    .keyfile(&certs.client_key_encrypted)
+                    .keyfile_password(CLIENT_KEY_PASSPHRASE),
+            )
+            .build()
+            .unwrap();
+        assert!(!format!("{client:?}").contains(CLIENT_KEY_PASSPHRASE));
+        let conn = client.connect().await.unwrap();
+        conn.publish("t", "x").qos(QoS::AtLeastOnce).await.unwrap();
+        conn.disconnect().await.unwrap();
+
+        // The proxy password: through tinyproxy with Basic authentication.
+        let proxy = HttpProxy::start_with_auth(&[broker.port()], "proxyuser", PROXY_PASSWORD);
+        let client = Client::builder("127.0.0.1")
+            .port(broker.port())
+            .proxy(
+                ProxySettings::http("127.0.0.1", proxy.port())
+                    .credentials("proxyuser", PROXY_PASSWORD),
+            )
+            .build()
+            .unwrap();
+        assert!(!format!("{client:?}").contains(PROXY_PASSWORD));
+        let conn = client.connect().await.unwrap();
+        conn.publish("t", "via proxy")
+            .qos(QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        conn.disconnect().await.unwrap();
+        // Wrong proxy credentials: the error names the proxy's answer, not the secret.
+        let wrong = Client::builder("127.0.0.1")
+            .port(broker.port())
+            .timeout(Duration::from_secs(5))
+            .proxy(
+                ProxySettings::http("127.0.0.1", proxy.port())
+                    .credentials("proxyuser", format!("{PROXY_PASSWORD}!")),
+            )
+            .build()
+            .unwrap();
+        let err = wrong.connect().await.unwrap_err();
+        assert!(
+            !format!("{err} {err:?}").contains(PROXY_PASSWORD),
+            "{err:?}"
+        );
     })
     .await;
 
@@ -86,7 +139,13 @@ async fn password_never_reaches_any_log_record() {
         "no engine records captured"
     );
     assert!(records.len() > 50, "only {} records", records.len());
-    let forms = secret_forms(PASSWORD);
+    // Basic auth carries `user:password`: its base64 is what a trace would show.
+    let mut forms = secret_forms(PASSWORD);
+    forms.extend(secret_forms(PROXY_PASSWORD));
+    forms.extend(secret_forms(CLIENT_KEY_PASSPHRASE));
+    forms.push(openssl::base64::encode_block(
+        format!("proxyuser:{PROXY_PASSWORD}").as_bytes(),
+    ));
     let leaks: Vec<&String> = records
         .iter()
         .filter(|r| forms.iter().any(|f| r.contains(f.as_str())))

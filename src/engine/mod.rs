@@ -184,11 +184,17 @@ impl Engine {
         transport::apply(options, &mut b)?;
         let opts = b.finalize();
 
+        let c_trace_mute = options
+            .proxy
+            .as_ref()
+            .is_some_and(|p| p.password.is_some())
+            .then(secrets::CTraceMute::new);
         let token = secrets::muted_if(options.has_secrets(), || cli.connect(opts));
         Ok(PendingConnect {
             token: Some(token),
             cli: cli.clone(),
             v5: self.v5(),
+            _c_trace_mute: c_trace_mute,
         })
     }
 
@@ -325,7 +331,7 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         if let Some(cli) = self.cli.take() {
-            reap(cli, None);
+            reap(cli, None, None);
         }
     }
 }
@@ -334,7 +340,11 @@ impl Drop for Engine {
 /// must never run on Paho's threads (deadlock, hazard 1) or on an async worker.
 /// A pending connect token is waited for first, so its client clone is not the
 /// last one when Paho resolves it.
-fn reap(cli: paho::AsyncClient, pending: Option<paho::ConnectToken>) {
+fn reap(
+    cli: paho::AsyncClient,
+    pending: Option<paho::ConnectToken>,
+    c_trace_mute: Option<secrets::CTraceMute>,
+) {
     let spawned = std::thread::Builder::new()
         .name("aiomqtt-reaper".to_owned())
         .spawn(move || {
@@ -342,6 +352,7 @@ fn reap(cli: paho::AsyncClient, pending: Option<paho::ConnectToken>) {
                 // Paho's own connect timeout bounds this wait.
                 let _ = token.wait_for(Duration::from_secs(600));
             }
+            drop(c_trace_mute);
             if cli.is_connected() {
                 let _ = cli.disconnect(None).wait_for(Duration::from_secs(5));
             }
@@ -359,6 +370,8 @@ pub(crate) struct PendingConnect {
     token: Option<paho::ConnectToken>,
     cli: paho::AsyncClient,
     v5: bool,
+    /// Held until the connect completes (moved to the reaper if abandoned).
+    _c_trace_mute: Option<secrets::CTraceMute>,
 }
 
 impl Future for PendingConnect {
@@ -386,7 +399,7 @@ impl Future for PendingConnect {
 impl Drop for PendingConnect {
     fn drop(&mut self) {
         if let Some(token) = self.token.take() {
-            reap(self.cli.clone(), Some(token));
+            reap(self.cli.clone(), Some(token), self._c_trace_mute.take());
         }
     }
 }
