@@ -35,7 +35,10 @@ async fn publishes_on_the_wire(window: Option<u16>, n: usize) -> usize {
     while let Some(result) = calls.next().await {
         result.unwrap();
     }
-    assert_eq!(proxy.count(Direction::ClientToBroker, PacketType::Publish), n);
+    assert_eq!(
+        proxy.count(Direction::ClientToBroker, PacketType::Publish),
+        n
+    );
     sent
 }
 
@@ -82,13 +85,16 @@ async fn bounded_outgoing_queue_refuses_with_a_clear_error() {
         }
         assert_eq!(ok + full, 12);
         assert!(full >= 6, "only {full} refused ({ok} sent)");
-        assert!(ok <= 6 && ok >= 5, "{ok} sent");
+        assert!((5..=6).contains(&ok), "{ok} sent");
         assert_eq!(
             Error::OutgoingQueueFull { limit: 5 }.to_string(),
             "Outgoing message queue is full (5 messages)"
         );
         // Once drained, publishing works again.
-        conn.publish(&topic, "after").qos(QoS::AtLeastOnce).await.unwrap();
+        conn.publish(&topic, "after")
+            .qos(QoS::AtLeastOnce)
+            .await
+            .unwrap();
     })
     .await;
 }
