@@ -75,7 +75,8 @@ impl ClientShared {
 struct Claim<'a> {
     shared: &'a Arc<ClientShared>,
     generation: u64,
-    started: Option<Slot>,
+    /// The engine and session of the CONNECT in progress.
+    started: Option<(Slot, Arc<Session>)>,
     done: bool,
 }
 
@@ -84,16 +85,21 @@ impl Drop for Claim<'_> {
         if self.done {
             return;
         }
-        let mut state = self.shared.lock();
-        if let Some(started) = &self.started {
-            if state
-                .slot
-                .as_ref()
-                .is_some_and(|s| Arc::ptr_eq(&s.engine, &started.engine))
-            {
-                state.slot = None;
+        let retired = match &self.started {
+            Some((started, session)) => {
+                started.router.detach(session);
+                let mut state = self.shared.lock();
+                let current = state
+                    .slot
+                    .as_ref()
+                    .is_some_and(|s| Arc::ptr_eq(&s.engine, &started.engine));
+                // Dropped outside the lock: it may be the engine's last reference.
+                if current { state.slot.take() } else { None }
             }
-        }
+            None => None,
+        };
+        drop(retired);
+        let mut state = self.shared.lock();
         if state.generation == self.generation {
             state.busy = false;
         }
@@ -165,7 +171,7 @@ impl Client {
             options.clone(),
         ));
         slot.router.attach(session.clone());
-        claim.started = Some(slot.clone());
+        claim.started = Some((slot.clone(), session.clone()));
 
         let result = loop {
             let pending = match slot.engine.connect(options, options.clean_flag()) {
@@ -189,6 +195,10 @@ impl Client {
             Ok(info) => info,
             Err(e) => {
                 slot.router.detach(&session);
+                if !e.is_timeout() {
+                    // Paho finished this attempt: its engine stays usable.
+                    claim.started = None;
+                }
                 let e = match e {
                     // A refusal by CONNACK, or our own deadline, says it all.
                     e @ (Error::Connect(_) | Error::Timeout) => e,
@@ -229,9 +239,11 @@ impl Client {
     }
 
     /// The current engine, created on first use (or after one was retired).
+    ///
+    /// Created outside the state lock: creating takes Paho's global mutex, and
+    /// Paho's callbacks take the state lock (a lost connection frees the client).
     fn slot(&self) -> Result<Slot, Error> {
-        let mut state = self.shared.lock();
-        if let Some(slot) = &state.slot {
+        if let Some(slot) = &self.shared.lock().slot {
             return Ok(slot.clone());
         }
         let router = Arc::new(Router::default());
@@ -240,12 +252,12 @@ impl Client {
             &self.shared.identifier,
             router.clone(),
         )?;
-        let slot = Slot {
+        let fresh = Slot {
             engine: Arc::new(engine),
             router,
         };
-        state.slot = Some(slot.clone());
-        Ok(slot)
+        // Only this claim's holder creates slots, so the slot is still empty.
+        Ok(self.shared.lock().slot.get_or_insert(fresh).clone())
     }
 }
 

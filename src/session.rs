@@ -70,6 +70,9 @@ pub(crate) struct Session {
     pub(crate) established: OnceLock<Established>,
     pub(crate) logger: Arc<str>,
     pub(crate) options: Arc<Options>,
+    /// Set once by the first `end()`; `ended` becomes visible only after the
+    /// client has been released.
+    ending: AtomicBool,
     ended: AtomicBool,
     end_cause: OnceLock<EndCause>,
     end_notify: Notify,
@@ -102,6 +105,7 @@ impl Session {
             established: OnceLock::new(),
             logger,
             options,
+            ending: AtomicBool::new(false),
             ended: AtomicBool::new(false),
             end_cause: OnceLock::new(),
             end_notify: Notify::new(),
@@ -146,21 +150,26 @@ impl Session {
     /// Ends the connection once: wakes waiting operations, closes the queue,
     /// detaches from the router and frees the client for the next `connect()`.
     /// Never calls into the engine (it may run on Paho's thread).
+    ///
+    /// The client is released before anything can observe the end, so whoever
+    /// sees it (a consumer getting the `Err`, `is_connected()` turning false) can
+    /// `connect()` again at once.
     pub(crate) fn end(&self, cause: EndCause) -> bool {
-        if self.ended.swap(true, Ordering::AcqRel) {
+        if self.ending.swap(true, Ordering::AcqRel) {
             return false;
         }
         let _ = self.end_cause.set(cause.clone());
+        self.router.detach(self);
+        if let Some(client) = self.client.upgrade() {
+            client.release(self.generation);
+        }
+        self.ended.store(true, Ordering::Release);
         self.end_notify.notify_waiters();
         let queue_cause = match cause {
             EndCause::Lost { rc, detail } => Error::ConnectionLost { rc, detail },
             EndCause::Closed => Error::Closed,
         };
         self.queue.close(queue_cause);
-        self.router.detach(self);
-        if let Some(client) = self.client.upgrade() {
-            client.release(self.generation);
-        }
         true
     }
 
@@ -169,7 +178,7 @@ impl Session {
     pub(crate) fn close(
         &self,
     ) -> Option<impl std::future::Future<Output = Result<(), Error>> + Send + use<>> {
-        if self.is_ended() {
+        if self.ending.load(Ordering::Acquire) {
             return None;
         }
         let disconnect = self.engine.disconnect().ok();
