@@ -1,0 +1,36 @@
+//! Integration-test harness: private Mosquitto brokers, test certificates, a fault-injecting
+//! TCP proxy, a real HTTP CONNECT proxy and small helpers. Specified by `TESTING.md`.
+//!
+//! Use from a test file with `mod support;` (then `use support::*;`). Every item is optional,
+//! hence `dead_code` is allowed.
+//!
+//! - [`Broker`]: `Broker::start()` or `Broker::builder().tls().websockets()….start()`; one
+//!   Mosquitto process per value, free ports, killed on drop. `uri(Listener)` for each
+//!   transport, `restart()`/`kill()`/`start_again()`/`pause()`/`resume()`, `log()`.
+//!   The start-up probe connects once to every listener, so the log starts with one
+//!   `Client <unknown> closed its connection` / TLS `unexpected eof` line per listener.
+//! - [`Certs`]: CA, server certs (good / wrong host / expired), client cert + plain and
+//!   encrypted key, an unrelated CA; generated once per process. `broker.certs()`.
+//! - [`FaultProxy`]: cut (RST/FIN), blackhole, delay, refuse, `cut_on` the n-th packet of a
+//!   type, packet trace (`recorded()`, `trace()`, `wait_for`).
+//! - [`HttpProxy`]: tinyproxy allowing CONNECT to given ports, optional Basic auth.
+//! - Helpers: [`unique_topic`], [`init_logging`], [`with_timeout`], `within!`,
+//!   [`run_bounded`], [`run_with_timeout`], [`ChildGuard`], [`wait_until`].
+#![allow(dead_code)]
+#![allow(unused_imports)]
+
+pub mod broker;
+pub mod certs;
+pub mod fault_proxy;
+pub mod http_proxy;
+pub mod util;
+
+pub use broker::{Broker, BrokerBuilder, DEFAULT_REFUSED, Listener};
+pub use certs::{CLIENT_KEY_PASSPHRASE, Certs, ServerCert, WRONG_HOSTNAME};
+pub use fault_proxy::{CutMode, Direction, FaultProxy, Packet, PacketType};
+pub use http_proxy::HttpProxy;
+pub use util::{
+    ChildGuard, IntoTimeout, Watchdog, free_port, free_ports, init_logging, port_accepts,
+    process_alive, process_state, run_bounded, run_with_timeout, send_signal, try_signal,
+    unique_topic, wait_until, wait_until_async, with_timeout, with_timeout_ctx,
+};
