@@ -214,6 +214,7 @@ impl Client {
             .as_ref()
             .and_then(|p| p.assigned_client_identifier.clone())
             .unwrap_or_else(|| self.shared.identifier.clone());
+        *session.keepalive.lock().unwrap_or_else(|e| e.into_inner()) = info.keepalive;
         let _ = session.established.set(Established {
             identifier,
             session_present: info.session_present,

@@ -15,33 +15,27 @@ use crate::ReasonCode;
 ///
 /// Coded errors display as `[code:N] <reason>`, as aiomqtt's do. No variant ever
 /// carries a password or a key passphrase.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
     /// The broker refused the connection (CONNACK with a failure code).
-    #[error("[code:{}] {}", .0.value(), .0)]
     Connect(ReasonCode),
 
     /// The broker answered an operation with a failure reason code
     /// (a negative PUBACK/PUBREC/PUBCOMP, SUBACK or UNSUBACK).
-    #[error("[code:{}] {}", .0.value(), .0)]
     Code(ReasonCode),
 
     /// `connect()` was called while a connection from the same client is alive.
-    #[error("The client is reusable, but not reentrant")]
     Reentrant,
 
     /// The operation did not complete within its timeout.
-    #[error("Operation timed out")]
     Timeout,
 
     /// The operation needs a live connection and this one has ended.
-    #[error("Not connected")]
     NotConnected,
 
     /// The connection ended while an operation was waiting for the broker.
     /// `rc` is the reason code of a DISCONNECT sent by the broker (MQTT 5), if any.
-    #[error("{}", lost_text(.rc, .detail))]
     ConnectionLost {
         /// The broker's DISCONNECT reason code, when it sent one.
         rc: Option<ReasonCode>,
@@ -51,16 +45,13 @@ pub enum Error {
 
     /// The connection was closed by this client (`disconnect()`, or its last
     /// handle dropped): the cause inside [`Error::Disconnected`].
-    #[error("The connection was closed by the client")]
     Closed,
 
     /// The connection ended while iterating over messages. The cause is the
     /// [`source`](std::error::Error::source).
-    #[error("Disconnected during message iteration")]
-    Disconnected(#[source] Box<Error>),
+    Disconnected(Box<Error>),
 
     /// A topic name failed validation.
-    #[error("Invalid topic {topic:?}: {reason}")]
     InvalidTopic {
         /// The rejected topic.
         topic: String,
@@ -69,7 +60,6 @@ pub enum Error {
     },
 
     /// A topic filter failed validation.
-    #[error("Invalid wildcard {wildcard:?}: {reason}")]
     InvalidWildcard {
         /// The rejected filter.
         wildcard: String,
@@ -78,11 +68,9 @@ pub enum Error {
     },
 
     /// An argument or option value is invalid.
-    #[error("Invalid argument: {0}")]
     InvalidArgument(String),
 
     /// The option is not supported by this client (or not yet).
-    #[error("The `{option}` option is not supported: {reason}")]
     Unsupported {
         /// The builder method that was used.
         option: &'static str,
@@ -91,7 +79,6 @@ pub enum Error {
     },
 
     /// The broker's host name could not be resolved.
-    #[error("Could not resolve host {host:?}: {detail}")]
     Dns {
         /// The host name.
         host: String,
@@ -100,7 +87,6 @@ pub enum Error {
     },
 
     /// The TCP connection to the broker was refused or could not be made.
-    #[error("Could not connect to {address}: {detail}")]
     ConnectionRefused {
         /// `host:port` (or socket path) that was dialled.
         address: String,
@@ -109,7 +95,6 @@ pub enum Error {
     },
 
     /// The TLS handshake or certificate verification failed; `kind` says why.
-    #[error("TLS error ({kind}): {detail}")]
     Tls {
         /// What went wrong.
         kind: TlsErrorKind,
@@ -118,28 +103,82 @@ pub enum Error {
     },
 
     /// The engine's outgoing queue is full (`max_queued_outgoing_messages`).
-    #[error("Outgoing message queue is full ({limit} messages)")]
     OutgoingQueueFull {
         /// The configured limit.
         limit: usize,
     },
 
     /// A payload was not valid UTF-8 where text was asked for.
-    #[error("Payload is not valid UTF-8: {0}")]
-    Utf8(#[from] std::str::Utf8Error),
+    Utf8(std::str::Utf8Error),
 
     /// An I/O error of the facade itself.
-    #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
 
     /// Any other failure reported by the Paho engine.
-    #[error("MQTT engine error {code}: {message}")]
     Engine {
         /// Paho's return code.
         code: i32,
         /// Paho's description.
         message: String,
     },
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Connect(rc) | Error::Code(rc) => write!(f, "[code:{}] {rc}", rc.value()),
+            Error::Reentrant => f.write_str("The client is reusable, but not reentrant"),
+            Error::Timeout => f.write_str("Operation timed out"),
+            Error::NotConnected => f.write_str("Not connected"),
+            Error::ConnectionLost { rc, detail } => f.write_str(&lost_text(rc, detail)),
+            Error::Closed => f.write_str("The connection was closed by the client"),
+            Error::Disconnected(_) => f.write_str("Disconnected during message iteration"),
+            Error::InvalidTopic { topic, reason } => write!(f, "Invalid topic {topic:?}: {reason}"),
+            Error::InvalidWildcard { wildcard, reason } => {
+                write!(f, "Invalid wildcard {wildcard:?}: {reason}")
+            }
+            Error::InvalidArgument(text) => write!(f, "Invalid argument: {text}"),
+            Error::Unsupported { option, reason } => {
+                write!(f, "The `{option}` option is not supported: {reason}")
+            }
+            Error::Dns { host, detail } => write!(f, "Could not resolve host {host:?}: {detail}"),
+            Error::ConnectionRefused { address, detail } => {
+                write!(f, "Could not connect to {address}: {detail}")
+            }
+            Error::Tls { kind, detail } => write!(f, "TLS error ({kind}): {detail}"),
+            Error::OutgoingQueueFull { limit } => {
+                write!(f, "Outgoing message queue is full ({limit} messages)")
+            }
+            Error::Utf8(e) => write!(f, "Payload is not valid UTF-8: {e}"),
+            Error::Io(e) => write!(f, "I/O error: {e}"),
+            Error::Engine { code, message } => write!(f, "MQTT engine error {code}: {message}"),
+        }
+    }
+}
+
+/// Written by hand: a derived `source()` would return the `Box` around the
+/// cause, which does not downcast to `Error`; this returns the cause itself.
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Disconnected(cause) => Some(cause.as_ref()),
+            Error::Utf8(e) => Some(e),
+            Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<std::str::Utf8Error> for Error {
+    fn from(e: std::str::Utf8Error) -> Self {
+        Error::Utf8(e)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e)
+    }
 }
 
 /// Why a TLS connection failed.
@@ -257,6 +296,10 @@ mod tests {
         let wrapped = Error::Disconnected(Box::new(lost));
         assert_eq!(wrapped.to_string(), "Disconnected during message iteration");
         assert_eq!(wrapped.rc(), Some(ReasonCode::SESSION_TAKEN_OVER));
-        assert!(std::error::Error::source(&wrapped).is_some());
+        let source = std::error::Error::source(&wrapped).expect("a source");
+        assert!(matches!(
+            source.downcast_ref::<Error>(),
+            Some(Error::ConnectionLost { .. })
+        ));
     }
 }

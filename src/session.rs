@@ -68,6 +68,8 @@ pub(crate) struct Session {
     pub(crate) queue: Queue,
     pub(crate) calls: Calls,
     pub(crate) established: OnceLock<Established>,
+    /// Released when the connection ends.
+    pub(crate) keepalive: Mutex<Option<crate::engine::KeepaliveRegistration>>,
     pub(crate) logger: Arc<str>,
     pub(crate) options: Arc<Options>,
     /// Set once by the first `end()`; `ended` becomes visible only after the
@@ -103,6 +105,7 @@ impl Session {
                 threshold: options.pending_calls_threshold,
             },
             established: OnceLock::new(),
+            keepalive: Mutex::new(None),
             logger,
             options,
             ending: AtomicBool::new(false),
@@ -133,6 +136,11 @@ impl Session {
         if !self.is_ended() {
             notified.await;
         }
+        self.end_error()
+    }
+
+    /// The error for an operation cut short by the end of the connection.
+    pub(crate) fn end_error(&self) -> Error {
         self.end_cause
             .get()
             .map_or(Error::NotConnected, EndCause::to_error)
@@ -159,6 +167,12 @@ impl Session {
             return false;
         }
         let _ = self.end_cause.set(cause.clone());
+        drop(
+            self.keepalive
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         self.router.detach(self);
         if let Some(client) = self.client.upgrade() {
             client.release(self.generation);

@@ -13,6 +13,7 @@
 
 mod diagnose;
 mod errors;
+mod keepalive;
 mod properties;
 mod secrets;
 mod tls_config;
@@ -55,7 +56,11 @@ pub(crate) fn is_command_ignored(e: &Error) -> bool {
 pub(crate) struct ConnectInfo {
     pub(crate) session_present: bool,
     pub(crate) properties: Option<Properties>,
+    /// Keeps Paho's keep-alive checks frequent enough while the connection lives.
+    pub(crate) keepalive: Option<KeepaliveRegistration>,
 }
+
+pub(crate) use keepalive::Registration as KeepaliveRegistration;
 
 /// One Paho client. Dropping it hands the client to a reaper thread.
 pub(crate) struct Engine {
@@ -189,12 +194,17 @@ impl Engine {
             .as_ref()
             .is_some_and(|p| p.password.is_some())
             .then(secrets::CTraceMute::new);
-        let token = secrets::muted_if(options.has_secrets(), || cli.connect(opts));
+        // build() checked that the keepalive is 1..=65535 whole seconds.
+        let keepalive = u16::try_from(options.keepalive.as_secs()).unwrap_or(u16::MAX);
+        let (keepalive, token) = keepalive::Registration::around(keepalive, || {
+            secrets::muted_if(options.has_secrets(), || cli.connect(opts))
+        });
         Ok(PendingConnect {
             token: Some(token),
             cli: cli.clone(),
             v5: self.v5(),
             _c_trace_mute: c_trace_mute,
+            keepalive: Some(keepalive),
         })
     }
 
@@ -307,9 +317,21 @@ impl Engine {
             _ => cli.unsubscribe_many(filters),
         };
         Ok(async move {
-            match token.await {
-                Ok(_) => Ok(()),
-                Err(e) => Err(errors::map_error(e)),
+            let rsp = token.await.map_err(errors::map_error)?;
+            // Paho completes every UNSUBACK as a success; on v5 its codes say
+            // whether the broker refused (paho-mqtt files them under
+            // `SubscribeMany`, so both accessors are read).
+            let codes = rsp
+                .subscribe_many_response()
+                .or_else(|| rsp.unsubscribe_many_response())
+                .unwrap_or_default();
+            match codes
+                .into_iter()
+                .map(|c| ReasonCode::from(c as u8))
+                .find(|c| c.is_error())
+            {
+                Some(refused) => Err(Error::Code(refused)),
+                None => Ok(()),
             }
         })
     }
@@ -372,6 +394,8 @@ pub(crate) struct PendingConnect {
     v5: bool,
     /// Held until the connect completes (moved to the reaper if abandoned).
     _c_trace_mute: Option<secrets::CTraceMute>,
+    /// Handed to the connection on success; dropped on failure.
+    keepalive: Option<keepalive::Registration>,
 }
 
 impl Future for PendingConnect {
@@ -390,6 +414,7 @@ impl Future for PendingConnect {
             Ok(rsp) => Ok(ConnectInfo {
                 session_present: rsp.connect_response().is_some_and(|c| c.session_present),
                 properties: self.v5.then(|| properties::from_paho(rsp.properties())),
+                keepalive: self.keepalive.take(),
             }),
             Err(e) => Err(errors::map_connect_error(e)),
         })

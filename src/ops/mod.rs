@@ -39,10 +39,17 @@ where
         session.check_live()?;
         let _pending = session.enter_call();
         let operation = start(&session.engine)?;
-        tokio::select! {
+        let result = tokio::select! {
             biased;
             result = operation => result,
             cause = session.ended() => Err(cause),
+        };
+        // When the broker ends the session, Paho reports the end first and fails
+        // the pending calls after: the end's cause (e.g. the broker's DISCONNECT
+        // reason code) says more than the engine's "operation incomplete".
+        match result {
+            Err(_) if session.is_ended() => Err(session.end_error()),
+            result => result,
         }
     };
     match tokio::time::timeout(timeout, work).await {
