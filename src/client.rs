@@ -5,6 +5,8 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::connection::{Connection, ConnectionHandle};
 use crate::engine::{self, Engine};
 use crate::options::Options;
@@ -158,11 +160,11 @@ impl Client {
     pub async fn connect(&self) -> Result<Connection, Error> {
         let mut claim = self.claim()?;
         let options = &self.shared.options;
-        let deadline = tokio::time::Instant::now() + options.timeout;
+        let deadline = Instant::now() + options.timeout;
 
         engine::preflight(options, deadline).await?;
 
-        let slot = self.slot()?;
+        let slot = self.slot(deadline).await?;
         let session = Arc::new(Session::new(
             claim.generation,
             slot.engine.clone(),
@@ -174,7 +176,11 @@ impl Client {
         claim.started = Some((slot.clone(), session.clone()));
 
         let result = loop {
-            let pending = match slot.engine.connect(options, options.clean_flag()) {
+            // On a blocking thread: MQTTAsync_connect waits for Paho's global mutex.
+            let (engine, opts) = (slot.engine.clone(), options.clone());
+            let start =
+                tokio::task::spawn_blocking(move || engine.connect(&opts, opts.clean_flag()));
+            let pending = match blocking_result(tokio::time::timeout_at(deadline, start).await) {
                 Ok(pending) => pending,
                 Err(e) => break Err(e),
             };
@@ -200,8 +206,12 @@ impl Client {
                     claim.started = None;
                 }
                 let e = match e {
-                    // A refusal by CONNACK, or our own deadline, says it all.
-                    e @ (Error::Connect(_) | Error::Timeout) => e,
+                    // A refusal by CONNACK, our own deadline, or a refusal by the
+                    // facade itself says it all.
+                    e @ (Error::Connect(_)
+                    | Error::Timeout
+                    | Error::Unsupported { .. }
+                    | Error::InvalidArgument(_)) => e,
                     // The engine reports refused, TLS and WebSocket failures alike.
                     _ => engine::diagnose(options, deadline).await,
                 };
@@ -214,7 +224,7 @@ impl Client {
             .as_ref()
             .and_then(|p| p.assigned_client_identifier.clone())
             .unwrap_or_else(|| self.shared.identifier.clone());
-        *session.keepalive.lock().unwrap_or_else(|e| e.into_inner()) = info.keepalive;
+        *session.guards.lock().unwrap_or_else(|e| e.into_inner()) = Some(info.guards);
         let _ = session.established.set(Established {
             identifier,
             session_present: info.session_present,
@@ -241,24 +251,39 @@ impl Client {
 
     /// The current engine, created on first use (or after one was retired).
     ///
-    /// Created outside the state lock: creating takes Paho's global mutex, and
-    /// Paho's callbacks take the state lock (a lost connection frees the client).
-    fn slot(&self) -> Result<Slot, Error> {
+    /// Created on a blocking thread, outside the state lock: creating takes
+    /// Paho's global mutex, which Paho may hold for seconds, and Paho's
+    /// callbacks take the state lock (a lost connection frees the client).
+    async fn slot(&self, deadline: Instant) -> Result<Slot, Error> {
         if let Some(slot) = &self.shared.lock().slot {
             return Ok(slot.clone());
         }
         let router = Arc::new(Router::default());
-        let engine = Engine::create(
-            &self.shared.options,
-            &self.shared.identifier,
+        let (options, identifier, events) = (
+            self.shared.options.clone(),
+            self.shared.identifier.clone(),
             router.clone(),
-        )?;
+        );
+        let create =
+            tokio::task::spawn_blocking(move || Engine::create(&options, &identifier, events));
+        let engine = blocking_result(tokio::time::timeout_at(deadline, create).await)?;
         let fresh = Slot {
             engine: Arc::new(engine),
             router,
         };
         // Only this claim's holder creates slots, so the slot is still empty.
         Ok(self.shared.lock().slot.get_or_insert(fresh).clone())
+    }
+}
+
+/// The result of an engine call made on a blocking thread within a deadline.
+fn blocking_result<T>(
+    waited: Result<Result<Result<T, Error>, tokio::task::JoinError>, tokio::time::error::Elapsed>,
+) -> Result<T, Error> {
+    match waited {
+        Err(_) => Err(Error::Timeout),
+        Ok(Err(join)) => Err(Error::Io(std::io::Error::other(join))),
+        Ok(Ok(result)) => result,
     }
 }
 

@@ -69,7 +69,7 @@ pub(crate) struct Session {
     pub(crate) calls: Calls,
     pub(crate) established: OnceLock<Established>,
     /// Released when the connection ends.
-    pub(crate) keepalive: Mutex<Option<crate::engine::KeepaliveRegistration>>,
+    pub(crate) guards: Mutex<Option<crate::engine::ConnectionGuards>>,
     pub(crate) logger: Arc<str>,
     pub(crate) options: Arc<Options>,
     /// Set once by the first `end()`; `ended` becomes visible only after the
@@ -105,7 +105,7 @@ impl Session {
                 threshold: options.pending_calls_threshold,
             },
             established: OnceLock::new(),
-            keepalive: Mutex::new(None),
+            guards: Mutex::new(None),
             logger,
             options,
             ending: AtomicBool::new(false),
@@ -167,12 +167,7 @@ impl Session {
             return false;
         }
         let _ = self.end_cause.set(cause.clone());
-        drop(
-            self.keepalive
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take(),
-        );
+        drop(self.guards.lock().unwrap_or_else(|e| e.into_inner()).take());
         self.router.detach(self);
         if let Some(client) = self.client.upgrade() {
             client.release(self.generation);

@@ -238,16 +238,19 @@ mod tls {
                     return tls_error(verify_kind(verify.as_raw()), verify.error_string());
                 }
                 let detail = mid.error().to_string();
-                if mid.ssl().peer_certificate().is_none()
-                    && alert_kind(&detail) != TlsErrorKind::ClientCertificateRejected
-                {
-                    // No certificate came back: the peer is not a TLS server.
-                    return tls_error(
-                        TlsErrorKind::NotTls,
-                        format!("{address} did not answer the TLS handshake: {detail}"),
-                    );
+                if mid.ssl().peer_certificate().is_some() {
+                    // The server showed its certificate, then refused us: our certificate.
+                    return tls_error(alert_kind(&detail), detail);
                 }
-                tls_error(alert_kind(&detail), detail)
+                if detail.to_ascii_lowercase().contains("alert") {
+                    // A TLS server refused the hello itself: versions or ciphers.
+                    return tls_error(TlsErrorKind::Handshake, detail);
+                }
+                // No certificate and no alert: the peer is not a TLS server.
+                tls_error(
+                    TlsErrorKind::NotTls,
+                    format!("{address} did not answer the TLS handshake: {detail}"),
+                )
             }
             Err(HandshakeError::WouldBlock(_)) => Error::Timeout,
             Err(HandshakeError::SetupFailure(e)) => {

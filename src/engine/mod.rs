@@ -18,11 +18,13 @@ mod properties;
 mod secrets;
 mod tls_config;
 mod transport;
+mod websocket;
 
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -52,15 +54,48 @@ pub(crate) fn is_command_ignored(e: &Error) -> bool {
     matches!(e, Error::Engine { code: -18, .. })
 }
 
+/// Connects in progress in this process. While any is, Paho's global mutex may
+/// be held for seconds (DNS on its thread, hazard 11; `Proxy_connect` sleeping
+/// up to 10 s for a silent proxy), so callers move engine calls off async workers.
+static CONNECTING: AtomicUsize = AtomicUsize::new(0);
+
+/// `true` while a connect is in progress anywhere in this process.
+pub(crate) fn connect_in_flight() -> bool {
+    CONNECTING.load(Ordering::Acquire) > 0
+}
+
+/// Counts one connect in progress while alive.
+struct Connecting(());
+
+impl Connecting {
+    fn new() -> Connecting {
+        CONNECTING.fetch_add(1, Ordering::AcqRel);
+        Connecting(())
+    }
+}
+
+impl Drop for Connecting {
+    fn drop(&mut self) {
+        CONNECTING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// What CONNACK told us.
 pub(crate) struct ConnectInfo {
     pub(crate) session_present: bool,
     pub(crate) properties: Option<Properties>,
-    /// Keeps Paho's keep-alive checks frequent enough while the connection lives.
-    pub(crate) keepalive: Option<KeepaliveRegistration>,
+    /// To keep for as long as the connection lives.
+    pub(crate) guards: ConnectionGuards,
 }
 
-pub(crate) use keepalive::Registration as KeepaliveRegistration;
+/// Process-wide registrations a connection holds while alive.
+#[derive(Default)]
+pub(crate) struct ConnectionGuards {
+    /// Keeps Paho's keep-alive checks frequent enough for this connection.
+    _keepalive: Option<keepalive::Registration>,
+    /// This process's one WebSocket connection.
+    _websocket: Option<websocket::WebSocketClaim>,
+}
 
 /// One Paho client. Dropping it hands the client to a reaper thread.
 pub(crate) struct Engine {
@@ -189,6 +224,11 @@ impl Engine {
         transport::apply(options, &mut b)?;
         let opts = b.finalize();
 
+        let websocket = match options.transport {
+            crate::Transport::WebSockets => Some(websocket::WebSocketClaim::take()?),
+            _ => None,
+        };
+        let connecting = Connecting::new();
         let c_trace_mute = options
             .proxy
             .as_ref()
@@ -204,7 +244,11 @@ impl Engine {
             cli: cli.clone(),
             v5: self.v5(),
             _c_trace_mute: c_trace_mute,
-            keepalive: Some(keepalive),
+            connecting: Some(connecting),
+            guards: Some(ConnectionGuards {
+                _keepalive: Some(keepalive),
+                _websocket: websocket,
+            }),
         })
     }
 
@@ -353,7 +397,7 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         if let Some(cli) = self.cli.take() {
-            reap(cli, None, None);
+            reap(cli, None, (None, None, None));
         }
     }
 }
@@ -365,7 +409,11 @@ impl Drop for Engine {
 fn reap(
     cli: paho::AsyncClient,
     pending: Option<paho::ConnectToken>,
-    c_trace_mute: Option<secrets::CTraceMute>,
+    holds: (
+        Option<secrets::CTraceMute>,
+        Option<Connecting>,
+        Option<ConnectionGuards>,
+    ),
 ) {
     let spawned = std::thread::Builder::new()
         .name("aiomqtt-reaper".to_owned())
@@ -374,11 +422,13 @@ fn reap(
                 // Paho's own connect timeout bounds this wait.
                 let _ = token.wait_for(Duration::from_secs(600));
             }
-            drop(c_trace_mute);
+            drop((holds.0, holds.1));
             if cli.is_connected() {
                 let _ = cli.disconnect(None).wait_for(Duration::from_secs(5));
             }
             drop(cli);
+            // Released only once Paho has let go of the connection.
+            drop(holds.2);
         });
     if let Err(e) = spawned {
         // Without a thread the client is leaked rather than risking a deadlock.
@@ -394,8 +444,11 @@ pub(crate) struct PendingConnect {
     v5: bool,
     /// Held until the connect completes (moved to the reaper if abandoned).
     _c_trace_mute: Option<secrets::CTraceMute>,
-    /// Handed to the connection on success; dropped on failure.
-    keepalive: Option<keepalive::Registration>,
+    /// Counted until Paho has finished the attempt.
+    connecting: Option<Connecting>,
+    /// Handed to the connection on success; dropped on failure; kept by the
+    /// reaper while Paho finishes an abandoned attempt.
+    guards: Option<ConnectionGuards>,
 }
 
 impl Future for PendingConnect {
@@ -410,11 +463,12 @@ impl Future for PendingConnect {
             Poll::Ready(result) => result,
         };
         self.token = None;
+        self.connecting = None;
         Poll::Ready(match result {
             Ok(rsp) => Ok(ConnectInfo {
                 session_present: rsp.connect_response().is_some_and(|c| c.session_present),
                 properties: self.v5.then(|| properties::from_paho(rsp.properties())),
-                keepalive: self.keepalive.take(),
+                guards: self.guards.take().unwrap_or_default(),
             }),
             Err(e) => Err(errors::map_connect_error(e)),
         })
@@ -424,7 +478,12 @@ impl Future for PendingConnect {
 impl Drop for PendingConnect {
     fn drop(&mut self) {
         if let Some(token) = self.token.take() {
-            reap(self.cli.clone(), Some(token), self._c_trace_mute.take());
+            let holds = (
+                self._c_trace_mute.take(),
+                self.connecting.take(),
+                self.guards.take(),
+            );
+            reap(self.cli.clone(), Some(token), holds);
         }
     }
 }

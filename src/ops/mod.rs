@@ -9,7 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::Error;
-use crate::engine::Engine;
+use crate::engine::{self, Engine};
 use crate::session::Session;
 
 pub use publish::Publish;
@@ -24,10 +24,10 @@ pub use unsubscribe::{IntoUnsubscribeFilters, Unsubscribe, UnsubscribeFilters};
 pub(crate) async fn run<T, F>(
     session: &Session,
     timeout: Option<Duration>,
-    start: impl FnOnce(&Engine) -> Result<F, Error>,
+    start: impl FnOnce(&Engine) -> Result<F, Error> + Send + 'static,
 ) -> Result<T, Error>
 where
-    F: Future<Output = Result<T, Error>>,
+    F: Future<Output = Result<T, Error>> + Send + 'static,
 {
     session.check_live()?;
     let timeout = timeout.unwrap_or(session.options.timeout);
@@ -38,7 +38,16 @@ where
         };
         session.check_live()?;
         let _pending = session.enter_call();
-        let operation = start(&session.engine)?;
+        let operation = if engine::connect_in_flight() {
+            // Paho's global mutex may be held for seconds: wait on a blocking
+            // thread, so this call's timeout still applies.
+            let engine = session.engine.clone();
+            tokio::task::spawn_blocking(move || start(&engine))
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))??
+        } else {
+            start(&session.engine)?
+        };
         let result = tokio::select! {
             biased;
             result = operation => result,
