@@ -62,12 +62,20 @@ impl ClientShared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Frees the client after the connection of `generation` ended.
-    pub(crate) fn release(&self, generation: u64) {
+    /// Frees the client after the connection of `generation` ended. With
+    /// `retire`, that engine is not reused: the next `connect()` makes a new one.
+    pub(crate) fn release(&self, generation: u64, retire: Option<&Arc<Engine>>) {
         let mut state = self.lock();
+        let retired = match (retire, &state.slot) {
+            (Some(engine), Some(slot)) if Arc::ptr_eq(engine, &slot.engine) => state.slot.take(),
+            _ => None,
+        };
         if state.generation == generation {
             state.busy = false;
         }
+        drop(state);
+        // Dropped outside the lock; the engine's own drop hands Paho to the reaper.
+        drop(retired);
     }
 }
 

@@ -169,8 +169,14 @@ impl Session {
         let _ = self.end_cause.set(cause.clone());
         drop(self.guards.lock().unwrap_or_else(|e| e.into_inner()).take());
         self.router.detach(self);
+        // After a loss, Paho goes on tearing the handle down after our callback
+        // (MQTTAsyncUtils.c: the `disconnected` callback, then nextOrClose()), while a
+        // reconnect on the same handle replaces the connect options it still uses:
+        // seen crashing the process after a broker DISCONNECT. A lost connection's
+        // engine is retired; the reconnect gets a fresh one.
+        let retire = matches!(cause, EndCause::Lost { .. }).then_some(&self.engine);
         if let Some(client) = self.client.upgrade() {
-            client.release(self.generation);
+            client.release(self.generation, retire);
         }
         self.ended.store(true, Ordering::Release);
         self.end_notify.notify_waiters();
