@@ -20,7 +20,6 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aiomqtt::{
@@ -43,69 +42,25 @@ const QUIET: Duration = Duration::from_millis(300);
 // binary and give each client its own `logger` target, so parallel tests do not mix.
 
 mod logs {
-    use std::sync::{Mutex, Once};
-
-    struct Capture;
-    static CAPTURE: Capture = Capture;
-    static RECORDS: Mutex<Vec<(String, log::Level, String)>> = Mutex::new(Vec::new());
-
-    fn wanted(target: &str) -> bool {
-        target == "mqtt" || target.starts_with("suite-")
-    }
-
-    impl log::Log for Capture {
-        fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-            wanted(metadata.target())
-        }
-        fn log(&self, record: &log::Record<'_>) {
-            if wanted(record.target()) {
-                RECORDS.lock().unwrap_or_else(|e| e.into_inner()).push((
-                    record.target().to_owned(),
-                    record.level(),
-                    record.args().to_string(),
-                ));
-            }
-        }
-        fn flush(&self) {}
-    }
-
-    /// Installs the capturing logger (once per process).
-    pub fn install() {
-        static ONCE: Once = Once::new();
-        ONCE.call_once(|| {
-            log::set_logger(&CAPTURE).expect("no other logger in this test binary");
-            log::set_max_level(log::LevelFilter::Trace);
-        });
-    }
+    use super::support::logged;
 
     /// Records of `target` at WARN or above, as `(level, text)`.
     pub fn warnings(target: &str) -> Vec<(log::Level, String)> {
-        RECORDS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|(t, level, _)| t == target && *level <= log::Level::Warn)
-            .map(|(_, level, text)| (*level, text.clone()))
+        logged(target)
+            .into_iter()
+            .filter(|(level, _)| *level <= log::Level::Warn)
             .collect()
     }
 
     /// Every record of `target`.
     pub fn all(target: &str) -> Vec<(log::Level, String)> {
-        RECORDS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|(t, _, _)| t == target)
-            .map(|(_, level, text)| (*level, text.clone()))
-            .collect()
+        logged(target)
     }
 }
 
 /// A `logger` target unique to this call, captured by [`logs`].
 fn log_target(test: &str) -> String {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    logs::install();
-    format!("suite-{test}-{}", SEQ.fetch_add(1, Ordering::Relaxed))
+    capture_logger(test)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,8 +9,6 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::error::Error as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, Once};
 use std::time::Duration;
 
 use aiomqtt::{
@@ -24,53 +22,6 @@ use support::*;
 const T: Duration = Duration::from_secs(30);
 /// Bound of one expected delivery or condition.
 const RECV: Duration = Duration::from_secs(5);
-
-// ---------------------------------------------------------------------------------------------
-// Log capture: one `log::Log` for the whole test binary; each test uses its own target.
-
-const LOG_PREFIX: &str = "aiomqtt-messages-test.";
-
-static RECORDS: Mutex<Vec<(String, log::Level, String)>> = Mutex::new(Vec::new());
-
-struct Capture;
-
-impl log::Log for Capture {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.target().starts_with(LOG_PREFIX)
-    }
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            RECORDS.lock().unwrap().push((
-                record.target().to_owned(),
-                record.level(),
-                record.args().to_string(),
-            ));
-        }
-    }
-    fn flush(&self) {}
-}
-
-/// Installs the capturing logger (once) and returns a logger target unique to this call.
-fn capture_logger(name: &str) -> String {
-    static ONCE: Once = Once::new();
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    ONCE.call_once(|| {
-        log::set_logger(&Capture).expect("no other logger in this test binary");
-        log::set_max_level(log::LevelFilter::Debug);
-    });
-    format!("{LOG_PREFIX}{name}.{}", SEQ.fetch_add(1, Ordering::Relaxed))
-}
-
-/// The (level, text) records logged under `target`.
-fn logged(target: &str) -> Vec<(log::Level, String)> {
-    RECORDS
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(t, _, _)| t == target)
-        .map(|(_, l, m)| (*l, m.clone()))
-        .collect()
-}
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.

@@ -23,12 +23,14 @@ pub mod broker;
 pub mod certs;
 pub mod fault_proxy;
 pub mod http_proxy;
+pub mod logcap;
 pub mod util;
 
 pub use broker::{Broker, BrokerBuilder, DEFAULT_REFUSED, Listener};
 pub use certs::{CLIENT_KEY_PASSPHRASE, Certs, ServerCert, WRONG_HOSTNAME};
 pub use fault_proxy::{CutMode, Direction, FaultProxy, Packet, PacketType};
 pub use http_proxy::HttpProxy;
+pub use logcap::{capture_logger, logged};
 pub use util::{
     ChildGuard, IntoTimeout, Watchdog, free_port, free_ports, init_logging, port_accepts,
     process_alive, process_state, run_bounded, run_with_timeout, send_signal, try_signal,
