@@ -56,8 +56,9 @@ where
         // When the broker ends the session, Paho reports the end first and fails
         // the pending calls after: the end's cause (e.g. the broker's DISCONNECT
         // reason code) says more than the engine's "operation incomplete".
+        // A reason code from the broker about this very call is kept.
         match result {
-            Err(_) if session.is_ended() => Err(session.end_error()),
+            Err(e) if session.is_ended() && !matches!(e, Error::Code(_)) => Err(session.end_error()),
             result => result,
         }
     };
