@@ -143,21 +143,22 @@ impl Queue {
 
     /// Called on Paho's thread: never blocks beyond the short lock.
     pub(crate) fn push(&self, message: Message) {
-        let wakers = {
-            let mut state = self.lock();
-            if !matches!(state.end, End::Open) {
-                return;
-            }
-            if self.limit.is_some_and(|limit| state.store.len() >= limit) {
-                drop(state);
-                self.discarded.fetch_add(1, Ordering::Relaxed);
-                log::warn!(target: &self.logger, "Message queue is full. Discarding message.");
-                return;
-            }
-            state.store.push(message);
-            std::mem::take(&mut state.waiting)
-        };
-        wakers.into_iter().for_each(|(_, w)| w.wake());
+        let mut state = self.lock();
+        if !matches!(state.end, End::Open) {
+            return;
+        }
+        if self.limit.is_some_and(|limit| state.store.len() >= limit) {
+            drop(state);
+            self.discarded.fetch_add(1, Ordering::Relaxed);
+            log::warn!(target: &self.logger, "Message queue is full. Discarding message.");
+            return;
+        }
+        state.store.push(message);
+        // Woken under the lock (a wake only schedules the task) so the list keeps
+        // its capacity: no allocation per message.
+        while let Some((_, waker)) = state.waiting.pop() {
+            waker.wake();
+        }
     }
 
     /// Marks the end of the connection; queued messages stay readable.

@@ -231,8 +231,8 @@ impl Router {
 
 impl Events for Router {
     fn message(&self, message: Message) {
-        let session = self.lock().clone();
-        if let Some(session) = session {
+        // Pushed under the router's lock: no reference count traffic per message.
+        if let Some(session) = self.lock().as_deref() {
             session.queue.push(message);
         }
     }

@@ -38,8 +38,23 @@ fn check_common(s: &str) -> Result<(), &'static str> {
 
 /// Validates a topic name.
 fn validate_topic(s: &str) -> Result<(), &'static str> {
-    check_common(s)?;
-    if s.contains(['+', '#']) {
+    if s.is_empty() {
+        return Err("must not be empty");
+    }
+    if s.len() > MAX_LEN {
+        return Err("must be at most 65535 bytes long (UTF-8)");
+    }
+    // One pass over the bytes (this runs for every message, both ways); the
+    // three bytes are ASCII, so they never occur inside a multi-byte character.
+    let mut wildcard = false;
+    for &b in s.as_bytes() {
+        match b {
+            0 => return Err("must not contain the null character U+0000"),
+            b'+' | b'#' => wildcard = true,
+            _ => {}
+        }
+    }
+    if wildcard {
         return Err("must not contain the wildcards '+' or '#'");
     }
     if first_level(s) == SHARE_PREFIX {

@@ -255,14 +255,14 @@ impl Engine {
     /// Queues a PUBLISH; the future completes on the acknowledgement its QoS needs.
     pub(crate) fn publish(
         &self,
-        topic: &Topic,
+        topic: Topic,
         payload: Vec<u8>,
         qos: QoS,
         retain: bool,
         props: Option<&Properties>,
     ) -> Result<impl Future<Output = Result<(), Error>> + Send + use<>, Error> {
         let mut m = paho::MessageBuilder::new()
-            .topic(topic.as_str())
+            .topic(topic.into_string())
             .payload(payload)
             .qos(paho_qos(qos))
             .retained(retain);

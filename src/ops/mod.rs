@@ -58,7 +58,9 @@ where
         // reason code) says more than the engine's "operation incomplete".
         // A reason code from the broker about this very call is kept.
         match result {
-            Err(e) if session.is_ended() && !matches!(e, Error::Code(_)) => Err(session.end_error()),
+            Err(e) if session.is_ended() && !matches!(e, Error::Code(_)) => {
+                Err(session.end_error())
+            }
             result => result,
         }
     };

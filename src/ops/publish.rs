@@ -22,7 +22,8 @@ pub struct Publish {
     payload: Payload,
     qos: QoS,
     retain: bool,
-    properties: Option<Properties>,
+    /// Boxed: `Properties` is large, and this struct lives in every publish future.
+    properties: Option<Box<Properties>>,
     timeout: Option<Duration>,
 }
 
@@ -50,7 +51,7 @@ impl Publish {
     }
     /// MQTT 5 PUBLISH properties.
     pub fn properties(mut self, properties: Properties) -> Self {
-        self.properties = Some(properties);
+        self.properties = Some(Box::new(properties));
         self
     }
     /// Overrides the client's timeout for this call.
@@ -60,22 +61,24 @@ impl Publish {
     }
 
     async fn send(self) -> Result<(), Error> {
-        let topic = self.topic?;
-        if let Some(props) = &self.properties {
-            super::check_v5(&self.session, "PUBLISH properties")?;
-            props.check(PacketKind::Publish)?;
-        }
+        // Everything is moved out before the first await, so the future holds
+        // only what the call needs.
         let Publish {
             session,
+            topic,
             payload,
             qos,
             retain,
             properties,
             timeout,
-            ..
         } = self;
+        let topic = topic?;
+        if let Some(props) = &properties {
+            super::check_v5(&session, "PUBLISH properties")?;
+            props.check(PacketKind::Publish)?;
+        }
         super::run(&session, timeout, move |engine| {
-            engine.publish(&topic, payload.0, qos, retain, properties.as_ref())
+            engine.publish(topic, payload.0, qos, retain, properties.as_deref())
         })
         .await
     }
