@@ -536,6 +536,11 @@ impl ClientBuilder {
         self
     }
     /// The window of unacknowledged QoS 1/2 messages (default 20, Mosquitto's own default).
+    ///
+    /// On MQTT 3.1.1 keep it at or below the broker's window: beyond it the broker
+    /// loses QoS 2 messages of a burst or drops the connection (and Paho C was seen
+    /// aborting the process while cleaning such a connection up). On MQTT 5 Paho
+    /// lowers it to the broker's Receive Maximum.
     pub fn max_inflight_messages(mut self, max: u16) -> Self {
         self.options.max_inflight_messages = max;
         self
