@@ -31,12 +31,11 @@ use aiomqtt::{
     Properties, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscribeOptions, Will,
 };
 use futures::StreamExt;
+use support::mqtt::{RECV, build, connect, recv, wait_log};
 use support::*;
 
 /// Bound on every test body.
 const BODY: Duration = Duration::from_secs(30);
-/// How long a message that must arrive may take.
-const RECV: Duration = Duration::from_secs(5);
 /// How long we listen to prove that nothing (more) arrives.
 const QUIET: Duration = Duration::from_millis(300);
 
@@ -91,44 +90,6 @@ fn via(proxy: &FaultProxy, protocol: ProtocolVersion) -> ClientBuilder {
     Client::builder("127.0.0.1")
         .port(proxy.port())
         .protocol(protocol)
-}
-
-/// Waits (without blocking the runtime) until the broker's log contains `needle`.
-#[track_caller]
-fn wait_log<'a>(broker: &'a Broker, needle: &'a str) -> impl std::future::Future<Output = ()> + 'a {
-    let loc = std::panic::Location::caller();
-    async move {
-        if !wait_until_async(RECV, || broker.log().contains(needle)).await {
-            panic!(
-                "broker log lacks {needle:?} after {RECV:?} (at {loc}):\n{}",
-                broker.log()
-            );
-        }
-    }
-}
-
-#[track_caller]
-fn build(builder: ClientBuilder) -> Client {
-    builder.build().expect("valid options")
-}
-
-async fn connect(builder: ClientBuilder) -> (Client, Connection) {
-    let client = build(builder);
-    let conn = client.connect().await.expect("connect");
-    (client, conn)
-}
-
-/// The next message, which must arrive within [`RECV`].
-#[track_caller]
-fn recv(messages: &mut Messages) -> impl std::future::Future<Output = Message> + '_ {
-    let loc = std::panic::Location::caller();
-    async move {
-        match tokio::time::timeout(RECV, messages.next()).await {
-            Ok(Some(Ok(message))) => message,
-            Ok(other) => panic!("expected a message at {loc}, got {other:?}"),
-            Err(_) => panic!("no message within {RECV:?} at {loc}"),
-        }
-    }
 }
 
 /// `n` messages, each within [`RECV`], then [`QUIET`] without another one.

@@ -24,6 +24,7 @@ pub mod certs;
 pub mod fault_proxy;
 pub mod http_proxy;
 pub mod logcap;
+pub mod mqtt;
 pub mod util;
 
 pub use broker::{Broker, BrokerBuilder, DEFAULT_REFUSED, Listener};
