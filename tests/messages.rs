@@ -12,35 +12,17 @@ use std::error::Error as _;
 use std::time::Duration;
 
 use aiomqtt::{
-    Client, ClientBuilder, Connection, Error, Message, Messages, Properties, ProtocolVersion, QoS,
-    QueueType, Will,
+    Connection, Error, Message, Messages, Properties, ProtocolVersion, QoS, QueueType, Will,
 };
 use futures::StreamExt;
+use support::mqtt::{RECV, builder_on as builder, connect_on as connect, recv as next_message};
 use support::*;
 
 /// Bound of every test body.
 const T: Duration = Duration::from_secs(30);
-/// Bound of one expected delivery or condition.
-const RECV: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
-
-fn builder(port: u16, protocol: ProtocolVersion) -> ClientBuilder {
-    Client::builder("127.0.0.1")
-        .port(port)
-        .protocol(protocol)
-        .timeout(Duration::from_secs(5))
-}
-
-async fn connect(port: u16, protocol: ProtocolVersion) -> Connection {
-    builder(port, protocol)
-        .build()
-        .expect("valid options")
-        .connect()
-        .await
-        .expect("connect")
-}
 
 /// The next item of the stream, which must come within [`RECV`].
 #[track_caller]
@@ -52,19 +34,6 @@ fn next_item(
         match tokio::time::timeout(RECV, messages.next()).await {
             Ok(item) => item,
             Err(_) => panic!("the stream yielded nothing within {RECV:?} at {loc}"),
-        }
-    }
-}
-
-/// The next message, which must arrive within [`RECV`].
-#[track_caller]
-fn next_message(messages: &mut Messages) -> impl std::future::Future<Output = Message> + '_ {
-    let loc = std::panic::Location::caller();
-    async move {
-        match tokio::time::timeout(RECV, messages.next()).await {
-            Ok(Some(Ok(message))) => message,
-            Ok(other) => panic!("expected a message at {loc}, got {other:?}"),
-            Err(_) => panic!("no message within {RECV:?} at {loc}"),
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use aiomqtt::{Client, ClientBuilder, Connection, Message, Messages};
+use aiomqtt::{Client, ClientBuilder, Connection, Message, Messages, ProtocolVersion};
 use futures::StreamExt;
 
 use super::broker::Broker;
@@ -24,6 +24,19 @@ pub fn wait_log<'a>(broker: &'a Broker, needle: &'a str) -> impl Future<Output =
             );
         }
     }
+}
+
+/// A builder for the broker's plain TCP `port`, with a 5 s timeout.
+pub fn builder_on(port: u16, protocol: ProtocolVersion) -> ClientBuilder {
+    Client::builder("127.0.0.1")
+        .port(port)
+        .protocol(protocol)
+        .timeout(Duration::from_secs(5))
+}
+
+/// A connection on the broker's plain TCP `port` (see [`builder_on`]).
+pub async fn connect_on(port: u16, protocol: ProtocolVersion) -> Connection {
+    connect(builder_on(port, protocol)).await.1
 }
 
 /// Builds a client whose options are known to be valid.
