@@ -80,13 +80,15 @@ impl ClientShared {
 }
 
 /// Holds the client during `connect()`; dropped early (error, timeout, or the
-/// future cancelled) it frees the client, and retires an engine whose CONNECT
-/// may still be running.
+/// future cancelled) it detaches the session and frees the client, retiring the
+/// engine unless Paho is known to have finished the CONNECT.
 struct Claim<'a> {
     shared: &'a Arc<ClientShared>,
     generation: u64,
     /// The engine and session of the CONNECT in progress.
     started: Option<(Slot, Arc<Session>)>,
+    /// Paho completed the attempt (with an error): its engine stays usable.
+    engine_finished: bool,
     done: bool,
 }
 
@@ -95,24 +97,11 @@ impl Drop for Claim<'_> {
         if self.done {
             return;
         }
-        let retired = match &self.started {
-            Some((started, session)) => {
-                started.router.detach(session);
-                let mut state = self.shared.lock();
-                let current = state
-                    .slot
-                    .as_ref()
-                    .is_some_and(|s| Arc::ptr_eq(&s.engine, &started.engine));
-                // Dropped outside the lock: it may be the engine's last reference.
-                if current { state.slot.take() } else { None }
-            }
-            None => None,
-        };
-        drop(retired);
-        let mut state = self.shared.lock();
-        if state.generation == self.generation {
-            state.busy = false;
-        }
+        let retire = self.started.as_ref().and_then(|(slot, session)| {
+            slot.router.detach(session);
+            (!self.engine_finished).then_some(&slot.engine)
+        });
+        self.shared.release(self.generation, retire);
     }
 }
 
@@ -196,7 +185,7 @@ impl Client {
                 // The DISCONNECT of a dropped connection is still queued: Paho
                 // ignores a CONNECT until it has run. It takes milliseconds.
                 Ok(Err(e)) if engine::is_command_ignored(&e) => {
-                    if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+                    if Instant::now() + RETRY_PAUSE >= deadline {
                         break Err(Error::Timeout);
                     }
                     tokio::time::sleep(RETRY_PAUSE).await;
@@ -208,11 +197,8 @@ impl Client {
         let info = match result {
             Ok(info) => info,
             Err(e) => {
-                slot.router.detach(&session);
-                if !e.is_timeout() {
-                    // Paho finished this attempt: its engine stays usable.
-                    claim.started = None;
-                }
+                // Only our own deadline leaves Paho's attempt running.
+                claim.engine_finished = !e.is_timeout();
                 let e = match e {
                     // A refusal by CONNACK, our own deadline, or a refusal by the
                     // facade itself says it all.
@@ -253,6 +239,7 @@ impl Client {
             shared: &self.shared,
             generation: state.generation,
             started: None,
+            engine_finished: false,
             done: false,
         })
     }
