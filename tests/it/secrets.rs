@@ -1,28 +1,10 @@
 //! No password or key passphrase in any log record, at any level, from this
 //! crate or from the engine (paho-mqtt and Paho C's trace), nor in errors.
 
-mod support;
-
-use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::support::*;
 use aiomqtt::{Client, Error, ProtocolVersion, ProxySettings, QoS, TlsParams};
-use support::*;
-
-static RECORDS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-struct Capture;
-
-impl log::Log for Capture {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record<'_>) {
-        let line = format!("{} {} {}", record.level(), record.target(), record.args());
-        RECORDS.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-    }
-    fn flush(&self) {}
-}
 
 const PASSWORD: &str = "Pa55-w0rd-never-logged";
 const PROXY_PASSWORD: &str = "Pr0xy-pa55-never-logged";
@@ -43,10 +25,16 @@ fn secret_forms(secret: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn password_never_reaches_any_log_record() {
-    // Everything, at TRACE, before the first engine client exists (so Paho C's
-    // own trace is routed into `log` too).
-    log::set_logger(&Capture).unwrap();
-    log::set_max_level(log::LevelFilter::Trace);
+    // Alone in a child process, so every record of the process is this test's.
+    if let Some(child) = isolated(
+        "secrets::password_never_reaches_any_log_record",
+        Duration::from_secs(60),
+    ) {
+        child.assert_passed();
+        return;
+    }
+    // Everything, at TRACE, before the first engine client exists.
+    crate::support::logcap::install();
 
     with_timeout(Duration::from_secs(30), async {
         let broker = Broker::builder()
@@ -132,7 +120,7 @@ async fn password_never_reaches_any_log_record() {
     })
     .await;
 
-    let records = RECORDS.lock().unwrap_or_else(|e| e.into_inner());
+    let records = all_records();
     // The capture really saw the engine at work (so the search below can fail).
     assert!(
         records.iter().any(|r| r.contains("paho_mqtt")),

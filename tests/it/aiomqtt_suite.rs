@@ -18,18 +18,16 @@
 //! implicitly (queue types and bound, disconnect during iteration, round trips per QoS and
 //! protocol, accessors, bad credentials).
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::mqtt::{RECV, build, connect, recv, wait_log};
+use crate::support::*;
 use aiomqtt::{
     Client, ClientBuilder, Connection, Error, Message, Messages, ProtocolVersion, QoS, QueueType,
     ReasonCode, Transport, Will,
 };
 use futures::StreamExt;
 use futures::future::join_all;
-use support::mqtt::{RECV, build, connect, recv, wait_log};
-use support::*;
 
 /// Bound on every test body.
 const BODY: Duration = Duration::from_secs(30);
@@ -41,7 +39,7 @@ const QUIET: Duration = Duration::from_millis(300);
 // binary and give each client its own `logger` target, so parallel tests do not mix.
 
 mod logs {
-    use super::support::logged;
+    use crate::support::logged;
 
     /// Records of `target` at WARN or above, as `(level, text)`.
     pub fn warnings(target: &str) -> Vec<(log::Level, String)> {
@@ -1436,7 +1434,6 @@ async fn broker_disconnect_reason_code_error_text() {
 }
 
 /// Set in the child process of [`reconnect_after_broker_disconnect_v5_does_not_crash`].
-const ISOLATED: &str = "AIOMQTT_SUITE_ISOLATED_CRASH";
 
 /// BUG (memory safety, engine reuse in src/client.rs `Client::connect`/`slot`): when the
 /// broker ends an MQTT 5 connection with a DISCONNECT carrying a reason code (here 0x95,
@@ -1453,28 +1450,11 @@ const ISOLATED: &str = "AIOMQTT_SUITE_ISOLATED_CRASH";
 /// The loop runs in a child process so a crash fails this test instead of the whole binary.
 #[tokio::test(flavor = "multi_thread")]
 async fn reconnect_after_broker_disconnect_v5_does_not_crash() {
-    if std::env::var_os(ISOLATED).is_none() {
-        let exe = std::env::current_exe().expect("test binary");
-        let mut child = std::process::Command::new(exe);
-        child
-            .args([
-                "--exact",
-                "reconnect_after_broker_disconnect_v5_does_not_crash",
-                "--nocapture",
-            ])
-            .env(ISOLATED, "1");
-        let out = tokio::task::spawn_blocking(move || {
-            run_with_timeout(&mut child, Duration::from_secs(60))
-        })
-        .await
-        .unwrap();
-        assert!(
-            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
-            "the child process died: {} \n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+    if let Some(child) = isolated(
+        "aiomqtt_suite::reconnect_after_broker_disconnect_v5_does_not_crash",
+        Duration::from_secs(60),
+    ) {
+        child.assert_passed();
         return;
     }
     with_timeout(Duration::from_secs(50), async {

@@ -5,18 +5,18 @@
 //!
 //! Every test starts its own broker, uses unique topics and is bounded in time.
 
-mod support;
-
 use std::error::Error as _;
 use std::time::{Duration, Instant};
 
+use crate::support::mqtt::{
+    RECV, builder_on as builder, connect_on as connect, recv as next_message,
+};
+use crate::support::*;
 use aiomqtt::{
     Connection, Error, Filters, Message, Messages, PayloadFormat, Properties, ProtocolVersion, QoS,
     ReasonCode, RetainHandling, SubscribeOptions, Topic, Wildcard,
 };
 use futures::StreamExt;
-use support::mqtt::{RECV, builder_on as builder, connect_on as connect, recv as next_message};
-use support::*;
 
 /// Bound of every test body.
 const T: Duration = Duration::from_secs(30);

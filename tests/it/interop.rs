@@ -21,18 +21,16 @@
 //! finds (not the maximum); it checks keepalives only every few seconds; and it sends no
 //! DISCONNECT reason code on a session takeover.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use crate::support::mqtt::{RECV, build, connect, recv, wait_log};
+use crate::support::*;
 use aiomqtt::{
     CleanStart, Client, ClientBuilder, Connection, Error, Message, Messages, PayloadFormat,
     Properties, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscribeOptions, Will,
 };
 use futures::StreamExt;
-use support::mqtt::{RECV, build, connect, recv, wait_log};
-use support::*;
 
 /// Bound on every test body.
 const BODY: Duration = Duration::from_secs(30);

@@ -14,6 +14,7 @@
 //! - [`FaultProxy`]: cut (RST/FIN), blackhole, delay, refuse, `cut_on` the n-th packet of a
 //!   type, packet trace (`recorded()`, `trace()`, `wait_for`).
 //! - [`HttpProxy`]: tinyproxy allowing CONNECT to given ports, optional Basic auth.
+//! - [`isolated`]: run one test alone in a child process (crashes, whole-process views).
 //! - Helpers: [`unique_topic`], [`init_logging`], [`with_timeout`], `within!`,
 //!   [`run_bounded`], [`run_with_timeout`], [`ChildGuard`], [`wait_until`].
 #![allow(dead_code)]
@@ -23,6 +24,7 @@ pub mod broker;
 pub mod certs;
 pub mod fault_proxy;
 pub mod http_proxy;
+pub mod isolate;
 pub mod logcap;
 pub mod mqtt;
 pub mod util;
@@ -31,7 +33,8 @@ pub use broker::{Broker, BrokerBuilder, DEFAULT_REFUSED, Listener};
 pub use certs::{CLIENT_KEY_PASSPHRASE, Certs, ServerCert, WRONG_HOSTNAME};
 pub use fault_proxy::{CutMode, Direction, FaultProxy, Packet, PacketType};
 pub use http_proxy::HttpProxy;
-pub use logcap::{capture_logger, logged};
+pub use isolate::{ChildRun, in_child, isolated};
+pub use logcap::{all_records, capture_logger, logged};
 pub use util::{
     ChildGuard, IntoTimeout, Watchdog, free_port, free_ports, init_logging, port_accepts,
     process_alive, process_state, run_bounded, run_with_timeout, send_signal, try_signal,

@@ -6,18 +6,16 @@
 //! Every test starts its own Mosquitto (and, where needed, tinyproxy or an in-test relay) on
 //! free loopback ports, uses unique topics and is bounded by a timeout.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use aiomqtt::{
     CertRequirements, Client, ClientBuilder, Error, ProtocolVersion, ProxySettings, QoS,
     ReasonCode, TlsErrorKind, TlsParams, Transport,
 };
 use futures::StreamExt;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The bound of every test.

@@ -1,15 +1,13 @@
 //! Outgoing flow control: the in-flight window is what goes on the wire, and a
 //! bounded outgoing queue refuses with a clear error instead of growing.
 
-mod support;
-
 use std::future::IntoFuture;
 use std::time::Duration;
 
+use crate::support::*;
 use aiomqtt::{Client, Error, QoS};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use support::*;
 
 const T: Duration = Duration::from_secs(30);
 

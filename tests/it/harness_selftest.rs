@@ -2,14 +2,13 @@
 //! Mosquitto's own CLI clients, a few raw MQTT packets written by hand, and `openssl`.
 //! Every test is bounded in time and asserts something that would fail if the harness broke.
 
-mod support;
-
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
+use crate::within;
 
 const T: Duration = Duration::from_secs(60);
 const CMD: Duration = Duration::from_secs(15);
@@ -787,7 +786,7 @@ fn restart_keeps_ports_and_persisted_retained_messages() {
         // SIGKILL: the port goes dark; start_again() brings it back on the same port.
         b.kill();
         assert!(!b.is_running());
-        assert!(!support::util::port_accepts(port));
+        assert!(!crate::support::util::port_accepts(port));
         b.start_again();
         assert_eq!(b.port(), port);
         connect_ok(&mut tcp(port), "after-kill");
@@ -801,10 +800,12 @@ fn pause_and_resume_hang_and_release_the_broker() {
         b.pause();
         let pid = b.pid().unwrap();
         assert!(
-            wait_until(Duration::from_secs(5), || support::util::process_state(pid)
-                == Some('T')),
+            wait_until(
+                Duration::from_secs(5),
+                || crate::support::util::process_state(pid) == Some('T')
+            ),
             "state {:?}",
-            support::util::process_state(pid)
+            crate::support::util::process_state(pid)
         );
         let mut s = tcp(b.port()); // the kernel still completes the handshake
         s.set_read_timeout(Some(Duration::from_millis(800)))
@@ -845,7 +846,7 @@ fn drop_kills_and_reaps_the_broker() {
             !std::path::Path::new(&format!("/proc/{pid}")).exists(),
             "pid {pid} left behind (zombie or alive)"
         );
-        assert!(!support::util::port_accepts(port));
+        assert!(!crate::support::util::port_accepts(port));
         assert!(!dir.exists(), "temp dir not removed");
     });
 }
@@ -1090,7 +1091,7 @@ fn proxy_parses_across_chunk_boundaries_and_reads_flags() {
 }
 
 fn fault_proxy_body_cap() -> usize {
-    support::fault_proxy::BODY_CAP
+    crate::support::fault_proxy::BODY_CAP
 }
 
 #[test]

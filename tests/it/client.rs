@@ -1,14 +1,12 @@
 //! The client and its connection guard: lifecycle, reentrancy, failures, and
 //! every connect option as the broker sees it.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use aiomqtt::{CleanStart, Client, Error, Properties, ProtocolVersion, QoS, ReasonCode, Will};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use support::*;
 
 const T: Duration = Duration::from_secs(30);
 

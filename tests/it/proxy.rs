@@ -5,14 +5,12 @@
 //! The full round-trip suite through the proxy (QoS 0/1/2) is in `tests/transports.rs`
 //! (`round_trip_*_through_http_proxy`); here each case checks one publish/receive.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use aiomqtt::{Client, ClientBuilder, Error, ProxySettings, QoS, TlsParams, Transport};
 use futures::StreamExt;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The bound of every test.

@@ -1,12 +1,10 @@
 //! TLS: verified by default (chain AND hostname), and the failure matrix — each
 //! failure a distinct, clear error well within the timeout, never a hang.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use aiomqtt::{Client, ClientBuilder, Error, QoS, TlsErrorKind, TlsParams};
-use support::*;
 
 const T: Duration = Duration::from_secs(30);
 /// Every failure must be reported well within this.

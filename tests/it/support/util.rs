@@ -30,9 +30,10 @@ pub fn unique_topic(test_name: &str) -> String {
     format!("aiomqtt-test/{}-{nanos:x}-{seq}/{name}", std::process::id())
 }
 
-/// Initialises `env_logger` for tests (honours `RUST_LOG`); safe to call from every test.
+/// Installs the binary's one logger (records are captured, and echoed to stderr when
+/// `RUST_LOG` is set); safe to call from every test.
 pub fn init_logging() {
-    let _ = env_logger::builder().is_test(true).try_init();
+    super::logcap::install();
 }
 
 /// Awaits `fut`, panicking with the caller's location if it does not finish within `dur`.

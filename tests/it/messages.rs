@@ -5,18 +5,18 @@
 //!
 //! Every test starts its own broker, uses unique topics and is bounded in time.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::error::Error as _;
 use std::time::Duration;
 
+use crate::support::mqtt::{
+    RECV, builder_on as builder, connect_on as connect, recv as next_message,
+};
+use crate::support::*;
 use aiomqtt::{
     Connection, Error, Message, Messages, Properties, ProtocolVersion, QoS, QueueType, Will,
 };
 use futures::StreamExt;
-use support::mqtt::{RECV, builder_on as builder, connect_on as connect, recv as next_message};
-use support::*;
 
 /// Bound of every test body.
 const T: Duration = Duration::from_secs(30);

@@ -1,0 +1,20 @@
+//! The integration suite: one test binary (one link of Paho C and OpenSSL) whose
+//! modules each cover one area. Every broker-backed test starts its own Mosquitto
+//! (see `support`). Tests that may abort the process re-run themselves in a child
+//! process (`support::util::isolated`).
+
+mod support;
+
+mod aiomqtt_suite;
+mod client;
+mod flow;
+mod harness_selftest;
+mod interop;
+mod messages;
+mod operations;
+mod options;
+mod proxy;
+mod secrets;
+mod tls;
+mod topic;
+mod transports;
