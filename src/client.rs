@@ -5,16 +5,11 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use crate::connection::{Connection, ConnectionHandle};
-use crate::engine::{self, Engine};
+use crate::engine::{self, Engine, WebSocketClaim};
 use crate::options::Options;
-use crate::session::{Established, Router, Session};
-use crate::{ClientBuilder, Error, ProtocolVersion};
-
-/// Pause before retrying a CONNECT that the engine ignored.
-const RETRY_PAUSE: Duration = Duration::from_millis(5);
+use crate::session::{Router, Session};
+use crate::{ClientBuilder, Error, ProtocolVersion, Transport};
 
 /// An MQTT client: the configuration of connections to one broker.
 ///
@@ -47,47 +42,55 @@ struct ClientState {
     busy: bool,
     /// Bumped by every claim; a session only releases its own.
     generation: u64,
-    /// The engine and its router, reused across connects while healthy.
+    /// The engine and its router, kept across connections: with a persistent session
+    /// the engine holds the session state (unacknowledged messages) between them.
     slot: Option<Slot>,
 }
 
 #[derive(Clone)]
 struct Slot {
-    engine: Arc<Engine>,
+    engine: Engine,
     router: Arc<Router>,
 }
 
 impl ClientShared {
+    /// A leaf lock: nothing is called while it is held.
     fn lock(&self) -> MutexGuard<'_, ClientState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Frees the client after the connection of `generation` ended. With
-    /// `retire`, that engine is not reused: the next `connect()` makes a new one.
-    pub(crate) fn release(&self, generation: u64, retire: Option<&Arc<Engine>>) {
+    /// The identifier sent in CONNECT.
+    pub(crate) fn identifier(&self) -> &str {
+        &self.identifier
+    }
+
+    /// Frees the client after the connection of `generation` ended. With `retire`,
+    /// that engine is not reused: the next `connect()` makes a new one.
+    pub(crate) fn release(&self, generation: u64, retire: Option<&Engine>) {
         let mut state = self.lock();
         let retired = match (retire, &state.slot) {
-            (Some(engine), Some(slot)) if Arc::ptr_eq(engine, &slot.engine) => state.slot.take(),
+            (Some(engine), Some(slot)) if engine.same(&slot.engine) => state.slot.take(),
             _ => None,
         };
         if state.generation == generation {
             state.busy = false;
         }
         drop(state);
-        // Dropped outside the lock; the engine's own drop hands Paho to the reaper.
+        // Dropped outside the lock; dropping an engine only queues its destruction.
         drop(retired);
     }
 }
 
-/// Holds the client during `connect()`; dropped early (error, timeout, or the
-/// future cancelled) it detaches the session and frees the client, retiring the
-/// engine unless Paho is known to have finished the CONNECT.
+/// Holds the client during `connect()`; dropped early (error, timeout, or the future
+/// cancelled) it detaches the session and frees the client. An engine whose CONNECT
+/// Paho may still be working on is retired, unless it holds a persistent session (then
+/// the next `connect()` waits for that attempt to finish).
 struct Claim<'a> {
     shared: &'a Arc<ClientShared>,
     generation: u64,
     /// The engine and session of the CONNECT in progress.
     started: Option<(Slot, Arc<Session>)>,
-    /// Paho completed the attempt (with an error): its engine stays usable.
+    /// Paho finished the attempt (with an error): its engine stays usable.
     engine_finished: bool,
     done: bool,
 }
@@ -97,9 +100,10 @@ impl Drop for Claim<'_> {
         if self.done {
             return;
         }
+        let keeps_session = self.shared.options.keeps_session();
         let retire = self.started.as_ref().and_then(|(slot, session)| {
             slot.router.detach(session);
-            (!self.engine_finished).then_some(&slot.engine)
+            (!self.engine_finished && !keeps_session).then_some(&slot.engine)
         });
         self.shared.release(self.generation, retire);
     }
@@ -157,10 +161,13 @@ impl Client {
     pub async fn connect(&self) -> Result<Connection, Error> {
         let mut claim = self.claim()?;
         let options = &self.shared.options;
-        let deadline = Instant::now() + options.timeout;
+        let deadline = crate::deadline::after(options.timeout);
 
         engine::preflight(options, deadline).await?;
-
+        let websocket = match options.transport {
+            Transport::WebSockets => Some(WebSocketClaim::take()?),
+            _ => None,
+        };
         let slot = self.slot(deadline).await?;
         let session = Arc::new(Session::new(
             claim.generation,
@@ -168,38 +175,22 @@ impl Client {
             slot.router.clone(),
             Arc::downgrade(&self.shared),
             options.clone(),
+            websocket,
         ));
         slot.router.attach(session.clone());
         claim.started = Some((slot.clone(), session.clone()));
 
-        let result = loop {
-            // On a blocking thread: MQTTAsync_connect waits for Paho's global mutex.
-            let (engine, opts) = (slot.engine.clone(), options.clone());
-            let start =
-                tokio::task::spawn_blocking(move || engine.connect(&opts, opts.clean_flag()));
-            let pending = match blocking_result(tokio::time::timeout_at(deadline, start).await) {
-                Ok(pending) => pending,
-                Err(e) => break Err(e),
-            };
-            match tokio::time::timeout_at(deadline, pending).await {
-                // The DISCONNECT of a dropped connection is still queued: Paho
-                // ignores a CONNECT until it has run. It takes milliseconds.
-                Ok(Err(e)) if engine::is_command_ignored(&e) => {
-                    if Instant::now() + RETRY_PAUSE >= deadline {
-                        break Err(Error::Timeout);
-                    }
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                }
-                Ok(result) => break result,
-                Err(_) => break Err(Error::Timeout),
-            }
-        };
-        let info = match result {
+        let epoch = session.epoch();
+        let info = match slot.engine.connect(options.clean_flag(), deadline).await {
             Ok(info) => info,
             Err(e) => {
                 // Only our own deadline leaves Paho's attempt running.
                 claim.engine_finished = !e.is_timeout();
-                let e = match e {
+                let tls = slot.engine.tls_errors();
+                if !tls.is_empty() {
+                    log::debug!(target: &options.logger, "TLS errors from the engine: {}", tls.join("; "));
+                }
+                return Err(match e {
                     // A refusal by CONNACK, our own deadline, or a refusal by the
                     // facade itself says it all.
                     e @ (Error::Connect(_)
@@ -208,23 +199,14 @@ impl Client {
                     | Error::InvalidArgument(_)) => e,
                     // The engine reports refused, TLS and WebSocket failures alike.
                     _ => engine::diagnose(options, deadline).await,
-                };
-                return Err(e);
+                });
             }
         };
-
-        let identifier = info
-            .properties
-            .as_ref()
-            .and_then(|p| p.assigned_client_identifier.clone())
-            .unwrap_or_else(|| self.shared.identifier.clone());
-        *session.guards.lock().unwrap_or_else(|e| e.into_inner()) = Some(info.guards);
-        let _ = session.established.set(Established {
-            identifier,
-            session_present: info.session_present,
-            properties: info.properties,
-        });
+        session.link_up(info, epoch);
         claim.done = true;
+        if let Some(policy) = &options.reconnect {
+            crate::reconnect::supervise(&session, policy.clone());
+        }
         Ok(Connection::new(Arc::new(ConnectionHandle { session })))
     }
 
@@ -244,41 +226,23 @@ impl Client {
         })
     }
 
-    /// The current engine, created on first use (or after one was retired).
-    ///
-    /// Created on a blocking thread, outside the state lock: creating takes
-    /// Paho's global mutex, which Paho may hold for seconds, and Paho's
-    /// callbacks take the state lock (a lost connection frees the client).
-    async fn slot(&self, deadline: Instant) -> Result<Slot, Error> {
+    /// The current engine, created on first use (or after one was retired), outside
+    /// the state lock (creating waits for Paho's mutex on the engine thread).
+    async fn slot(&self, deadline: tokio::time::Instant) -> Result<Slot, Error> {
         if let Some(slot) = &self.shared.lock().slot {
             return Ok(slot.clone());
         }
         let router = Arc::new(Router::default());
-        let (options, identifier, events) = (
-            self.shared.options.clone(),
-            self.shared.identifier.clone(),
+        let engine = Engine::create(
+            &self.shared.options,
+            &self.shared.identifier,
             router.clone(),
-        );
-        let create =
-            tokio::task::spawn_blocking(move || Engine::create(&options, &identifier, events));
-        let engine = blocking_result(tokio::time::timeout_at(deadline, create).await)?;
-        let fresh = Slot {
-            engine: Arc::new(engine),
-            router,
-        };
+            deadline,
+        )
+        .await?;
+        let fresh = Slot { engine, router };
         // Only this claim's holder creates slots, so the slot is still empty.
         Ok(self.shared.lock().slot.get_or_insert(fresh).clone())
-    }
-}
-
-/// The result of an engine call made on a blocking thread within a deadline.
-fn blocking_result<T>(
-    waited: Result<Result<Result<T, Error>, tokio::task::JoinError>, tokio::time::error::Elapsed>,
-) -> Result<T, Error> {
-    match waited {
-        Err(_) => Err(Error::Timeout),
-        Ok(Err(join)) => Err(Error::Io(std::io::Error::other(join))),
-        Ok(Ok(result)) => result,
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::ops::{IntoFilters, IntoUnsubscribeFilters, Publish, Subscribe, Unsubscribe};
+use crate::reconnect::ConnectionEvents;
 use crate::session::Session;
 use crate::{Error, Messages, Payload, Properties, ProtocolVersion};
 
@@ -15,7 +16,7 @@ pub(crate) struct ConnectionHandle {
 
 impl Drop for ConnectionHandle {
     fn drop(&mut self) {
-        // DISCONNECT is queued (not awaited): Drop cannot wait, and must not block.
+        // DISCONNECT is handed over (not awaited): Drop cannot wait, and must not block.
         if self.session.close().is_some() {
             log::debug!(target: &self.session.logger, "Connection dropped: DISCONNECT sent");
         }
@@ -95,40 +96,48 @@ impl Connection {
         let Some(done) = session.close() else {
             return Err(Error::NotConnected);
         };
-        match tokio::time::timeout(session.options.timeout, done).await {
-            Ok(result) => result,
+        let deadline = crate::deadline::after(session.options.timeout);
+        match tokio::time::timeout_at(deadline, done).await {
+            Ok(replies) => crate::engine::disconnect_result(replies?),
             Err(_) => Err(Error::Timeout),
         }
     }
 
-    /// `false` once the connection has ended (lost, or closed by this client).
+    /// `true` while the link to the broker is up. `false` once the connection has ended
+    /// (lost, or closed by this client), and, with automatic reconnects, while it
+    /// reconnects.
     pub fn is_connected(&self) -> bool {
-        !self.session().is_ended()
+        !self.session().is_ended() && self.session().is_up()
     }
 
     /// The client identifier in use, including one the broker assigned (MQTT 5).
     /// Empty on 3.1.1 when the broker assigned one (3.1.1 does not report it).
-    pub fn identifier(&self) -> &str {
+    pub fn identifier(&self) -> String {
         self.session()
-            .established
-            .get()
-            .map_or("", |e| e.identifier.as_str())
+            .established()
+            .map(|e| e.identifier.clone())
+            .unwrap_or_default()
     }
 
-    /// The CONNACK's Session Present flag.
+    /// The latest CONNACK's Session Present flag.
     pub fn session_present(&self) -> bool {
         self.session()
-            .established
-            .get()
+            .established()
             .is_some_and(|e| e.session_present)
     }
 
-    /// The CONNACK's properties (MQTT 5), e.g. the broker's limits.
-    pub fn connack_properties(&self) -> Option<&Properties> {
+    /// The latest CONNACK's properties (MQTT 5), e.g. the broker's limits.
+    pub fn connack_properties(&self) -> Option<Properties> {
         self.session()
-            .established
-            .get()
-            .and_then(|e| e.properties.as_ref())
+            .established()
+            .and_then(|e| e.properties.clone())
+    }
+
+    /// The connection's events: losses, reconnect attempts and reconnections (with a
+    /// [`ReconnectPolicy`](crate::ReconnectPolicy); without one, a connection ends at
+    /// its first loss and reports nothing here). The stream ends with the connection.
+    pub fn events(&self) -> ConnectionEvents {
+        ConnectionEvents::new(self.session().clone())
     }
 
     /// The protocol version of this connection.

@@ -108,6 +108,24 @@ pub enum Error {
         limit: usize,
     },
 
+    /// A publish was handed to the session, but its acknowledgement did not arrive
+    /// within the timeout. The outcome is unknown: the message may still be delivered
+    /// (the engine keeps it, and on a persistent session resends it after a reconnect).
+    /// Do not publish it again if duplicates matter. [`Error::is_timeout`] is `true`.
+    Unacknowledged,
+
+    /// The broker broke the MQTT protocol (for example a PUBLISH whose topic is not
+    /// valid UTF-8); the client closed the connection.
+    Protocol(String),
+
+    /// A payload too large to send.
+    PayloadTooLarge {
+        /// Its size in bytes.
+        size: usize,
+        /// The largest allowed.
+        limit: usize,
+    },
+
     /// A payload was not valid UTF-8 where text was asked for.
     Utf8(std::str::Utf8Error),
 
@@ -148,6 +166,16 @@ impl std::fmt::Display for Error {
             Error::Tls { kind, detail } => write!(f, "TLS error ({kind}): {detail}"),
             Error::OutgoingQueueFull { limit } => {
                 write!(f, "Outgoing message queue is full ({limit} messages)")
+            }
+            Error::Unacknowledged => f.write_str(
+                "No acknowledgement within the timeout; the message may still be delivered",
+            ),
+            Error::Protocol(what) => write!(f, "Protocol error: {what}"),
+            Error::PayloadTooLarge { size, limit } => {
+                write!(
+                    f,
+                    "Payload of {size} bytes is over the limit of {limit} bytes"
+                )
             }
             Error::Utf8(e) => write!(f, "Payload is not valid UTF-8: {e}"),
             Error::Io(e) => write!(f, "I/O error: {e}"),
@@ -240,9 +268,10 @@ impl Error {
         }
     }
 
-    /// `true` if an operation timed out.
+    /// `true` if an operation timed out ([`Error::Timeout`], or a publish whose
+    /// acknowledgement did not come in time: [`Error::Unacknowledged`]).
     pub fn is_timeout(&self) -> bool {
-        matches!(self, Error::Timeout)
+        matches!(self, Error::Timeout | Error::Unacknowledged)
     }
 
     /// `true` if the error means the connection is gone (lost, ended, or never there).
@@ -253,6 +282,7 @@ impl Error {
                 | Error::Disconnected(_)
                 | Error::NotConnected
                 | Error::Closed
+                | Error::Protocol(_)
         )
     }
 

@@ -16,13 +16,23 @@ use futures::Stream;
 use crate::connection::ConnectionHandle;
 use crate::{Error, Message, QueueType};
 
+/// A priority queue's key function.
+type KeyFn = fn(&Message) -> i64;
+
+/// Arrivals of a priority queue, with their arrival numbers, waiting to be keyed.
+type Unkeyed = VecDeque<(u64, Message)>;
+
 /// Queue storage in the order `QueueType` asks for.
 enum Store {
     Fifo(VecDeque<Message>),
     Lifo(Vec<Message>),
+    /// The user's key function runs on the consumer's task, never in `push` (which runs
+    /// on Paho's thread under its global mutex): arrivals wait in `inbox` until a
+    /// consumer keys them.
     Priority {
-        key: fn(&Message) -> i64,
+        key: KeyFn,
         heap: BinaryHeap<Reverse<Keyed>>,
+        inbox: Unkeyed,
         seq: u64,
     },
 }
@@ -59,6 +69,7 @@ impl Store {
             QueueType::Priority(key) => Store::Priority {
                 key,
                 heap: BinaryHeap::new(),
+                inbox: VecDeque::new(),
                 seq: 0,
             },
         }
@@ -67,22 +78,31 @@ impl Store {
         match self {
             Store::Fifo(q) => q.len(),
             Store::Lifo(q) => q.len(),
-            Store::Priority { heap, .. } => heap.len(),
+            Store::Priority { heap, inbox, .. } => heap.len() + inbox.len(),
         }
     }
     fn push(&mut self, message: Message) {
         match self {
             Store::Fifo(q) => q.push_back(message),
             Store::Lifo(q) => q.push(message),
-            Store::Priority { key, heap, seq } => {
+            Store::Priority { inbox, seq, .. } => {
                 *seq += 1;
-                let key = key(&message);
-                heap.push(Reverse(Keyed {
-                    key,
-                    seq: *seq,
-                    message,
-                }));
+                inbox.push_back((*seq, message));
             }
+        }
+    }
+    /// Arrivals still to be keyed, with the key function (priority queues only).
+    fn take_unkeyed(&mut self) -> Option<(KeyFn, Unkeyed)> {
+        match self {
+            Store::Priority { key, inbox, .. } if !inbox.is_empty() => {
+                Some((*key, std::mem::take(inbox)))
+            }
+            _ => None,
+        }
+    }
+    fn insert_keyed(&mut self, keyed: Vec<Keyed>) {
+        if let Store::Priority { heap, .. } = self {
+            heap.extend(keyed.into_iter().map(Reverse));
         }
     }
     fn pop(&mut self) -> Option<Message> {
@@ -107,8 +127,10 @@ enum End {
 struct State {
     store: Store,
     end: End,
-    /// Wakers of the `Messages` handles waiting for a message, by handle id.
-    waiting: Vec<(u64, Waker)>,
+    /// The `Messages` handles waiting for a message, in the order they started waiting.
+    waiting: VecDeque<(u64, Waker)>,
+    /// Messages taken out to be keyed (priority queues), still counted in `len`.
+    keying: usize,
 }
 
 /// The shared queue.
@@ -126,7 +148,8 @@ impl Queue {
             state: Mutex::new(State {
                 store: Store::new(kind),
                 end: End::Open,
-                waiting: Vec::new(),
+                waiting: VecDeque::new(),
+                keying: 0,
             }),
             limit,
             discarded: AtomicU64::new(0),
@@ -135,33 +158,37 @@ impl Queue {
         }
     }
 
-    /// Poisoning cannot leave the queue inconsistent (every mutation is one call),
-    /// so a poisoned lock is simply taken over.
+    /// A leaf lock: no user code and no engine call runs under it. Poisoning cannot
+    /// leave the queue inconsistent (every mutation is one call), so a poisoned lock
+    /// is simply taken over.
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Called on Paho's thread: never blocks beyond the short lock.
+    /// Called on Paho's thread: never blocks beyond the short lock, runs no user code,
+    /// and wakes one waiting consumer.
     pub(crate) fn push(&self, message: Message) {
         let mut state = self.lock();
         if !matches!(state.end, End::Open) {
             return;
         }
-        if self.limit.is_some_and(|limit| state.store.len() >= limit) {
+        if self
+            .limit
+            .is_some_and(|limit| state.store.len() + state.keying >= limit)
+        {
             drop(state);
             self.discarded.fetch_add(1, Ordering::Relaxed);
             log::warn!(target: &self.logger, "Message queue is full. Discarding message.");
             return;
         }
         state.store.push(message);
-        // Woken under the lock (a wake only schedules the task) so the list keeps
-        // its capacity: no allocation per message.
-        while let Some((_, waker)) = state.waiting.pop() {
+        // Woken under the lock (a wake only schedules the task).
+        if let Some((_, waker)) = state.waiting.pop_front() {
             waker.wake();
         }
     }
 
-    /// Marks the end of the connection; queued messages stay readable.
+    /// Marks the end of the connection; queued messages stay readable. Wakes everyone.
     pub(crate) fn close(&self, cause: Error) {
         let wakers = {
             let mut state = self.lock();
@@ -175,34 +202,107 @@ impl Queue {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.lock().store.len()
+        let state = self.lock();
+        state.store.len() + state.keying
     }
 
     pub(crate) fn discarded(&self) -> u64 {
         self.discarded.load(Ordering::Relaxed)
     }
 
+    /// Keys the arrivals of a priority queue outside the lock, on the consumer's task.
+    fn key_arrivals(&self) {
+        let Some((key, unkeyed)) = ({
+            let mut state = self.lock();
+            let taken = state.store.take_unkeyed();
+            if let Some((_, batch)) = &taken {
+                state.keying += batch.len();
+            }
+            taken
+        }) else {
+            return;
+        };
+        // Restores the count and wakes consumers even if the user's key function panics
+        // (the panic goes on in the consumer's task; the batch is lost with it).
+        struct Keying<'a> {
+            queue: &'a Queue,
+            n: usize,
+            keyed: Vec<Keyed>,
+        }
+        impl Drop for Keying<'_> {
+            fn drop(&mut self) {
+                let mut state = self.queue.lock();
+                state.store.insert_keyed(std::mem::take(&mut self.keyed));
+                state.keying -= self.n;
+                let wake_all = !matches!(state.end, End::Open);
+                let wakers: Vec<Waker> = if wake_all {
+                    state.waiting.drain(..).map(|(_, w)| w).collect()
+                } else {
+                    state
+                        .waiting
+                        .pop_front()
+                        .map(|(_, w)| w)
+                        .into_iter()
+                        .collect()
+                };
+                drop(state);
+                wakers.into_iter().for_each(Waker::wake);
+            }
+        }
+        let mut keying = Keying {
+            queue: self,
+            n: unkeyed.len(),
+            keyed: Vec::with_capacity(unkeyed.len()),
+        };
+        for (seq, message) in unkeyed {
+            keying.keyed.push(Keyed {
+                key: key(&message),
+                seq,
+                message,
+            });
+        }
+    }
+
     fn poll_next(&self, id: u64, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
+        self.key_arrivals();
         let mut state = self.lock();
         if let Some(message) = state.store.pop() {
+            // Pass the baton: another waiting consumer takes the next one.
+            if state.store.len() > 0 {
+                if let Some((_, waker)) = state.waiting.pop_front() {
+                    waker.wake();
+                }
+            }
             return Poll::Ready(Some(Ok(message)));
         }
-        match std::mem::replace(&mut state.end, End::Finished) {
-            End::Ended(cause) => {
-                return Poll::Ready(Some(Err(Error::Disconnected(Box::new(cause)))));
+        // While another consumer keys arrivals, the end is not reported yet: it wakes
+        // a waiter once they are in the queue.
+        if state.keying == 0 {
+            match std::mem::replace(&mut state.end, End::Finished) {
+                End::Ended(cause) => {
+                    return Poll::Ready(Some(Err(Error::Disconnected(Box::new(cause)))));
+                }
+                End::Finished => return Poll::Ready(None),
+                End::Open => state.end = End::Open,
             }
-            End::Finished => return Poll::Ready(None),
-            End::Open => state.end = End::Open,
         }
         match state.waiting.iter_mut().find(|(h, _)| *h == id) {
             Some((_, waker)) => waker.clone_from(cx.waker()),
-            None => state.waiting.push((id, cx.waker().clone())),
+            None => state.waiting.push_back((id, cx.waker().clone())),
         }
         Poll::Pending
     }
 
+    /// A handle went away: if it had been woken for a message it will not take, the
+    /// next waiting consumer gets the baton.
     fn forget(&self, id: u64) {
-        self.lock().waiting.retain(|(h, _)| *h != id);
+        let mut state = self.lock();
+        state.waiting.retain(|(h, _)| *h != id);
+        if state.store.len() > 0 {
+            if let Some((_, waker)) = state.waiting.pop_front() {
+                waker.wake();
+            }
+        }
     }
 }
 

@@ -4,6 +4,8 @@
 
 mod client;
 mod connection;
+mod deadline;
+mod end;
 mod engine;
 mod error;
 mod incoming;
@@ -14,6 +16,7 @@ mod payload;
 mod properties;
 mod qos;
 mod reason_code;
+mod reconnect;
 mod session;
 mod topic;
 mod will;
@@ -35,5 +38,16 @@ pub use payload::Payload;
 pub use properties::{PayloadFormat, Properties};
 pub use qos::QoS;
 pub use reason_code::ReasonCode;
+pub use reconnect::{ConnectionEvent, ConnectionEvents, ReconnectPolicy};
 pub use topic::{Topic, Wildcard};
 pub use will::Will;
+
+/// The version of the Paho C engine this crate runs on (`"1.3.16"`), as the engine
+/// reports it: worth quoting in bug reports.
+///
+/// ```
+/// assert_eq!(aiomqtt::paho_c_version(), Some("1.3.16"));
+/// ```
+pub fn paho_c_version() -> Option<&'static str> {
+    engine::paho_version()
+}

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::properties::PacketKind;
-use crate::{Client, Error, Message, Properties, Topic, Will};
+use crate::{Client, Error, Message, Properties, ReconnectPolicy, Topic, Will};
 
 /// The MQTT protocol version spoken to the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -299,6 +299,7 @@ pub(crate) struct Options {
     pub(crate) websocket_path: Option<String>,
     pub(crate) websocket_headers: Vec<(String, String)>,
     pub(crate) pending_calls_threshold: usize,
+    pub(crate) reconnect: Option<ReconnectPolicy>,
 }
 
 /// The default in-flight window. Mosquitto's own default `max_inflight_messages`
@@ -334,19 +335,33 @@ impl Options {
             websocket_path: None,
             websocket_headers: Vec::new(),
             pending_calls_threshold: 10,
+            reconnect: None,
         }
     }
 }
 
 impl Options {
-    /// `true` if any secret is configured (password, key passphrase, proxy password).
-    pub(crate) fn has_secrets(&self) -> bool {
-        self.password.is_some()
-            || self
-                .tls_params
+    /// Whether Paho keeps the session state when the link is lost: MQTT 3 with
+    /// `clean_session(false)`, MQTT 5 with a Session Expiry Interval above 0
+    /// (`MQTTAsync_closeSession` cleans otherwise).
+    pub(crate) fn keeps_session(&self) -> bool {
+        match self.protocol {
+            ProtocolVersion::V5 => self
+                .properties
                 .as_ref()
-                .is_some_and(|t| t.keyfile_password.is_some())
-            || self.proxy.as_ref().is_some_and(|p| p.password.is_some())
+                .and_then(|p| p.session_expiry_interval)
+                .is_some_and(|s| s > 0),
+            _ => self.clean_session == Some(false),
+        }
+    }
+
+    /// The Clean Session (3.x) / Clean Start (5) flag of an automatic reconnect:
+    /// `CleanStart::FirstOnly` resumes.
+    pub(crate) fn reconnect_clean_flag(&self) -> bool {
+        match self.protocol {
+            ProtocolVersion::V5 => self.clean_start == CleanStart::Always,
+            _ => self.clean_session.unwrap_or(true),
+        }
     }
 
     /// The Clean Session (3.x) / Clean Start (5) flag of a `connect()`.
@@ -393,8 +408,17 @@ impl fmt::Debug for Options {
             .field("tls_insecure", &self.tls_insecure)
             .field("proxy", &self.proxy)
             .field("websocket_path", &self.websocket_path)
-            .field("websocket_headers", &self.websocket_headers)
+            // Header values often carry credentials (Authorization, Cookie).
+            .field(
+                "websocket_headers",
+                &self
+                    .websocket_headers
+                    .iter()
+                    .map(|(name, _)| (name.as_str(), Redacted))
+                    .collect::<Vec<_>>(),
+            )
             .field("pending_calls_threshold", &self.pending_calls_threshold)
+            .field("reconnect", &self.reconnect)
             .finish()
     }
 }
@@ -589,7 +613,8 @@ impl ClientBuilder {
         self.options.websocket_path = Some(path.into());
         self
     }
-    /// Extra headers of the WebSocket handshake.
+    /// Extra headers of the WebSocket handshake. Their values are treated as secrets:
+    /// `Debug` shows only the names, and no log record contains them.
     pub fn websocket_headers<I, K, V>(mut self, headers: I) -> Self
     where
         I: IntoIterator<Item = (K, V)>,
@@ -605,6 +630,14 @@ impl ClientBuilder {
     /// Above this many pending calls a warning is logged (default 10).
     pub fn pending_calls_threshold(mut self, threshold: usize) -> Self {
         self.options.pending_calls_threshold = threshold;
+        self
+    }
+    /// Reconnects automatically after a lost connection (off by default: aiomqtt's way
+    /// is a loop around [`Client::connect`]). One [`Connection`](crate::Connection) then
+    /// outlives losses; see [`ReconnectPolicy`] and
+    /// [`Connection::events`](crate::Connection::events).
+    pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
+        self.options.reconnect = Some(policy);
         self
     }
 
@@ -668,6 +701,9 @@ impl ClientBuilder {
         }
         if o.timeout.is_zero() {
             return Err(invalid("timeout must be greater than zero"));
+        }
+        if let Some(policy) = &o.reconnect {
+            policy.check()?;
         }
         if o.max_inflight_messages == 0 {
             return Err(invalid("max_inflight_messages must be at least 1"));

@@ -5,7 +5,9 @@
 //! packets (`Message::properties`, CONNACK, SUBACK, DISCONNECT). Before anything is sent,
 //! [`Properties::check`] verifies that every property is one the MQTT 5 specification allows
 //! a *client* to put in that packet (table 2-4), that its value is legal, and that the Paho
-//! engine can honour it. Only then does `engine::properties::to_paho` translate it.
+//! engine can honour it. Only then does the engine translate it.
+//!
+//! Every fact about a property lives in one row of `properties_table!` below.
 
 use std::fmt;
 
@@ -46,116 +48,368 @@ impl PayloadFormat {
     }
 }
 
-/// The MQTT 5 properties of a packet.
+/// How one field of [`Properties`] holds its values, and how they travel on the wire.
 ///
-/// One public field per property of MQTT 5 (§2.2.2.2); `None` (or an empty `Vec`) means the
-/// property is absent. Build one with [`Properties::new`] and the chainable setters named
-/// after the fields, or assign the fields directly:
-///
-/// ```
-/// use aiomqtt::Properties;
-///
-/// let props = Properties::new()
-///     .content_type("text/plain")
-///     .response_topic("replies/sensor-7")
-///     .correlation_data(b"req-42".to_vec())
-///     .message_expiry_interval(60)
-///     .user_property("origin", "greenhouse")
-///     .user_property("origin", "backup"); // duplicates are kept, in order
-///
-/// assert_eq!(props.content_type.as_deref(), Some("text/plain"));
-/// assert_eq!(props.user_property_value("origin"), Some("greenhouse"));
-/// assert_eq!(props.user_properties.len(), 2);
-/// assert!(!props.is_empty());
-/// assert!(Properties::new().is_empty());
-/// ```
-///
-/// Which properties a packet may carry is fixed by the specification. Every operation checks
-/// the properties it is given before anything is sent and fails with
-/// [`Error::InvalidArgument`] for a property the client may not send in that packet (for
-/// example a Subscription Identifier on PUBLISH, or any property only a server sends), for a
-/// string containing U+0000, for a string or binary value longer than 65,535 bytes and for
-/// the zero values the specification forbids. Properties the Paho engine cannot honour fail
-/// with [`Error::Unsupported`]: Authentication Method/Data (enhanced authentication), Topic
-/// Alias on PUBLISH, and a Topic Alias Maximum above 0 on CONNECT.
-///
-/// | packet      | properties a client may send                                               |
-/// |-------------|----------------------------------------------------------------------------|
-/// | CONNECT     | session expiry interval, receive maximum, maximum packet size, topic alias maximum (0 only), request response information, request problem information, user properties |
-/// | Will        | will delay interval, payload format indicator, message expiry interval, content type, response topic, correlation data, user properties |
-/// | PUBLISH     | payload format indicator, message expiry interval, content type, response topic, correlation data, user properties |
-/// | SUBSCRIBE   | one subscription identifier (1 to 268,435,455), user properties             |
-/// | UNSUBSCRIBE | user properties                                                            |
-///
-/// `Debug` lists only the properties that are present and never shows the bytes of
-/// `authentication_data`.
-#[derive(Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Properties {
+/// Each Rust type of a field has one wire type: `Option<u32>` a Four Byte Integer,
+/// `Vec<u32>` Variable Byte Integers, `Option<u16>` a Two Byte Integer, `Option<bool>`,
+/// `Option<PayloadFormat>` and `Option<QoS>` a Byte, `Option<String>` a UTF-8 string,
+/// `Option<Vec<u8>>` binary data, `Vec<(String, String)>` string pairs.
+pub(crate) trait Field {
+    /// `true` when the property is present.
+    fn present(&self) -> bool;
+    /// Hands every value to `out`, in order.
+    fn wire(&self, out: &mut dyn FnMut(Wire<'_>));
+    /// Takes one received value; `false` if it cannot be represented (left out).
+    fn absorb(&mut self, value: Wire<'_>) -> bool;
+    /// What `Debug` shows of a present field; `secret` shows only the length.
+    fn debug<'a>(&'a self, secret: bool) -> Box<dyn fmt::Debug + 'a>;
+}
+
+/// One property value as it travels on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wire<'a> {
+    /// A Byte.
+    Byte(u8),
+    /// A Two Byte Integer.
+    Two(u16),
+    /// A Four Byte Integer.
+    Four(u32),
+    /// A Variable Byte Integer.
+    VarInt(u32),
+    /// A UTF-8 encoded string.
+    Str(&'a str),
+    /// Binary data.
+    Bin(&'a [u8]),
+    /// A UTF-8 string pair.
+    Pair(&'a str, &'a str),
+}
+
+struct Redacted(usize);
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<redacted: {} bytes>", self.0)
+    }
+}
+
+macro_rules! option_field {
+    ($ty:ty, $wire:ident, |$v:ident| $to:expr, |$w:ident| $from:expr) => {
+        impl Field for Option<$ty> {
+            fn present(&self) -> bool {
+                self.is_some()
+            }
+            fn wire(&self, out: &mut dyn FnMut(Wire<'_>)) {
+                if let Some($v) = self {
+                    out(Wire::$wire($to));
+                }
+            }
+            fn absorb(&mut self, value: Wire<'_>) -> bool {
+                let Wire::$wire($w) = value else { return false };
+                match $from {
+                    Some(v) => {
+                        *self = Some(v);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            fn debug<'a>(&'a self, _secret: bool) -> Box<dyn fmt::Debug + 'a> {
+                match self {
+                    Some(v) => Box::new(v),
+                    None => Box::new(()),
+                }
+            }
+        }
+    };
+}
+
+option_field!(u32, Four, |v| *v, |w| Some(w));
+option_field!(u16, Two, |v| *v, |w| Some(w));
+option_field!(bool, Byte, |v| u8::from(*v), |w| match w {
+    0 => Some(false),
+    1 => Some(true),
+    _ => None,
+});
+option_field!(PayloadFormat, Byte, |v| v.to_byte(), |w| {
+    PayloadFormat::from_byte(w)
+});
+option_field!(QoS, Byte, |v| v.as_u8(), |w| QoS::try_from(w).ok());
+option_field!(String, Str, |v| v.as_str(), |w| (!w.contains('\0'))
+    .then(|| w.to_owned()));
+
+impl Field for Option<Vec<u8>> {
+    fn present(&self) -> bool {
+        self.is_some()
+    }
+    fn wire(&self, out: &mut dyn FnMut(Wire<'_>)) {
+        if let Some(v) = self {
+            out(Wire::Bin(v));
+        }
+    }
+    fn absorb(&mut self, value: Wire<'_>) -> bool {
+        let Wire::Bin(v) = value else { return false };
+        *self = Some(v.to_vec());
+        true
+    }
+    fn debug<'a>(&'a self, secret: bool) -> Box<dyn fmt::Debug + 'a> {
+        match self {
+            Some(v) if secret => Box::new(Redacted(v.len())),
+            Some(v) => Box::new(v),
+            None => Box::new(()),
+        }
+    }
+}
+
+impl Field for Vec<u32> {
+    fn present(&self) -> bool {
+        !self.is_empty()
+    }
+    fn wire(&self, out: &mut dyn FnMut(Wire<'_>)) {
+        self.iter().for_each(|&v| out(Wire::VarInt(v)));
+    }
+    fn absorb(&mut self, value: Wire<'_>) -> bool {
+        let Wire::VarInt(v) = value else { return false };
+        self.push(v);
+        true
+    }
+    fn debug<'a>(&'a self, _secret: bool) -> Box<dyn fmt::Debug + 'a> {
+        Box::new(self)
+    }
+}
+
+impl Field for Vec<(String, String)> {
+    fn present(&self) -> bool {
+        !self.is_empty()
+    }
+    fn wire(&self, out: &mut dyn FnMut(Wire<'_>)) {
+        self.iter().for_each(|(k, v)| out(Wire::Pair(k, v)));
+    }
+    fn absorb(&mut self, value: Wire<'_>) -> bool {
+        let Wire::Pair(k, v) = value else {
+            return false;
+        };
+        if k.contains('\0') || v.contains('\0') {
+            return false;
+        }
+        self.push((k.to_owned(), v.to_owned()));
+        true
+    }
+    fn debug<'a>(&'a self, _secret: bool) -> Box<dyn fmt::Debug + 'a> {
+        Box::new(self)
+    }
+}
+
+/// The one table of MQTT 5 properties (§2.2.2.2). Each row: the field and its type, the
+/// identifier, the specification's name, the packets a client may send it in (table 2-4),
+/// whether only a server sends it, whether `Debug` hides its value, and its setter.
+/// From it come the struct, the setters, `Id` (names, codes, where allowed), `Debug`, and
+/// the walk over wire values the engine translates from and to.
+macro_rules! properties_table {
+    ($(
+        $(#[doc = $doc:literal])+
+        $field:ident: $ty:ty = $code:literal, $name:literal, Id::$id:ident,
+            allowed [$($packet:ident),*], server_only $server:literal, secret $secret:literal,
+            setter $($setter:ident($arg:ident: $argty:ty))?;
+    )*) => {
+        /// The MQTT 5 properties of a packet.
+        ///
+        #[doc = include_str!("properties_doc.md")]
+        #[derive(Clone, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct Properties {
+            $($(#[doc = $doc])+ pub $field: $ty,)*
+        }
+
+        impl Properties {
+            $($(
+                #[doc = concat!("Sets the ", $name, " property: see [`", stringify!($field), "`](Self::", stringify!($field), ").")]
+                #[must_use]
+                pub fn $setter(mut self, $arg: $argty) -> Self {
+                    set(&mut self.$field, $arg.into());
+                    self
+                }
+            )?)*
+
+            /// The properties that are present, in the order of their identifiers.
+            fn present(&self) -> Vec<Id> {
+                let mut out = Vec::new();
+                $(if self.$field.present() {
+                    out.push(Id::$id);
+                })*
+                out
+            }
+
+            /// Hands every present value to `out` with its identifier, in table order.
+            pub(crate) fn for_each_wire(&self, out: &mut dyn FnMut(u8, Wire<'_>)) {
+                $(self.$field.wire(&mut |w| out($code, w));)*
+            }
+
+            /// Takes one received value; `false` for an unknown identifier or a value that
+            /// cannot be represented (the caller leaves it out).
+            pub(crate) fn absorb(&mut self, code: u8, value: Wire<'_>) -> bool {
+                match code {
+                    $($code => self.$field.absorb(value),)*
+                    _ => false,
+                }
+            }
+        }
+
+        impl fmt::Debug for Properties {
+            /// Lists only the properties that are present; secret values (the bytes of
+            /// `authentication_data`) show only their length.
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let mut d = f.debug_struct("Properties");
+                $(if self.$field.present() {
+                    d.field(stringify!($field), &self.$field.debug($secret));
+                })*
+                d.finish()
+            }
+        }
+
+        /// The MQTT 5 properties, for the checks.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub(crate) enum Id {
+            $($id,)*
+        }
+
+        impl Id {
+            /// The name the specification uses.
+            fn name(self) -> &'static str {
+                match self {
+                    $(Id::$id => $name,)*
+                }
+            }
+
+            /// Whether MQTT 5 (table 2-4) lets a client send this property in `packet`.
+            fn allowed_in(self, packet: PacketKind) -> bool {
+                match self {
+                    $(Id::$id => {
+                        let allowed: &[PacketKind] = &[$(PacketKind::$packet),*];
+                        allowed.contains(&packet)
+                    })*
+                }
+            }
+
+            /// Properties only a server sends (CONNACK and the like).
+            fn server_only(self) -> bool {
+                match self {
+                    $(Id::$id => $server,)*
+                }
+            }
+        }
+    };
+}
+
+/// Stores a setter's value: `Option` fields are replaced, lists grow.
+trait Set<T> {
+    fn put(&mut self, value: T);
+}
+impl<T> Set<T> for Option<T> {
+    fn put(&mut self, value: T) {
+        *self = Some(value);
+    }
+}
+impl<T> Set<T> for Vec<T> {
+    fn put(&mut self, value: T) {
+        self.push(value);
+    }
+}
+fn set<F: Set<T>, T>(field: &mut F, value: T) {
+    field.put(value);
+}
+
+properties_table! {
     /// Payload Format Indicator (PUBLISH, Will): whether the payload is UTF-8 text.
-    pub payload_format_indicator: Option<PayloadFormat>,
+    payload_format_indicator: Option<PayloadFormat> = 0x01, "Payload Format Indicator", Id::PayloadFormatIndicator,
+        allowed [Publish, Will], server_only false, secret false, setter payload_format_indicator(format: PayloadFormat);
     /// Message Expiry Interval in seconds (PUBLISH, Will).
-    pub message_expiry_interval: Option<u32>,
+    message_expiry_interval: Option<u32> = 0x02, "Message Expiry Interval", Id::MessageExpiryInterval,
+        allowed [Publish, Will], server_only false, secret false, setter message_expiry_interval(seconds: u32);
     /// Content Type (PUBLISH, Will): for example a MIME type.
-    pub content_type: Option<String>,
+    content_type: Option<String> = 0x03, "Content Type", Id::ContentType,
+        allowed [Publish, Will], server_only false, secret false, setter content_type(content_type: impl Into<String>);
     /// Response Topic (PUBLISH, Will): the topic name for a response message.
-    pub response_topic: Option<String>,
+    response_topic: Option<String> = 0x08, "Response Topic", Id::ResponseTopic,
+        allowed [Publish, Will], server_only false, secret false, setter response_topic(topic: impl Into<String>);
     /// Correlation Data (PUBLISH, Will): binary data that links a response to its request.
-    pub correlation_data: Option<Vec<u8>>,
+    correlation_data: Option<Vec<u8>> = 0x09, "Correlation Data", Id::CorrelationData,
+        allowed [Publish, Will], server_only false, secret false, setter correlation_data(data: impl Into<Vec<u8>>);
     /// Subscription Identifiers. A SUBSCRIBE carries at most one (1 to 268,435,455); a
-    /// received PUBLISH carries one for each matching subscription that had one.
-    pub subscription_identifiers: Vec<u32>,
+    /// received PUBLISH carries one for each matching subscription that had one. The setter
+    /// appends one.
+    subscription_identifiers: Vec<u32> = 0x0B, "Subscription Identifier", Id::SubscriptionIdentifier,
+        allowed [Subscribe], server_only false, secret false, setter subscription_identifier(id: u32);
     /// Session Expiry Interval in seconds (CONNECT, CONNACK, DISCONNECT);
     /// `u32::MAX` means the session never expires.
-    pub session_expiry_interval: Option<u32>,
+    session_expiry_interval: Option<u32> = 0x11, "Session Expiry Interval", Id::SessionExpiryInterval,
+        allowed [Connect], server_only false, secret false, setter session_expiry_interval(seconds: u32);
     /// Assigned Client Identifier (CONNACK): the identifier the broker chose for the client.
-    pub assigned_client_identifier: Option<String>,
+    assigned_client_identifier: Option<String> = 0x12, "Assigned Client Identifier", Id::AssignedClientIdentifier,
+        allowed [], server_only true, secret false, setter assigned_client_identifier(id: impl Into<String>);
     /// Server Keep Alive in seconds (CONNACK): the keep alive the broker requires.
-    pub server_keep_alive: Option<u16>,
+    server_keep_alive: Option<u16> = 0x13, "Server Keep Alive", Id::ServerKeepAlive,
+        allowed [], server_only true, secret false, setter server_keep_alive(seconds: u16);
     /// Authentication Method (CONNECT, CONNACK, AUTH) of MQTT 5 enhanced authentication.
     /// Not supported on CONNECT by this client (see [`Properties`]).
-    pub authentication_method: Option<String>,
+    authentication_method: Option<String> = 0x15, "Authentication Method", Id::AuthenticationMethod,
+        allowed [Connect], server_only false, secret false, setter authentication_method(method: impl Into<String>);
     /// Authentication Data (CONNECT, CONNACK, AUTH) of MQTT 5 enhanced authentication.
     /// Not supported on CONNECT by this client (see [`Properties`]).
-    pub authentication_data: Option<Vec<u8>>,
+    authentication_data: Option<Vec<u8>> = 0x16, "Authentication Data", Id::AuthenticationData,
+        allowed [Connect], server_only false, secret true, setter authentication_data(data: impl Into<Vec<u8>>);
     /// Request Problem Information (CONNECT): `false` asks the broker to send Reason
     /// Strings and User Properties only on PUBLISH, CONNACK and DISCONNECT.
-    pub request_problem_information: Option<bool>,
+    request_problem_information: Option<bool> = 0x17, "Request Problem Information", Id::RequestProblemInformation,
+        allowed [Connect], server_only false, secret false, setter request_problem_information(request: bool);
     /// Will Delay Interval in seconds (Will): how long the broker waits after the connection
     /// is lost before it publishes the Will.
-    pub will_delay_interval: Option<u32>,
+    will_delay_interval: Option<u32> = 0x18, "Will Delay Interval", Id::WillDelayInterval,
+        allowed [Will], server_only false, secret false, setter will_delay_interval(seconds: u32);
     /// Request Response Information (CONNECT): ask the broker for Response Information.
-    pub request_response_information: Option<bool>,
+    request_response_information: Option<bool> = 0x19, "Request Response Information", Id::RequestResponseInformation,
+        allowed [Connect], server_only false, secret false, setter request_response_information(request: bool);
     /// Response Information (CONNACK): the basis the broker suggests for response topics.
-    pub response_information: Option<String>,
+    response_information: Option<String> = 0x1A, "Response Information", Id::ResponseInformation,
+        allowed [], server_only true, secret false, setter response_information(info: impl Into<String>);
     /// Server Reference (CONNACK, DISCONNECT): another server the client may use.
-    pub server_reference: Option<String>,
+    server_reference: Option<String> = 0x1C, "Server Reference", Id::ServerReference,
+        allowed [], server_only true, secret false, setter server_reference(reference: impl Into<String>);
     /// Reason String (acknowledgements, DISCONNECT): a human-readable diagnostic.
-    pub reason_string: Option<String>,
+    reason_string: Option<String> = 0x1F, "Reason String", Id::ReasonString,
+        allowed [], server_only false, secret false, setter reason_string(reason: impl Into<String>);
     /// Receive Maximum (CONNECT, CONNACK): how many QoS 1 and 2 messages the sender is
     /// willing to process at once (1 to 65,535).
-    pub receive_maximum: Option<u16>,
+    receive_maximum: Option<u16> = 0x21, "Receive Maximum", Id::ReceiveMaximum,
+        allowed [Connect], server_only false, secret false, setter receive_maximum(maximum: u16);
     /// Topic Alias Maximum (CONNECT, CONNACK): the highest topic alias the sender accepts.
     /// On CONNECT only 0 is supported by this client (see [`Properties`]).
-    pub topic_alias_maximum: Option<u16>,
+    topic_alias_maximum: Option<u16> = 0x22, "Topic Alias Maximum", Id::TopicAliasMaximum,
+        allowed [Connect], server_only false, secret false, setter topic_alias_maximum(maximum: u16);
     /// Topic Alias (PUBLISH). Not supported on outgoing PUBLISH by this client
     /// (see [`Properties`]).
-    pub topic_alias: Option<u16>,
+    topic_alias: Option<u16> = 0x23, "Topic Alias", Id::TopicAlias,
+        allowed [Publish], server_only false, secret false, setter topic_alias(alias: u16);
     /// Maximum QoS (CONNACK): the highest QoS the broker supports.
-    pub maximum_qos: Option<QoS>,
+    maximum_qos: Option<QoS> = 0x24, "Maximum QoS", Id::MaximumQos,
+        allowed [], server_only true, secret false, setter maximum_qos(qos: QoS);
     /// Retain Available (CONNACK): whether the broker supports retained messages.
-    pub retain_available: Option<bool>,
-    /// Wildcard Subscription Available (CONNACK).
-    pub wildcard_subscription_available: Option<bool>,
-    /// Subscription Identifiers Available (CONNACK).
-    pub subscription_identifiers_available: Option<bool>,
-    /// Shared Subscription Available (CONNACK).
-    pub shared_subscription_available: Option<bool>,
+    retain_available: Option<bool> = 0x25, "Retain Available", Id::RetainAvailable,
+        allowed [], server_only true, secret false, setter retain_available(available: bool);
+    /// User Properties (every packet): name/value pairs, in order; a name may repeat.
+    user_properties: Vec<(String, String)> = 0x26, "User Property", Id::UserProperty,
+        allowed [Connect, Will, Publish, Subscribe, Unsubscribe], server_only false, secret false, setter;
     /// Maximum Packet Size in bytes (CONNECT, CONNACK): the largest packet the sender
     /// accepts (at least 1).
-    pub maximum_packet_size: Option<u32>,
-    /// User Properties (every packet): name/value pairs, in order; a name may repeat.
-    pub user_properties: Vec<(String, String)>,
+    maximum_packet_size: Option<u32> = 0x27, "Maximum Packet Size", Id::MaximumPacketSize,
+        allowed [Connect], server_only false, secret false, setter maximum_packet_size(bytes: u32);
+    /// Wildcard Subscription Available (CONNACK).
+    wildcard_subscription_available: Option<bool> = 0x28, "Wildcard Subscription Available", Id::WildcardSubscriptionAvailable,
+        allowed [], server_only true, secret false, setter wildcard_subscription_available(available: bool);
+    /// Subscription Identifiers Available (CONNACK).
+    subscription_identifiers_available: Option<bool> = 0x29, "Subscription Identifier Available", Id::SubscriptionIdentifiersAvailable,
+        allowed [], server_only true, secret false, setter subscription_identifiers_available(available: bool);
+    /// Shared Subscription Available (CONNACK).
+    shared_subscription_available: Option<bool> = 0x2A, "Shared Subscription Available", Id::SharedSubscriptionAvailable,
+        allowed [], server_only true, secret false, setter shared_subscription_available(available: bool);
 }
 
 impl Properties {
@@ -177,263 +431,11 @@ impl Properties {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Sets the Payload Format Indicator.
-    #[must_use]
-    pub fn payload_format_indicator(mut self, format: PayloadFormat) -> Self {
-        self.payload_format_indicator = Some(format);
-        self
-    }
-
-    /// Sets the Message Expiry Interval, in seconds.
-    #[must_use]
-    pub fn message_expiry_interval(mut self, seconds: u32) -> Self {
-        self.message_expiry_interval = Some(seconds);
-        self
-    }
-
-    /// Sets the Content Type.
-    #[must_use]
-    pub fn content_type(mut self, content_type: impl Into<String>) -> Self {
-        self.content_type = Some(content_type.into());
-        self
-    }
-
-    /// Sets the Response Topic.
-    #[must_use]
-    pub fn response_topic(mut self, topic: impl Into<String>) -> Self {
-        self.response_topic = Some(topic.into());
-        self
-    }
-
-    /// Sets the Correlation Data.
-    #[must_use]
-    pub fn correlation_data(mut self, data: impl Into<Vec<u8>>) -> Self {
-        self.correlation_data = Some(data.into());
-        self
-    }
-
-    /// Appends a Subscription Identifier (a SUBSCRIBE may carry only one).
-    #[must_use]
-    pub fn subscription_identifier(mut self, id: u32) -> Self {
-        self.subscription_identifiers.push(id);
-        self
-    }
-
-    /// Sets the Session Expiry Interval, in seconds (`u32::MAX`: never expires).
-    #[must_use]
-    pub fn session_expiry_interval(mut self, seconds: u32) -> Self {
-        self.session_expiry_interval = Some(seconds);
-        self
-    }
-
-    /// Sets the Assigned Client Identifier (a property only a broker sends).
-    #[must_use]
-    pub fn assigned_client_identifier(mut self, id: impl Into<String>) -> Self {
-        self.assigned_client_identifier = Some(id.into());
-        self
-    }
-
-    /// Sets the Server Keep Alive, in seconds (a property only a broker sends).
-    #[must_use]
-    pub fn server_keep_alive(mut self, seconds: u16) -> Self {
-        self.server_keep_alive = Some(seconds);
-        self
-    }
-
-    /// Sets the Authentication Method.
-    #[must_use]
-    pub fn authentication_method(mut self, method: impl Into<String>) -> Self {
-        self.authentication_method = Some(method.into());
-        self
-    }
-
-    /// Sets the Authentication Data.
-    #[must_use]
-    pub fn authentication_data(mut self, data: impl Into<Vec<u8>>) -> Self {
-        self.authentication_data = Some(data.into());
-        self
-    }
-
-    /// Sets Request Problem Information.
-    #[must_use]
-    pub fn request_problem_information(mut self, request: bool) -> Self {
-        self.request_problem_information = Some(request);
-        self
-    }
-
-    /// Sets the Will Delay Interval, in seconds.
-    #[must_use]
-    pub fn will_delay_interval(mut self, seconds: u32) -> Self {
-        self.will_delay_interval = Some(seconds);
-        self
-    }
-
-    /// Sets Request Response Information.
-    #[must_use]
-    pub fn request_response_information(mut self, request: bool) -> Self {
-        self.request_response_information = Some(request);
-        self
-    }
-
-    /// Sets the Response Information (a property only a broker sends).
-    #[must_use]
-    pub fn response_information(mut self, info: impl Into<String>) -> Self {
-        self.response_information = Some(info.into());
-        self
-    }
-
-    /// Sets the Server Reference (a property only a broker sends).
-    #[must_use]
-    pub fn server_reference(mut self, reference: impl Into<String>) -> Self {
-        self.server_reference = Some(reference.into());
-        self
-    }
-
-    /// Sets the Reason String (not allowed in the packets a client sends through this crate).
-    #[must_use]
-    pub fn reason_string(mut self, reason: impl Into<String>) -> Self {
-        self.reason_string = Some(reason.into());
-        self
-    }
-
-    /// Sets the Receive Maximum (1 to 65,535).
-    #[must_use]
-    pub fn receive_maximum(mut self, maximum: u16) -> Self {
-        self.receive_maximum = Some(maximum);
-        self
-    }
-
-    /// Sets the Topic Alias Maximum.
-    #[must_use]
-    pub fn topic_alias_maximum(mut self, maximum: u16) -> Self {
-        self.topic_alias_maximum = Some(maximum);
-        self
-    }
-
-    /// Sets the Topic Alias.
-    #[must_use]
-    pub fn topic_alias(mut self, alias: u16) -> Self {
-        self.topic_alias = Some(alias);
-        self
-    }
-
-    /// Sets the Maximum QoS (a property only a broker sends).
-    #[must_use]
-    pub fn maximum_qos(mut self, qos: QoS) -> Self {
-        self.maximum_qos = Some(qos);
-        self
-    }
-
-    /// Sets Retain Available (a property only a broker sends).
-    #[must_use]
-    pub fn retain_available(mut self, available: bool) -> Self {
-        self.retain_available = Some(available);
-        self
-    }
-
-    /// Sets Wildcard Subscription Available (a property only a broker sends).
-    #[must_use]
-    pub fn wildcard_subscription_available(mut self, available: bool) -> Self {
-        self.wildcard_subscription_available = Some(available);
-        self
-    }
-
-    /// Sets Subscription Identifiers Available (a property only a broker sends).
-    #[must_use]
-    pub fn subscription_identifiers_available(mut self, available: bool) -> Self {
-        self.subscription_identifiers_available = Some(available);
-        self
-    }
-
-    /// Sets Shared Subscription Available (a property only a broker sends).
-    #[must_use]
-    pub fn shared_subscription_available(mut self, available: bool) -> Self {
-        self.shared_subscription_available = Some(available);
-        self
-    }
-
-    /// Sets the Maximum Packet Size, in bytes (at least 1).
-    #[must_use]
-    pub fn maximum_packet_size(mut self, bytes: u32) -> Self {
-        self.maximum_packet_size = Some(bytes);
-        self
-    }
-
     /// Appends a User Property. Order is kept and a name may repeat.
     #[must_use]
     pub fn user_property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.user_properties.push((name.into(), value.into()));
         self
-    }
-
-    /// The properties that are present, in the order of the specification's identifiers.
-    fn present(&self) -> Vec<Id> {
-        let candidates = [
-            (
-                Id::PayloadFormatIndicator,
-                self.payload_format_indicator.is_some(),
-            ),
-            (
-                Id::MessageExpiryInterval,
-                self.message_expiry_interval.is_some(),
-            ),
-            (Id::ContentType, self.content_type.is_some()),
-            (Id::ResponseTopic, self.response_topic.is_some()),
-            (Id::CorrelationData, self.correlation_data.is_some()),
-            (
-                Id::SubscriptionIdentifier,
-                !self.subscription_identifiers.is_empty(),
-            ),
-            (
-                Id::SessionExpiryInterval,
-                self.session_expiry_interval.is_some(),
-            ),
-            (
-                Id::AssignedClientIdentifier,
-                self.assigned_client_identifier.is_some(),
-            ),
-            (Id::ServerKeepAlive, self.server_keep_alive.is_some()),
-            (
-                Id::AuthenticationMethod,
-                self.authentication_method.is_some(),
-            ),
-            (Id::AuthenticationData, self.authentication_data.is_some()),
-            (
-                Id::RequestProblemInformation,
-                self.request_problem_information.is_some(),
-            ),
-            (Id::WillDelayInterval, self.will_delay_interval.is_some()),
-            (
-                Id::RequestResponseInformation,
-                self.request_response_information.is_some(),
-            ),
-            (Id::ResponseInformation, self.response_information.is_some()),
-            (Id::ServerReference, self.server_reference.is_some()),
-            (Id::ReasonString, self.reason_string.is_some()),
-            (Id::ReceiveMaximum, self.receive_maximum.is_some()),
-            (Id::TopicAliasMaximum, self.topic_alias_maximum.is_some()),
-            (Id::TopicAlias, self.topic_alias.is_some()),
-            (Id::MaximumQos, self.maximum_qos.is_some()),
-            (Id::RetainAvailable, self.retain_available.is_some()),
-            (Id::UserProperty, !self.user_properties.is_empty()),
-            (Id::MaximumPacketSize, self.maximum_packet_size.is_some()),
-            (
-                Id::WildcardSubscriptionAvailable,
-                self.wildcard_subscription_available.is_some(),
-            ),
-            (
-                Id::SubscriptionIdentifiersAvailable,
-                self.subscription_identifiers_available.is_some(),
-            ),
-            (
-                Id::SharedSubscriptionAvailable,
-                self.shared_subscription_available.is_some(),
-            ),
-        ];
-        candidates
-            .into_iter()
-            .filter_map(|(id, present)| present.then_some(id))
-            .collect()
     }
 
     /// Checks that these properties may be sent by a client in `packet`, before anything
@@ -612,68 +614,6 @@ fn check_string(value: &str) -> Result<(), &'static str> {
     }
 }
 
-impl fmt::Debug for Properties {
-    /// Lists only the properties that are present; the bytes of `authentication_data` are
-    /// redacted (it may carry credentials).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        struct Redacted(usize);
-        impl fmt::Debug for Redacted {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "<redacted: {} bytes>", self.0)
-            }
-        }
-
-        let mut d = f.debug_struct("Properties");
-        macro_rules! opt {
-            ($($field:ident),* $(,)?) => {
-                $(if let Some(value) = &self.$field {
-                    d.field(stringify!($field), value);
-                })*
-            };
-        }
-        opt!(
-            payload_format_indicator,
-            message_expiry_interval,
-            content_type,
-            response_topic,
-            correlation_data,
-        );
-        if !self.subscription_identifiers.is_empty() {
-            d.field("subscription_identifiers", &self.subscription_identifiers);
-        }
-        opt!(
-            session_expiry_interval,
-            assigned_client_identifier,
-            server_keep_alive,
-            authentication_method,
-        );
-        if let Some(data) = &self.authentication_data {
-            d.field("authentication_data", &Redacted(data.len()));
-        }
-        opt!(
-            request_problem_information,
-            will_delay_interval,
-            request_response_information,
-            response_information,
-            server_reference,
-            reason_string,
-            receive_maximum,
-            topic_alias_maximum,
-            topic_alias,
-            maximum_qos,
-            retain_available,
-            wildcard_subscription_available,
-            subscription_identifiers_available,
-            shared_subscription_available,
-            maximum_packet_size,
-        );
-        if !self.user_properties.is_empty() {
-            d.field("user_properties", &self.user_properties);
-        }
-        d.finish()
-    }
-}
-
 /// The packets a client sends properties in, for [`Properties::check`].
 #[allow(dead_code)] // built by the connect/will/publish/subscribe/unsubscribe paths
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -699,126 +639,6 @@ impl PacketKind {
             PacketKind::Subscribe => "SUBSCRIBE",
             PacketKind::Unsubscribe => "UNSUBSCRIBE",
         }
-    }
-}
-
-/// The MQTT 5 properties, for the checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Id {
-    PayloadFormatIndicator,
-    MessageExpiryInterval,
-    ContentType,
-    ResponseTopic,
-    CorrelationData,
-    SubscriptionIdentifier,
-    SessionExpiryInterval,
-    AssignedClientIdentifier,
-    ServerKeepAlive,
-    AuthenticationMethod,
-    AuthenticationData,
-    RequestProblemInformation,
-    WillDelayInterval,
-    RequestResponseInformation,
-    ResponseInformation,
-    ServerReference,
-    ReasonString,
-    ReceiveMaximum,
-    TopicAliasMaximum,
-    TopicAlias,
-    MaximumQos,
-    RetainAvailable,
-    UserProperty,
-    MaximumPacketSize,
-    WildcardSubscriptionAvailable,
-    SubscriptionIdentifiersAvailable,
-    SharedSubscriptionAvailable,
-}
-
-impl Id {
-    /// The name the specification uses.
-    fn name(self) -> &'static str {
-        match self {
-            Id::PayloadFormatIndicator => "Payload Format Indicator",
-            Id::MessageExpiryInterval => "Message Expiry Interval",
-            Id::ContentType => "Content Type",
-            Id::ResponseTopic => "Response Topic",
-            Id::CorrelationData => "Correlation Data",
-            Id::SubscriptionIdentifier => "Subscription Identifier",
-            Id::SessionExpiryInterval => "Session Expiry Interval",
-            Id::AssignedClientIdentifier => "Assigned Client Identifier",
-            Id::ServerKeepAlive => "Server Keep Alive",
-            Id::AuthenticationMethod => "Authentication Method",
-            Id::AuthenticationData => "Authentication Data",
-            Id::RequestProblemInformation => "Request Problem Information",
-            Id::WillDelayInterval => "Will Delay Interval",
-            Id::RequestResponseInformation => "Request Response Information",
-            Id::ResponseInformation => "Response Information",
-            Id::ServerReference => "Server Reference",
-            Id::ReasonString => "Reason String",
-            Id::ReceiveMaximum => "Receive Maximum",
-            Id::TopicAliasMaximum => "Topic Alias Maximum",
-            Id::TopicAlias => "Topic Alias",
-            Id::MaximumQos => "Maximum QoS",
-            Id::RetainAvailable => "Retain Available",
-            Id::UserProperty => "User Property",
-            Id::MaximumPacketSize => "Maximum Packet Size",
-            Id::WildcardSubscriptionAvailable => "Wildcard Subscription Available",
-            Id::SubscriptionIdentifiersAvailable => "Subscription Identifier Available",
-            Id::SharedSubscriptionAvailable => "Shared Subscription Available",
-        }
-    }
-
-    /// Whether MQTT 5 (table 2-4) lets a client send this property in `packet`.
-    fn allowed_in(self, packet: PacketKind) -> bool {
-        use PacketKind::*;
-        match self {
-            Id::PayloadFormatIndicator
-            | Id::MessageExpiryInterval
-            | Id::ContentType
-            | Id::ResponseTopic
-            | Id::CorrelationData => matches!(packet, Publish | Will),
-            Id::WillDelayInterval => packet == Will,
-            // A server adds it to the PUBLISH packets it forwards; a client's PUBLISH
-            // containing one is a protocol error [MQTT-3.3.4-6].
-            Id::SubscriptionIdentifier => packet == Subscribe,
-            Id::TopicAlias => packet == Publish,
-            Id::SessionExpiryInterval
-            | Id::AuthenticationMethod
-            | Id::AuthenticationData
-            | Id::RequestProblemInformation
-            | Id::RequestResponseInformation
-            | Id::ReceiveMaximum
-            | Id::TopicAliasMaximum
-            | Id::MaximumPacketSize => packet == Connect,
-            Id::UserProperty => true,
-            // CONNACK, DISCONNECT and acknowledgements: never in what a client sends here.
-            Id::AssignedClientIdentifier
-            | Id::ServerKeepAlive
-            | Id::ResponseInformation
-            | Id::ServerReference
-            | Id::ReasonString
-            | Id::MaximumQos
-            | Id::RetainAvailable
-            | Id::WildcardSubscriptionAvailable
-            | Id::SubscriptionIdentifiersAvailable
-            | Id::SharedSubscriptionAvailable => false,
-        }
-    }
-
-    /// Properties only a server sends (CONNACK and the like).
-    fn server_only(self) -> bool {
-        matches!(
-            self,
-            Id::AssignedClientIdentifier
-                | Id::ServerKeepAlive
-                | Id::ResponseInformation
-                | Id::ServerReference
-                | Id::MaximumQos
-                | Id::RetainAvailable
-                | Id::WildcardSubscriptionAvailable
-                | Id::SubscriptionIdentifiersAvailable
-                | Id::SharedSubscriptionAvailable
-        )
     }
 }
 
@@ -1118,6 +938,42 @@ mod tests {
         assert!(text.contains("<redacted: 12 bytes>"), "{text}");
         assert!(!text.contains("115"), "{text}"); // no byte of "secret-token"
         assert!(!text.contains("response_topic"), "{text}");
+    }
+
+    #[test]
+    fn every_property_survives_the_wire_walk() {
+        let mut all = Properties::new()
+            .user_property("k", "v")
+            .user_property("k", "w");
+        for (single, _) in singles() {
+            let mut back = Properties::new();
+            single.for_each_wire(&mut |code, w| assert!(back.absorb(code, w), "{code:#x}"));
+            assert_eq!(back, single);
+            single.for_each_wire(&mut |code, w| {
+                all.absorb(code, w);
+            });
+        }
+        let codes = {
+            let mut codes = Vec::new();
+            all.for_each_wire(&mut |code, _| codes.push(code));
+            codes
+        };
+        let mut sorted = codes.clone();
+        sorted.sort_unstable();
+        assert_eq!(codes, sorted, "walked in identifier order");
+        assert_eq!(all.present().len(), 24);
+    }
+
+    #[test]
+    fn unrepresentable_values_are_left_out() {
+        let mut p = Properties::new();
+        assert!(!p.absorb(0x01, Wire::Byte(2)), "payload format 2");
+        assert!(!p.absorb(0x25, Wire::Byte(7)), "boolean 7");
+        assert!(!p.absorb(0x24, Wire::Byte(3)), "maximum QoS 3");
+        assert!(!p.absorb(0x03, Wire::Str("a\0b")), "NUL in a string");
+        assert!(!p.absorb(0x03, Wire::Four(1)), "wrong wire type");
+        assert!(!p.absorb(0x7F, Wire::Byte(1)), "unknown identifier");
+        assert!(p.is_empty());
     }
 
     #[test]

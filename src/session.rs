@@ -1,54 +1,51 @@
-//! Per-connection state shared by the engine's callbacks, the [`Connection`]
-//! handles and every in-flight operation.
+//! Per-connection state shared by the engine's callbacks, the [`Connection`] handles,
+//! the reconnect supervisor and every in-flight operation.
+//!
+//! A session lives from `Client::connect()` until the connection ends: `disconnect()`,
+//! the last handle dropped, or — without automatic reconnects — the first loss. With
+//! automatic reconnects a loss only takes the *link* down; the session, its queue and
+//! its subscriptions carry on.
+//!
+//! Everything here may run on a Paho thread (through the [`Router`]): it takes only
+//! leaf locks and never calls the engine except to queue work.
 //!
 //! [`Connection`]: crate::Connection
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Semaphore, broadcast, watch};
+use tokio::time::Instant;
 
 use crate::client::ClientShared;
-use crate::engine::{Engine, Events};
+use crate::end::{End, EndCause};
+use crate::engine::{ConnectInfo, Engine, Events, Loss, WebSocketClaim};
 use crate::incoming::Queue;
 use crate::options::Options;
-use crate::{Error, Message, Properties, ReasonCode};
+use crate::reconnect::ConnectionEvent;
+use crate::{Error, Message, Properties, ReasonCode, SubscribeOptions};
 
-/// Why a connection ended.
-#[derive(Debug, Clone)]
-pub(crate) enum EndCause {
-    /// Lost: by the network, or a DISCONNECT from the broker (with its code).
-    Lost {
-        rc: Option<ReasonCode>,
-        detail: String,
-    },
-    /// Closed by this client (`disconnect()` or the last handle dropped).
-    Closed,
-}
-
-impl EndCause {
-    pub(crate) fn to_error(&self) -> Error {
-        match self {
-            EndCause::Lost { rc, detail } => Error::ConnectionLost {
-                rc: *rc,
-                detail: detail.clone(),
-            },
-            EndCause::Closed => Error::NotConnected,
-        }
-    }
-}
-
-/// What CONNACK established.
+/// What a CONNACK established.
+#[derive(Debug)]
 pub(crate) struct Established {
     pub(crate) identifier: String,
     pub(crate) session_present: bool,
     pub(crate) properties: Option<Properties>,
 }
 
+/// The link to the broker: up with its CONNACK, or down; `epoch` counts losses.
+#[derive(Clone, Default)]
+pub(crate) struct Link {
+    pub(crate) up: Option<Arc<Established>>,
+    pub(crate) epoch: u64,
+}
+
 /// Bounds and counts outgoing calls.
 pub(crate) struct Calls {
     pub(crate) slots: Option<Semaphore>,
     pending: AtomicUsize,
+    waiting_for_link: AtomicUsize,
     threshold: usize,
 }
 
@@ -61,34 +58,50 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
+/// One subscribe call, kept to subscribe again when a reconnect finds no session.
+#[derive(Clone)]
+pub(crate) struct Subscription {
+    pub(crate) filters: Vec<(String, SubscribeOptions)>,
+    pub(crate) properties: Option<Properties>,
+}
+
 pub(crate) struct Session {
     /// The claim generation of the client that this connection holds.
     pub(crate) generation: u64,
-    pub(crate) engine: Arc<Engine>,
+    pub(crate) engine: Engine,
     pub(crate) queue: Queue,
     pub(crate) calls: Calls,
-    pub(crate) established: OnceLock<Established>,
-    /// Released when the connection ends.
-    pub(crate) guards: Mutex<Option<crate::engine::ConnectionGuards>>,
     pub(crate) logger: Arc<str>,
     pub(crate) options: Arc<Options>,
-    /// Set once by the first `end()`; `ended` becomes visible only after the
-    /// client has been released.
-    ending: AtomicBool,
-    ended: AtomicBool,
-    end_cause: OnceLock<EndCause>,
-    end_notify: Notify,
+    pub(crate) end: End,
+    link: watch::Sender<Link>,
+    /// The latest CONNACK, kept while the link is down.
+    last: Mutex<Option<Arc<Established>>>,
+    /// When the link last came up.
+    up_since: Mutex<Instant>,
+    events: broadcast::Sender<ConnectionEvent>,
+    subscriptions: Mutex<Vec<Subscription>>,
+    websocket: Mutex<Option<WebSocketClaim>>,
     client: Weak<ClientShared>,
     router: Arc<Router>,
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here is a few assignments: a poisoned lock is consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Connection events kept for slow readers of `Connection::events()`.
+const EVENTS: usize = 64;
+
 impl Session {
     pub(crate) fn new(
         generation: u64,
-        engine: Arc<Engine>,
+        engine: Engine,
         router: Arc<Router>,
         client: Weak<ClientShared>,
         options: Arc<Options>,
+        websocket: Option<WebSocketClaim>,
     ) -> Session {
         let logger: Arc<str> = Arc::from(options.logger.as_str());
         Session {
@@ -102,48 +115,115 @@ impl Session {
             calls: Calls {
                 slots: options.max_concurrent_outgoing_calls.map(Semaphore::new),
                 pending: AtomicUsize::new(0),
+                waiting_for_link: AtomicUsize::new(0),
                 threshold: options.pending_calls_threshold,
             },
-            established: OnceLock::new(),
-            guards: Mutex::new(None),
             logger,
             options,
-            ending: AtomicBool::new(false),
-            ended: AtomicBool::new(false),
-            end_cause: OnceLock::new(),
-            end_notify: Notify::new(),
+            end: End::new(),
+            link: watch::Sender::new(Link::default()),
+            last: Mutex::new(None),
+            up_since: Mutex::new(Instant::now()),
+            events: broadcast::Sender::new(EVENTS),
+            subscriptions: Mutex::new(Vec::new()),
+            websocket: Mutex::new(websocket),
             client,
             router,
         }
     }
 
+    /// `true` with automatic reconnects: a loss takes the link down, not the session.
+    pub(crate) fn reconnects(&self) -> bool {
+        self.options.reconnect.is_some()
+    }
+
+    /// Whether a call still waiting for the broker fails as soon as the connection
+    /// ends. Only when Paho forgets it: a clean session that does not reconnect (its
+    /// engine is retired at the loss). Otherwise the call stays pending, as Paho does:
+    /// the resumed session completes it, or its timeout ends the wait.
+    pub(crate) fn calls_fail_at_end(&self) -> bool {
+        !self.reconnects() && !self.options.keeps_session()
+    }
+
     pub(crate) fn is_ended(&self) -> bool {
-        self.ended.load(Ordering::Acquire)
+        self.end.is_ended()
     }
 
     /// `Err(NotConnected)` once the connection has ended.
     pub(crate) fn check_live(&self) -> Result<(), Error> {
-        if self.is_ended() {
+        if self.end.is_ended() || self.end.is_ending() {
             Err(Error::NotConnected)
         } else {
             Ok(())
         }
     }
 
-    /// Resolves with the error an operation should fail with once the connection ends.
-    pub(crate) async fn ended(&self) -> Error {
-        let notified = self.end_notify.notified();
-        if !self.is_ended() {
-            notified.await;
-        }
-        self.end_error()
-    }
-
     /// The error for an operation cut short by the end of the connection.
     pub(crate) fn end_error(&self) -> Error {
-        self.end_cause
-            .get()
-            .map_or(Error::NotConnected, EndCause::to_error)
+        self.end
+            .cause()
+            .map_or(Error::NotConnected, |c| c.to_error())
+    }
+
+    /// Resolves with the error an operation should fail with once the connection ends.
+    pub(crate) async fn ended(&self) -> Error {
+        self.end.wait().await.to_error()
+    }
+
+    /// The latest CONNACK (the link may be down since).
+    pub(crate) fn established(&self) -> Option<Arc<Established>> {
+        lock(&self.last).clone()
+    }
+
+    /// The link's state, to wait on.
+    pub(crate) fn link(&self) -> watch::Receiver<Link> {
+        self.link.subscribe()
+    }
+
+    /// `true` while the link is up.
+    pub(crate) fn is_up(&self) -> bool {
+        self.link.borrow().up.is_some()
+    }
+
+    /// Marks the link up after a CONNACK, unless a loss came since `epoch`.
+    pub(crate) fn link_up(&self, info: ConnectInfo, epoch: u64) -> bool {
+        let identifier = info
+            .properties
+            .as_ref()
+            .and_then(|p| p.assigned_client_identifier.clone())
+            .or_else(|| self.client.upgrade().map(|c| c.identifier().to_owned()))
+            .unwrap_or_default();
+        let established = Arc::new(Established {
+            identifier,
+            session_present: info.session_present,
+            properties: info.properties,
+        });
+        *lock(&self.last) = Some(established.clone());
+        let updated = self.link.send_if_modified(|link| {
+            if link.epoch != epoch {
+                return false;
+            }
+            link.up = Some(established);
+            true
+        });
+        if updated {
+            *lock(&self.up_since) = Instant::now();
+        }
+        updated
+    }
+
+    /// The current loss epoch.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.link.borrow().epoch
+    }
+
+    /// How long the link has been up (zero while down).
+    pub(crate) fn up_for(&self) -> Duration {
+        if self.is_up() {
+            lock(&self.up_since).elapsed()
+        } else {
+            Duration::ZERO
+        }
     }
 
     /// Counts a pending call, warning above the threshold as aiomqtt does.
@@ -155,71 +235,137 @@ impl Session {
         PendingGuard(&self.calls.pending)
     }
 
-    /// Ends the connection once: wakes waiting operations, closes the queue,
-    /// detaches from the router and frees the client for the next `connect()`.
-    /// Never calls into the engine (it may run on Paho's thread).
+    /// Counts a publish waiting for the link (automatic reconnects), refusing it beyond
+    /// `max_queued_outgoing_messages`.
+    pub(crate) fn wait_for_link_slot(&self) -> Result<PendingGuard<'_>, Error> {
+        let waiting = self.calls.waiting_for_link.fetch_add(1, Ordering::Relaxed) + 1;
+        let guard = PendingGuard(&self.calls.waiting_for_link);
+        match self.options.max_queued_outgoing_messages {
+            Some(limit) if waiting > limit => Err(Error::OutgoingQueueFull { limit }),
+            _ => Ok(guard),
+        }
+    }
+
+    fn pending_calls(&self) -> usize {
+        self.calls.pending.load(Ordering::Relaxed)
+    }
+
+    /// Emits a connection event to every `ConnectionEvents` reader.
+    pub(crate) fn emit(&self, event: ConnectionEvent) {
+        // No reader is fine.
+        let _ = self.events.send(event);
+    }
+
+    pub(crate) fn subscribe_events(&self) -> broadcast::Receiver<ConnectionEvent> {
+        self.events.subscribe()
+    }
+
+    /// Remembers a successful subscribe, to repeat it when a reconnect finds no session.
+    pub(crate) fn record_subscribe(&self, subscription: Subscription) {
+        if self.reconnects() {
+            lock(&self.subscriptions).push(subscription);
+        }
+    }
+
+    /// Forgets unsubscribed filters.
+    pub(crate) fn record_unsubscribe(&self, filters: &[String]) {
+        if self.reconnects() {
+            let mut subs = lock(&self.subscriptions);
+            for sub in subs.iter_mut() {
+                sub.filters.retain(|(f, _)| !filters.contains(f));
+            }
+            subs.retain(|s| !s.filters.is_empty());
+        }
+    }
+
+    pub(crate) fn subscriptions(&self) -> Vec<Subscription> {
+        lock(&self.subscriptions).clone()
+    }
+
+    /// The link was lost (from a Paho callback, or the engine's own protocol check).
+    /// Without automatic reconnects, or when the broker gave the session to another
+    /// client (MQTT 5: 0x8E — reconnecting would take it back, and the other client
+    /// would do the same), this ends the connection; otherwise the supervisor
+    /// reconnects.
+    pub(crate) fn link_lost(&self, cause: EndCause) {
+        if self.end.is_ending() {
+            return;
+        }
+        let error = cause.to_error();
+        log::warn!(target: &self.logger, "Unexpected disconnection: {error}");
+        let taken_over = matches!(cause, EndCause::Lost { rc: Some(rc), .. } if rc == ReasonCode::SESSION_TAKEN_OVER);
+        if !self.reconnects() || taken_over {
+            self.end(cause);
+            return;
+        }
+        self.link.send_modify(|link| {
+            link.up = None;
+            link.epoch += 1;
+        });
+        self.emit(ConnectionEvent::Lost {
+            cause: Arc::new(error),
+        });
+    }
+
+    /// Ends the connection once: closes the queue, detaches from the router, frees the
+    /// client for the next `connect()`, then makes the end visible. Never calls into
+    /// the engine (it may run on Paho's thread).
     ///
-    /// The client is released before anything can observe the end, so whoever
-    /// sees it (a consumer getting the `Err`, `is_connected()` turning false) can
-    /// `connect()` again at once.
+    /// The engine is retired (the next `connect()` gets a fresh Paho client) when Paho
+    /// may still hold commands of this connection that nobody should see completed
+    /// later: a clean session that ended by a loss, or was closed with calls pending.
     pub(crate) fn end(&self, cause: EndCause) -> bool {
-        if self.ending.swap(true, Ordering::AcqRel) {
+        if !self.end.begin() {
             return false;
         }
-        let _ = self.end_cause.set(cause.clone());
-        drop(self.guards.lock().unwrap_or_else(|e| e.into_inner()).take());
+        drop(lock(&self.websocket).take());
+        self.link.send_modify(|link| {
+            link.up = None;
+            link.epoch += 1;
+        });
         self.router.detach(self);
-        // After a loss, Paho goes on tearing the handle down after our callback
-        // (MQTTAsyncUtils.c: the `disconnected` callback, then nextOrClose()), while a
-        // reconnect on the same handle replaces the connect options it still uses:
-        // seen crashing the process after a broker DISCONNECT. A lost connection's
-        // engine is retired; the reconnect gets a fresh one.
-        let retire = matches!(cause, EndCause::Lost { .. }).then_some(&self.engine);
+        let clean = !self.options.keeps_session();
+        let retire = clean
+            && match cause {
+                EndCause::Closed => self.pending_calls() > 0,
+                _ => true,
+            };
         if let Some(client) = self.client.upgrade() {
-            client.release(self.generation, retire);
+            client.release(self.generation, retire.then_some(&self.engine));
         }
-        self.ended.store(true, Ordering::Release);
-        self.end_notify.notify_waiters();
-        let queue_cause = match cause {
-            EndCause::Lost { rc, detail } => Error::ConnectionLost { rc, detail },
-            EndCause::Closed => Error::Closed,
-        };
-        self.queue.close(queue_cause);
+        self.queue.close(cause.to_stream_error());
+        self.end.finish(cause);
         true
     }
 
-    /// Ends the connection from our side, sending DISCONNECT first so that a
-    /// following `connect()` is queued behind it. Returns the DISCONNECT's future.
-    pub(crate) fn close(
-        &self,
-    ) -> Option<impl std::future::Future<Output = Result<(), Error>> + Send + use<>> {
-        if self.ending.load(Ordering::Acquire) {
+    /// Ends the connection from our side, sending DISCONNECT first so that a following
+    /// `connect()` is queued behind it. Returns the DISCONNECT call, or `None` if the
+    /// connection had already ended.
+    pub(crate) fn close(&self) -> Option<crate::engine::Call> {
+        if self.end.is_ending() {
             return None;
         }
-        let disconnect = self.engine.disconnect().ok();
+        let disconnect = self.engine.disconnect();
         self.end(EndCause::Closed);
-        disconnect
+        Some(disconnect)
     }
 }
 
-/// Routes the engine's events to the connection currently using it.
+/// Routes the engine's callbacks to the current session of a client. One per engine;
+/// sessions attach on `connect()` and detach when they end.
 #[derive(Default)]
 pub(crate) struct Router {
     current: Mutex<Option<Arc<Session>>>,
 }
 
 impl Router {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<Session>>> {
-        self.current.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     pub(crate) fn attach(&self, session: Arc<Session>) {
-        *self.lock() = Some(session);
+        *lock(&self.current) = Some(session);
     }
 
     /// Detaches `session` if it is the current one.
     pub(crate) fn detach(&self, session: &Session) {
-        let mut current = self.lock();
+        let mut current = lock(&self.current);
         if current.as_deref().is_some_and(|s| std::ptr::eq(s, session)) {
             // Dropped outside the lock: it may be the last reference.
             let old = current.take();
@@ -231,17 +377,27 @@ impl Router {
 
 impl Events for Router {
     fn message(&self, message: Message) {
-        // Pushed under the router's lock: no reference count traffic per message.
-        if let Some(session) = self.lock().as_deref() {
+        // Pushed under the router's lock (the queue's lock nests inside it, and nothing
+        // else is taken): no reference count traffic per message.
+        if let Some(session) = lock(&self.current).as_deref() {
             session.queue.push(message);
         }
     }
 
-    fn lost(&self, rc: Option<ReasonCode>, detail: String) {
-        let session = self.lock().clone();
-        if let Some(session) = session {
-            log::warn!(target: &session.logger, "Unexpected disconnection: {}", EndCause::Lost { rc, detail: detail.clone() }.to_error());
-            session.end(EndCause::Lost { rc, detail });
-        }
+    fn lost(&self, loss: Loss) {
+        let session = lock(&self.current).clone();
+        let Some(session) = session else { return };
+        let cause = match loss {
+            Loss::Disconnect { reason, properties } => EndCause::Lost {
+                rc: Some(reason),
+                detail: properties.reason_string.unwrap_or_default(),
+            },
+            Loss::Network => EndCause::Lost {
+                rc: None,
+                detail: "the network connection was closed".to_owned(),
+            },
+            Loss::Malformed(what) => EndCause::Protocol(what),
+        };
+        session.link_lost(cause);
     }
 }

@@ -1,78 +1,94 @@
-//! Engine errors mapped to ours.
+//! Paho C's return codes and failures, mapped to our [`Error`].
 
-use paho_mqtt as paho;
-
+use super::registry::Failure;
 use crate::{Error, ReasonCode};
 
-/// Maps a failure of any operation.
-pub(crate) fn map_error(e: paho::Error) -> Error {
-    match e {
-        paho::Error::ReasonCode(rc, _) => Error::Code(ReasonCode::from(rc as u8)),
-        paho::Error::ConnectReturn(rc) => Error::Connect(ReasonCode::from_v3_connack(rc as u8)),
-        paho::Error::Disconnected => Error::NotConnected,
-        paho::Error::OperationIncomplete => Error::ConnectionLost {
+/// `MQTTASYNC_DISCONNECTED`.
+pub(crate) const DISCONNECTED: i32 = -3;
+/// `MQTTASYNC_OPERATION_INCOMPLETE`: the command was discarded (its session was cleaned,
+/// or the client destroyed) before it completed.
+pub(crate) const OPERATION_INCOMPLETE: i32 = -11;
+/// `MQTTASYNC_MAX_BUFFERED_MESSAGES`.
+pub(crate) const MAX_BUFFERED: i32 = -12;
+/// `MQTTASYNC_COMMAND_IGNORED`: a CONNECT while the same client's DISCONNECT is queued
+/// (`MQTTAsync_addCommand`), or the reverse.
+pub(crate) const COMMAND_IGNORED: i32 = -18;
+/// `MQTT_BAD_SUBSCRIBE`: a refused filter in an MQTT 3 SUBACK.
+pub(crate) const BAD_SUBSCRIBE: i32 = 0x80;
+
+/// Paho C's description of a return code (`MQTTAsync_strerror` is not thread-safe for
+/// unknown codes, so the texts are ours).
+pub(crate) fn describe(code: i32) -> &'static str {
+    match code {
+        -1 => "failure",
+        -2 => "persistence error",
+        -3 => "not connected",
+        -4 => "too many messages in flight",
+        -5 => "a string is not valid UTF-8",
+        -6 => "a NULL parameter",
+        -7 => "a topic containing NUL was truncated",
+        -8 => "bad structure",
+        -9 => "QoS must be 0, 1 or 2",
+        -10 => "no more packet identifiers",
+        -11 => "the operation was discarded before it completed",
+        -12 => "no more messages can be buffered",
+        -13 => "TLS is not supported",
+        -14 => "invalid protocol scheme",
+        -15 => "an option of the wrong MQTT version",
+        -16 => "client created for another MQTT version",
+        -17 => "zero-length Will topic",
+        -18 => "command ignored",
+        -19 => "max_buffered must be at least 1",
+        -99 => "out of memory",
+        _ => "engine error",
+    }
+}
+
+/// Maps a return code of a call that Paho refused at once.
+pub(crate) fn from_rc(code: i32, outgoing_limit: Option<usize>) -> Error {
+    match code {
+        DISCONNECTED => Error::NotConnected,
+        MAX_BUFFERED => Error::OutgoingQueueFull {
+            limit: outgoing_limit.unwrap_or(usize::MAX),
+        },
+        -5 => Error::InvalidArgument("a string is not valid UTF-8".to_owned()),
+        -9 => Error::InvalidArgument("QoS must be 0, 1 or 2".to_owned()),
+        code => Error::Engine {
+            code,
+            message: describe(code).to_owned(),
+        },
+    }
+}
+
+/// Maps a failed acknowledgement of a publish, subscribe or unsubscribe.
+pub(crate) fn from_failure(f: Failure) -> Error {
+    if let Some(reason) = f.reason {
+        return Error::Code(ReasonCode::from(reason));
+    }
+    match f.code {
+        OPERATION_INCOMPLETE => Error::ConnectionLost {
             rc: None,
-            detail: "the session ended before the operation completed".to_owned(),
+            detail: "the session ended before the broker acknowledged the operation".to_owned(),
         },
-        paho::Error::Timeout | paho::Error::TcpConnectTimeout => Error::Timeout,
-        paho::Error::BadUtf8String => {
-            Error::InvalidArgument("a string is not valid UTF-8".to_owned())
-        }
-        paho::Error::BadQos => Error::InvalidArgument("QoS must be 0, 1 or 2".to_owned()),
-        paho::Error::Nul(_) => {
-            Error::InvalidArgument("a string contains a NUL character".to_owned())
-        }
-        other => Error::Engine {
-            code: paho_code(&other),
-            message: other.to_string(),
+        DISCONNECTED => Error::NotConnected,
+        code => Error::Engine {
+            code,
+            message: f.message.unwrap_or_else(|| describe(code).to_owned()),
         },
     }
 }
 
-/// Maps a failure of CONNECT: refusals by CONNACK become [`Error::Connect`].
-pub(crate) fn map_connect_error(e: paho::Error) -> Error {
-    match e {
-        paho::Error::ReasonCode(rc, _) => Error::Connect(ReasonCode::from(rc as u8)),
-        paho::Error::TcpTlsConnectFailure => Error::ConnectionRefused {
-            address: String::new(),
-            detail: "TCP/TLS connect failure".to_owned(),
-        },
-        other => map_error(other),
+/// Maps a failed CONNECT: a refusal by CONNACK is [`Error::Connect`]; anything else is
+/// the engine's own failure, which the caller diagnoses further.
+pub(crate) fn from_connect_failure(f: Failure) -> Error {
+    if let Some(reason) = f.reason {
+        return Error::Connect(ReasonCode::from(reason));
     }
-}
-
-/// Maps an immediate failure of `try_publish`.
-pub(crate) fn map_publish_error(e: paho::Error, limit: Option<usize>) -> Error {
-    let e = match e {
-        paho::Error::Publish(rc, _) => paho::Error::from_return_code(rc),
-        other => other,
-    };
-    match e {
-        paho::Error::MaxBufferedMessages => Error::OutgoingQueueFull {
-            limit: limit.unwrap_or(usize::MAX),
+    match f.code {
+        code @ 1..=5 => Error::Connect(ReasonCode::from_v3_connack(code as u8)),
+        code => Error::Engine {
+            code,
+            message: f.message.unwrap_or_else(|| describe(code).to_owned()),
         },
-        other => map_error(other),
-    }
-}
-
-/// Paho C's return code for an error (MQTTAsync.h), for [`Error::Engine`].
-fn paho_code(e: &paho::Error) -> i32 {
-    match e {
-        paho::Error::Failure => -1,
-        paho::Error::PersistenceError => -2,
-        paho::Error::MaxMessagesInflight => -4,
-        paho::Error::NullParameter => -6,
-        paho::Error::TopicNameTruncated => -7,
-        paho::Error::BadStructure => -8,
-        paho::Error::NoMoreMsgIds => -10,
-        paho::Error::SslNotSupported => -13,
-        paho::Error::BadProtocol => -14,
-        paho::Error::BadMqttOption => -15,
-        paho::Error::WrongMqttVersion => -16,
-        paho::Error::ZeroLenWillTopic => -17,
-        paho::Error::CommandIgnored => -18,
-        paho::Error::MaxBufferedZero => -19,
-        paho::Error::SocketError(rc) => *rc,
-        _ => -1,
     }
 }

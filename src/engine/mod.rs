@@ -1,506 +1,659 @@
-//! The translation layer: the only module that talks to `paho-mqtt`.
+//! The engine: the only part of the crate that knows Paho C, and the only one that
+//! knows how to call it safely. The layers above see futures and `Result`s.
 //!
-//! Everything here is shaped by the engine's hazards (ENGINE.md):
-//! - callbacks run on Paho's receive thread under its global mutex, so they only
-//!   hand data to [`Events`] and never call back into Paho;
-//! - the final drop of a Paho client blocks (`MQTTAsync_destroy`) and a connect
-//!   token keeps a client clone alive, so the last clone is always dropped on a
-//!   reaper thread of our own, never on Paho's threads or an async worker;
-//! - a pending connect cannot be cancelled (`MQTTAsync_disconnect1` returns
-//!   `MQTTASYNC_DISCONNECTED` while connecting), so an abandoned connect retires
-//!   its engine instead of racing the next one;
-//! - the MQTT version, persistence and buffer sizes are always set explicitly.
+//! # The invariant
+//!
+//! **No lock of this crate is ever held across a call into Paho, and nothing a Paho
+//! callback does waits on anything a thread calling Paho may hold.** Paho runs its
+//! callbacks on its own threads while holding its process-wide mutex, and every Paho
+//! call takes that mutex; a lock of ours held across a call and also taken in a
+//! callback deadlocks every client of the process (seen: a keep-alive registry lock
+//! against a broker restart, ENGINE.md 21). So:
+//! - callbacks ([`paho`], [`hooks`]) copy what they are given, take only leaf locks
+//!   (locks under which nothing else is locked and nothing is called), wake tasks and
+//!   queue jobs — they never call Paho, never block, never run user code;
+//! - every call into Paho is made here, with no lock of ours held, either directly
+//!   from the caller's task (operations, while no connect in the process can be
+//!   holding Paho's mutex for long) or from the [engine thread](thread) (create,
+//!   connect, destroy, and operations while some connect may stall Paho);
+//! - the last reference to a Paho client is never dropped on a Paho thread: dropping
+//!   the engine only queues its destruction on the engine thread.
+//!
+//! # What else it takes care of
+//! - **Reconnects on the same client handle.** After a loss callback Paho goes on
+//!   tearing the connection down under its mutex (ENGINE.md 18); a CONNECT started
+//!   meanwhile crashed the process. Every connect first calls `MQTTAsync_isConnected`
+//!   from the engine thread: it takes the mutex, so it returns only once that teardown
+//!   is over. The handle, and with it Paho's session state (unacknowledged QoS 1/2
+//!   messages, packet identifiers, QoS 2 receipts), survives the loss.
+//! - **A CONNECT ignored** because the same client's DISCONNECT is still queued
+//!   (`MQTTASYNC_COMMAND_IGNORED`) is retried within the caller's deadline.
+//! - **A connect whose caller gave up** cannot be cancelled in Paho; the next one waits
+//!   for it to finish, and a late success is closed ([`hooks::Hooks::connect_done`]).
+//! - Per-command completions go through the [registry], which tolerates any pattern of
+//!   callbacks.
 
+mod cprops;
 mod diagnose;
 mod errors;
+mod hooks;
 mod keepalive;
-mod properties;
-mod secrets;
+mod paho;
+mod registry;
+mod shim;
+mod thread;
 mod tls_config;
 mod transport;
 mod websocket;
 
+use std::ffi::CString;
 use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use paho_mqtt as paho;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::options::Options;
-use crate::{
-    Error, Message, Properties, ProtocolVersion, QoS, ReasonCode, SubscribeOptions, Topic,
-};
+use crate::{Error, Properties, ProtocolVersion, QoS, ReasonCode, SubscribeOptions, Topic};
 
 pub(crate) use diagnose::{diagnose, preflight};
+pub(crate) use hooks::{Events, Loss};
+pub(crate) use registry::{Failure, Reply};
 pub(crate) use transport::check_transport;
+pub(crate) use websocket::WebSocketClaim;
 
-/// What the engine reports from its own thread. Implementations must be quick
-/// and must not call into the engine.
-pub(crate) trait Events: Send + Sync + 'static {
-    /// A PUBLISH arrived.
-    fn message(&self, message: Message);
-    /// The connection ended without our DISCONNECT: with the broker's reason code
-    /// if it sent a DISCONNECT (MQTT 5).
-    fn lost(&self, rc: Option<ReasonCode>, detail: String);
-}
+use cprops::CProps;
+use hooks::{Hooks, SlowConnect};
+use thread::Withdraw;
 
-/// `true` if Paho ignored a CONNECT because a DISCONNECT of the same client is
-/// still queued (`MQTTAsync_addCommand`: "ignore duplicate connect or disconnect").
-pub(crate) fn is_command_ignored(e: &Error) -> bool {
-    matches!(e, Error::Engine { code: -18, .. })
-}
-
-/// Connects in progress in this process. While any is, Paho's global mutex may
-/// be held for seconds (DNS on its thread, hazard 11; `Proxy_connect` sleeping
-/// up to 10 s for a silent proxy), so callers move engine calls off async workers.
-static CONNECTING: AtomicUsize = AtomicUsize::new(0);
-
-/// `true` while a connect is in progress anywhere in this process.
-pub(crate) fn connect_in_flight() -> bool {
-    CONNECTING.load(Ordering::Acquire) > 0
-}
-
-/// Counts one connect in progress while alive.
-struct Connecting(());
-
-impl Connecting {
-    fn new() -> Connecting {
-        CONNECTING.fetch_add(1, Ordering::AcqRel);
-        Connecting(())
-    }
-}
-
-impl Drop for Connecting {
-    fn drop(&mut self) {
-        CONNECTING.fetch_sub(1, Ordering::AcqRel);
-    }
+/// Paho C's version, as it reports it (e.g. `"1.3.16"`).
+pub(crate) fn paho_version() -> Option<&'static str> {
+    static VERSION: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    VERSION.get_or_init(paho::version).as_deref()
 }
 
 /// What CONNACK told us.
+#[derive(Debug)]
 pub(crate) struct ConnectInfo {
     pub(crate) session_present: bool,
     pub(crate) properties: Option<Properties>,
-    /// To keep for as long as the connection lives.
-    pub(crate) guards: ConnectionGuards,
 }
 
-/// Process-wide registrations a connection holds while alive.
-#[derive(Default)]
-pub(crate) struct ConnectionGuards {
-    /// Keeps Paho's keep-alive checks frequent enough for this connection.
-    _keepalive: Option<keepalive::Registration>,
-    /// This process's one WebSocket connection.
-    _websocket: Option<websocket::WebSocketClaim>,
-}
+/// One Paho client: cheap to clone, destroyed (on the engine thread) with the last clone.
+#[derive(Clone)]
+pub(crate) struct Engine(Arc<Inner>);
 
-/// One Paho client. Dropping it hands the client to a reaper thread.
-pub(crate) struct Engine {
-    cli: Option<paho::AsyncClient>,
-    protocol: ProtocolVersion,
+pub(crate) struct Inner {
+    id: u64,
+    handle: paho::Handle,
+    /// The server URI, for log records (it carries no credentials).
+    uri: String,
+    /// The handle's callback context; freed only after the handle is destroyed.
+    hooks: Arc<Hooks>,
+    /// Paho keeps pointers into these (HTTP headers) for the handle's lifetime.
+    options: Arc<paho::ConnectOptions>,
+    v5: bool,
+    /// Whether this client's connects may hold Paho's mutex for long.
+    slow_connect: bool,
     outgoing_limit: Option<usize>,
+    _keepalive: keepalive::Registration,
 }
 
-fn paho_version(protocol: ProtocolVersion) -> u32 {
-    match protocol {
-        ProtocolVersion::V31 => paho::MQTT_VERSION_3_1,
-        ProtocolVersion::V311 => paho::MQTT_VERSION_3_1_1,
-        ProtocolVersion::V5 => paho::MQTT_VERSION_5,
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let (id, handle, hooks, options) = (
+            self.id,
+            self.handle,
+            self.hooks.clone(),
+            self.options.clone(),
+        );
+        let destroy = move || {
+            // SAFETY: this is the handle's last owner: no call on it runs or follows.
+            #[allow(unsafe_code)]
+            unsafe {
+                paho::destroy(handle)
+            };
+            // Paho failed its queued and unacknowledged commands while destroying;
+            // anything left cannot be answered any more.
+            registry::sweep(id, || {
+                Reply::Failed(Failure::code(errors::OPERATION_INCOMPLETE))
+            });
+            drop((hooks, options));
+        };
+        if let Err(e) = thread::submit(destroy) {
+            // Without the engine thread the client is leaked rather than destroyed on
+            // a thread that might be Paho's.
+            log::error!(target: "aiomqtt::engine", "leaking a Paho client: {e}");
+        }
     }
 }
 
-fn paho_qos(qos: QoS) -> i32 {
-    i32::from(qos.as_u8())
-}
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// The outgoing buffer when the user sets no bound: large enough never to be
-/// the limit (Paho's own default of 100 refuses publishes while connected,
-/// ENGINE.md hazard 17); Paho counts it in O(1).
-const UNBOUNDED_BUFFER: i32 = i32::MAX;
+/// The pause before retrying a CONNECT that Paho ignored.
+const RETRY_PAUSE: Duration = Duration::from_millis(5);
 
 impl Engine {
+    fn from_inner(inner: Arc<Inner>) -> Engine {
+        Engine(inner)
+    }
+
     /// Creates a Paho client for `options` that reports to `events`.
-    pub(crate) fn create(
+    pub(crate) async fn create(
         options: &Options,
         client_id: &str,
         events: Arc<dyn Events>,
+        deadline: Instant,
     ) -> Result<Engine, Error> {
-        let buffered = match options.max_queued_outgoing_messages {
-            // Paho's minimum is 1; our check in build() keeps it within i32.
-            Some(n) => i32::try_from(n).unwrap_or(UNBOUNDED_BUFFER),
-            None => UNBOUNDED_BUFFER,
-        };
-        let create = paho::CreateOptionsBuilder::new()
-            .server_uri(transport::server_uri(options))
-            .client_id(client_id)
-            // Explicit: a bare (uri, id) pair would turn on file persistence (hazard 7).
-            .persistence(paho::PersistenceType::None)
-            .mqtt_version(paho_version(options.protocol))
-            .max_buffered_messages(buffered)
-            .finalize();
-        let cli = paho::AsyncClient::new(create).map_err(errors::map_error)?;
-
         let v5 = options.protocol == ProtocolVersion::V5;
-        let logger: Arc<str> = Arc::from(options.logger.as_str());
-        let sink = events.clone();
-        cli.set_message_callback(move |_, message| {
-            let Some(message) = message else { return };
-            // `paho::Message::topic()` panics on a non-UTF-8 topic; a panic must
-            // not unwind into C (it would abort), so the conversion is fenced.
-            match catch_unwind(AssertUnwindSafe(|| convert_message(&message, v5))) {
-                Ok(Some(message)) => sink.message(message),
-                Ok(None) => {
-                    log::warn!(target: &logger, "Dropped a message with an invalid topic name")
-                }
-                Err(_) => {
-                    log::warn!(target: &logger, "Dropped a message whose topic is not valid UTF-8")
-                }
-            }
-        });
-        let sink = events.clone();
-        cli.set_connection_lost_callback(move |_| sink.lost(None, "connection lost".to_owned()));
-        let sink = events;
-        cli.set_disconnected_callback(move |_, props, rc| {
-            let detail = properties::from_paho(&props)
-                .reason_string
-                .unwrap_or_default();
-            sink.lost(Some(ReasonCode::from(rc as u8)), detail);
-        });
-
-        Ok(Engine {
-            cli: Some(cli),
-            protocol: options.protocol,
-            outgoing_limit: options.max_queued_outgoing_messages,
-        })
-    }
-
-    fn cli(&self) -> Result<&paho::AsyncClient, Error> {
-        self.cli.as_ref().ok_or(Error::NotConnected)
-    }
-
-    fn v5(&self) -> bool {
-        self.protocol == ProtocolVersion::V5
-    }
-
-    /// Starts CONNECT. `clean` is Clean Session (3.x) or Clean Start (5).
-    pub(crate) fn connect(&self, options: &Options, clean: bool) -> Result<PendingConnect, Error> {
-        let cli = self.cli()?;
-        let mut b = paho::ConnectOptionsBuilder::with_mqtt_version(paho_version(options.protocol));
-        b.keep_alive_interval(options.keepalive)
-            .max_inflight(i32::from(options.max_inflight_messages))
-            // Paho's own timer (whole seconds, ~3 s granularity), never shorter than
-            // the facade's exact one.
-            .connect_timeout(Duration::from_secs(
-                options.timeout.as_secs_f64().ceil().max(1.0) as u64,
-            ));
-        if self.v5() {
-            b.clean_start(clean);
-        } else {
-            b.clean_session(clean);
-        }
-        if let Some(username) = &options.username {
-            b.user_name(username.as_str());
-        }
-        if let Some(password) = &options.password {
-            b.password(password.as_str());
-        }
-        if let Some(will) = &options.will {
-            let mut m = paho::MessageBuilder::new()
-                .topic(will.topic.as_str())
-                .payload(will.payload.as_bytes())
-                .qos(paho_qos(will.qos))
-                .retained(will.retain);
-            if let Some(props) = &will.properties {
-                m = m.properties(properties::to_paho(props));
-            }
-            b.will_message(m.finalize());
-        }
-        if let Some(props) = &options.properties {
-            b.properties(properties::to_paho(props));
-        }
-        transport::apply(options, &mut b)?;
-        let opts = b.finalize();
-
-        let websocket = match options.transport {
-            crate::Transport::WebSockets => Some(websocket::WebSocketClaim::take()?),
-            _ => None,
+        let no_nul = |what: &str, s: &str| {
+            CString::new(s).map_err(|_| {
+                Error::InvalidArgument(format!("{what} must not contain a NUL character"))
+            })
         };
-        let connecting = Connecting::new();
-        let c_trace_mute = options
-            .proxy
-            .as_ref()
-            .is_some_and(|p| p.password.is_some())
-            .then(secrets::CTraceMute::new);
+        let uri = transport::server_uri(options);
+        let spec = paho::CreateSpec {
+            uri: no_nul("hostname", &uri)?,
+            client_id: no_nul("identifier", client_id)?,
+            protocol: options.protocol,
+            // Paho's own default (100) refuses publishes while connected (hazard 17);
+            // unbounded unless the user bounds it. build() keeps it within i32.
+            max_buffered: options
+                .max_queued_outgoing_messages
+                .and_then(|n| i32::try_from(n).ok())
+                .unwrap_or(i32::MAX),
+            send_while_disconnected: options.keeps_session() || options.reconnect.is_some(),
+        };
+        let connect_options = Arc::new(paho::ConnectOptions::new(
+            options,
+            transport::proxy_url(options),
+        )?);
+        let hooks = Arc::new(Hooks::new(v5, Arc::from(options.logger.as_str()), events));
         // build() checked that the keepalive is 1..=65535 whole seconds.
         let keepalive = u16::try_from(options.keepalive.as_secs()).unwrap_or(u16::MAX);
-        let (keepalive, token) = keepalive::Registration::around(keepalive, || {
-            secrets::muted_if(options.has_secrets(), || cli.connect(opts))
+        let slow_connect = transport::connect_may_stall(options);
+        let outgoing_limit = options.max_queued_outgoing_messages;
+        let created = thread::submit_withdrawable(move || {
+            // SAFETY: `hooks` is kept by the Inner built below, which destroys the handle
+            // before releasing it.
+            #[allow(unsafe_code)]
+            let handle = unsafe { paho::create(&spec, Arc::as_ptr(&hooks)) };
+            handle.map(|handle| {
+                // Built here, so that a result nobody receives any more is destroyed.
+                Arc::new(Inner {
+                    id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                    handle,
+                    uri,
+                    hooks,
+                    options: connect_options,
+                    v5,
+                    slow_connect,
+                    outgoing_limit,
+                    _keepalive: keepalive::Registration::new(keepalive),
+                })
+            })
         });
-        Ok(PendingConnect {
-            token: Some(token),
-            cli: cli.clone(),
-            v5: self.v5(),
-            _c_trace_mute: c_trace_mute,
-            connecting: Some(connecting),
-            guards: Some(ConnectionGuards {
-                _keepalive: Some(keepalive),
-                _websocket: websocket,
-            }),
-        })
+        let (rx, withdraw) = created?;
+        let inner = match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(Ok(inner))) => inner,
+            Ok(Ok(Err(rc))) => return Err(errors::from_rc(rc, None)),
+            Ok(Err(_)) => return Err(engine_thread_gone()),
+            Err(_) => {
+                withdraw.withdraw();
+                return Err(Error::Timeout);
+            }
+        };
+        inner.hooks.set_engine(Arc::downgrade(&inner));
+        Ok(Engine(inner))
     }
 
-    /// Queues a PUBLISH; the future completes on the acknowledgement its QoS needs.
+    /// `true` if both are the same Paho client.
+    pub(crate) fn same(&self, other: &Engine) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// The OpenSSL error lines Paho reported during the last connect attempt.
+    pub(crate) fn tls_errors(&self) -> Vec<String> {
+        self.0.hooks.tls_errors()
+    }
+
+    /// Connects (CONNECT, then CONNACK) within `deadline`. `clean` is Clean Session
+    /// (3.x) or Clean Start (5). The client's session state from earlier connections
+    /// is kept by Paho unless `clean` (or the broker says it kept no session).
+    pub(crate) async fn connect(
+        &self,
+        clean: bool,
+        deadline: Instant,
+    ) -> Result<ConnectInfo, Error> {
+        log::debug!(
+            target: &self.0.hooks.logger,
+            "Connecting to {} (MQTT {}, clean {}: {clean})",
+            self.0.uri,
+            if self.0.v5 { "5" } else { "3.x" },
+            if self.0.v5 { "start" } else { "session" },
+        );
+        let result = self.connect_inner(clean, deadline).await;
+        match &result {
+            Ok(info) => log::debug!(
+                target: &self.0.hooks.logger,
+                "Connected (session present: {})",
+                info.session_present
+            ),
+            Err(e) => log::debug!(target: &self.0.hooks.logger, "Connect failed: {e}"),
+        }
+        result
+    }
+
+    async fn connect_inner(&self, clean: bool, deadline: Instant) -> Result<ConnectInfo, Error> {
+        loop {
+            // An earlier attempt whose caller gave up may still be running in Paho.
+            let mut idle = self.0.hooks.idle();
+            match tokio::time::timeout_at(deadline, idle.wait_for(|busy| !*busy)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return Err(engine_thread_gone()),
+                Err(_) => return Err(Error::Timeout),
+            }
+            let (waiter, mut outcome) = oneshot::channel();
+            let inner = self.0.clone();
+            let start = move || {
+                // The barrier: returns once Paho's threads let go of its mutex, i.e.
+                // after the teardown that follows a loss callback.
+                if paho::is_connected(inner.handle) {
+                    // A connection no session owns (a late success): close it first.
+                    paho::disconnect(inner.handle, inner.v5, 0, None);
+                    return errors::COMMAND_IGNORED;
+                }
+                inner
+                    .hooks
+                    .attempt_started(waiter, inner.slow_connect.then(SlowConnect::new));
+                // SAFETY: the hooks are the handle's context and outlive it.
+                #[allow(unsafe_code)]
+                let rc = unsafe {
+                    paho::connect(
+                        inner.handle,
+                        &inner.options,
+                        clean,
+                        Arc::as_ptr(&inner.hooks),
+                    )
+                };
+                if rc == 0 {
+                    // MQTTAsync_connect has just reset the process-wide check period.
+                    keepalive::apply();
+                } else {
+                    inner.hooks.attempt_refused();
+                }
+                rc
+            };
+            let (started, withdraw) = thread::submit_withdrawable(start)?;
+            let rc = match tokio::time::timeout_at(deadline, started).await {
+                Ok(Ok(rc)) => rc,
+                Ok(Err(_)) => return Err(engine_thread_gone()),
+                Err(_) => {
+                    // If it has started after all, its outcome finds no waiter and a
+                    // success is closed.
+                    withdraw.withdraw();
+                    return Err(Error::Timeout);
+                }
+            };
+            if rc == errors::COMMAND_IGNORED {
+                if Instant::now() + RETRY_PAUSE >= deadline {
+                    return Err(Error::Timeout);
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
+            if rc != 0 {
+                return Err(errors::from_rc(rc, None));
+            }
+            let result = match tokio::time::timeout_at(deadline, &mut outcome).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => return Err(engine_thread_gone()),
+                Err(_) => {
+                    // Closing first makes a late outcome either ours or refused.
+                    outcome.close();
+                    match outcome.try_recv() {
+                        Ok(result) => result,
+                        Err(_) => return Err(Error::Timeout),
+                    }
+                }
+            };
+            return match result {
+                Ok((session_present, properties)) => Ok(ConnectInfo {
+                    session_present,
+                    properties,
+                }),
+                Err(f) if f.code == errors::COMMAND_IGNORED => {
+                    if Instant::now() + RETRY_PAUSE >= deadline {
+                        return Err(Error::Timeout);
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    continue;
+                }
+                Err(f) => Err(errors::from_connect_failure(f)),
+            };
+        }
+    }
+
+    /// Runs `send` (which hands one or more commands to Paho) directly, or on the engine
+    /// thread while a connect in the process may be holding Paho's mutex for long.
+    fn call(
+        &self,
+        send: impl FnOnce(&Inner) -> Result<Vec<oneshot::Receiver<Reply>>, Error> + Send + 'static,
+    ) -> Call {
+        if !hooks::slow_connect_in_flight() {
+            return Call::sent(send(&self.0));
+        }
+        let inner = self.0.clone();
+        match thread::submit_withdrawable(move || send(&inner)) {
+            Ok((rx, withdraw)) => Call {
+                stage: Stage::Queued(rx, withdraw),
+            },
+            Err(e) => Call::sent(Err(e)),
+        }
+    }
+
+    /// Hands one command to Paho under a fresh registry key.
+    fn one(
+        inner: &Inner,
+        send: impl FnOnce(registry::Key) -> Result<i32, Error>,
+    ) -> Result<oneshot::Receiver<Reply>, Error> {
+        let (key, rx) = registry::register(inner.id);
+        match send(key) {
+            Ok(0) => Ok(rx),
+            Ok(rc) => {
+                registry::cancel(key);
+                Err(errors::from_rc(rc, inner.outgoing_limit))
+            }
+            Err(e) => {
+                registry::cancel(key);
+                Err(e)
+            }
+        }
+    }
+
+    /// Queues a PUBLISH; the call completes on the acknowledgement its QoS needs.
     pub(crate) fn publish(
         &self,
         topic: Topic,
         payload: Vec<u8>,
         qos: QoS,
         retain: bool,
-        props: Option<&Properties>,
-    ) -> Result<impl Future<Output = Result<(), Error>> + Send + use<>, Error> {
-        let mut m = paho::MessageBuilder::new()
-            .topic(topic.into_string())
-            .payload(payload)
-            .qos(paho_qos(qos))
-            .retained(retain);
-        if let Some(props) = props {
-            m = m.properties(properties::to_paho(props));
-        }
-        let token = self
-            .cli()?
-            .try_publish(m.finalize())
-            .map_err(|e| errors::map_publish_error(e, self.outgoing_limit))?;
-        Ok(async move { token.await.map_err(errors::map_error) })
+        props: Option<CProps>,
+    ) -> Call {
+        self.call(move |inner| {
+            Engine::one(inner, |key| {
+                let m = paho::Outgoing {
+                    topic: topic.as_str(),
+                    payload: &payload,
+                    qos,
+                    retain,
+                    props: props.as_ref(),
+                };
+                paho::publish(inner.handle, inner.v5, m, key)
+            })
+            .map(|rx| vec![rx])
+        })
     }
 
-    /// Queues a SUBSCRIBE for every filter; the future yields one code per filter.
+    /// Queues a SUBSCRIBE for every filter. On MQTT 3 each filter goes in its own
+    /// packet: Paho's MQTT 3 success callback does not say how many codes the SUBACK
+    /// carried, so a SUBACK with fewer codes than filters would make it read past them.
+    /// MQTT 3.1.1 (§3.8.4) makes a multi-filter SUBSCRIBE equivalent to a sequence of
+    /// single ones.
     pub(crate) fn subscribe(
         &self,
-        filters: &[(String, SubscribeOptions)],
-        props: Option<&Properties>,
-    ) -> Result<impl Future<Output = Result<Vec<ReasonCode>, Error>> + Send + use<>, Error> {
-        let cli = self.cli()?;
-        let topics: Vec<&str> = filters.iter().map(|(f, _)| f.as_str()).collect();
-        let qos: Vec<i32> = filters.iter().map(|(_, o)| paho_qos(o.qos)).collect();
-        // Always the "many" form: a single refused filter then reads like a list.
-        let token = if self.v5() {
-            let opts: Vec<paho::SubscribeOptions> = filters
-                .iter()
-                .map(|(_, o)| {
-                    paho::SubscribeOptions::new(
-                        o.no_local,
-                        o.retain_as_published,
-                        match o.retain_handling {
-                            crate::RetainHandling::SendOnSubscribe => {
-                                paho::RetainHandling::SendRetainedOnSubscribe
-                            }
-                            crate::RetainHandling::SendIfNew => {
-                                paho::RetainHandling::SendRetainedOnNew
-                            }
-                            crate::RetainHandling::DoNotSend => {
-                                paho::RetainHandling::DontSendRetained
-                            }
-                        },
-                    )
+        filters: Vec<(String, SubscribeOptions)>,
+        props: Option<CProps>,
+    ) -> Call {
+        self.call(move |inner| {
+            let filters: Vec<(CString, SubscribeOptions)> = filters
+                .into_iter()
+                .map(|(f, o)| {
+                    CString::new(f)
+                        .map(|f| (f, o))
+                        .map_err(|_| Error::InvalidArgument("a filter contains NUL".to_owned()))
                 })
-                .collect();
-            cli.subscribe_many_with_options(&topics, &qos, &opts, props.map(properties::to_paho))
-        } else {
-            cli.subscribe_many(&topics, &qos)
-        };
-        let n = filters.len();
-        let v5 = self.v5();
-        Ok(async move {
-            match token.await {
-                Ok(rsp) => {
-                    let codes = rsp.subscribe_many_response().unwrap_or_default();
-                    if codes.len() != n {
-                        return Err(Error::Engine {
-                            code: -1,
-                            message: format!(
-                                "SUBACK carried {} codes for {n} filters",
-                                codes.len()
-                            ),
-                        });
-                    }
-                    Ok(codes
-                        .into_iter()
-                        .map(|c| ReasonCode::from(c as u8))
-                        .collect())
-                }
-                // Paho reports a refused single filter as a failure; as aiomqtt,
-                // a refusal is a returned code, not an error.
-                Err(paho::Error::ReasonCode(rc, _)) if n == 1 => {
-                    Ok(vec![ReasonCode::from(rc as u8)])
-                }
-                // On 3.x Paho turns SUBACK 0x80 for a single filter into a bare
-                // `Failure` (MQTTAsyncUtils.c, SUBACK handling: onFailure with code 0x80,
-                // then paho-mqtt's on_complete maps the positive code to -1).
-                Err(paho::Error::Failure) if n == 1 && !v5 => {
-                    Ok(vec![ReasonCode::UNSPECIFIED_ERROR])
-                }
-                Err(e) => Err(errors::map_error(e)),
+                .collect::<Result<_, _>>()?;
+            if inner.v5 {
+                return Engine::one(inner, |key| {
+                    Ok(paho::subscribe(
+                        inner.handle,
+                        true,
+                        &filters,
+                        props.as_ref(),
+                        key,
+                    ))
+                })
+                .map(|rx| vec![rx]);
             }
+            filters
+                .chunks(1)
+                .map(|one| {
+                    Engine::one(inner, |key| {
+                        Ok(paho::subscribe(inner.handle, false, one, None, key))
+                    })
+                })
+                .collect()
         })
     }
 
     /// Queues an UNSUBSCRIBE for every filter.
-    pub(crate) fn unsubscribe(
-        &self,
-        filters: &[String],
-        props: Option<&Properties>,
-    ) -> Result<impl Future<Output = Result<(), Error>> + Send + use<>, Error> {
-        let cli = self.cli()?;
-        let token = match props {
-            Some(props) if self.v5() => {
-                cli.unsubscribe_many_with_options(filters, properties::to_paho(props))
-            }
-            _ => cli.unsubscribe_many(filters),
-        };
-        Ok(async move {
-            let rsp = token.await.map_err(errors::map_error)?;
-            // Paho completes every UNSUBACK as a success; on v5 its codes say
-            // whether the broker refused (paho-mqtt files them under
-            // `SubscribeMany`, so both accessors are read).
-            let codes = rsp
-                .subscribe_many_response()
-                .or_else(|| rsp.unsubscribe_many_response())
-                .unwrap_or_default();
-            match codes
+    pub(crate) fn unsubscribe(&self, filters: Vec<String>, props: Option<CProps>) -> Call {
+        self.call(move |inner| {
+            let filters: Vec<CString> = filters
                 .into_iter()
-                .map(|c| ReasonCode::from(c as u8))
-                .find(|c| c.is_error())
-            {
-                Some(refused) => Err(Error::Code(refused)),
-                None => Ok(()),
-            }
+                .map(|f| {
+                    CString::new(f)
+                        .map_err(|_| Error::InvalidArgument("a filter contains NUL".to_owned()))
+                })
+                .collect::<Result<_, _>>()?;
+            Engine::one(inner, |key| {
+                Ok(paho::unsubscribe(
+                    inner.handle,
+                    inner.v5,
+                    &filters,
+                    props.as_ref(),
+                    key,
+                ))
+            })
+            .map(|rx| vec![rx])
         })
     }
 
-    /// Sends DISCONNECT; the future completes once it is written and the socket closed.
-    pub(crate) fn disconnect(
-        &self,
-    ) -> Result<impl Future<Output = Result<(), Error>> + Send + use<>, Error> {
-        let token = self.cli()?.disconnect(None);
-        Ok(async move {
-            match token.await {
-                Ok(_) | Err(paho::Error::Disconnected) => Ok(()),
-                Err(e) => Err(errors::map_error(e)),
-            }
+    /// Sends DISCONNECT; the call completes once it is written and the socket closed.
+    pub(crate) fn disconnect(&self) -> Call {
+        self.call(|inner| {
+            Engine::one(inner, |key| {
+                Ok(paho::disconnect(inner.handle, inner.v5, 0, Some(key)))
+            })
+            .map(|rx| vec![rx])
         })
     }
-}
 
-impl Drop for Engine {
-    fn drop(&mut self) {
-        if let Some(cli) = self.cli.take() {
-            reap(cli, None, (None, None, None));
+    /// Queues a DISCONNECT on the engine thread without waiting for it (safe from any
+    /// thread, including Paho's callbacks). `reason` is sent on MQTT 5.
+    pub(crate) fn close_quietly(&self, reason: u8) {
+        let inner = self.0.clone();
+        let queued = thread::submit(move || {
+            if paho::is_connected(inner.handle) {
+                paho::disconnect(inner.handle, inner.v5, reason, None);
+            }
+        });
+        if let Err(e) = queued {
+            log::error!(target: &self.0.hooks.logger, "cannot close the connection: {e}");
         }
     }
 }
 
-/// Drops a Paho client on a thread of its own: `MQTTAsync_destroy` blocks, and it
-/// must never run on Paho's threads (deadlock, hazard 1) or on an async worker.
-/// A pending connect token is waited for first, so its client clone is not the
-/// last one when Paho resolves it.
-fn reap(
-    cli: paho::AsyncClient,
-    pending: Option<paho::ConnectToken>,
-    holds: (
-        Option<secrets::CTraceMute>,
-        Option<Connecting>,
-        Option<ConnectionGuards>,
+fn engine_thread_gone() -> Error {
+    Error::Io(std::io::Error::other("the engine thread has stopped"))
+}
+
+/// Converts our properties into Paho's form (after `check` for the packet).
+pub(crate) fn c_properties(props: &Properties) -> Result<CProps, Error> {
+    CProps::new(props)
+}
+
+/// Commands handed (or being handed) to Paho, awaiting their acknowledgements.
+///
+/// If its caller gives up, [`Call::abandon`] says whether anything reached Paho.
+#[must_use]
+pub(crate) struct Call {
+    stage: Stage,
+}
+
+enum Stage {
+    /// Waiting for the engine thread to hand the commands over.
+    Queued(
+        oneshot::Receiver<Result<Vec<oneshot::Receiver<Reply>>, Error>>,
+        Withdraw,
     ),
-) {
-    let spawned = std::thread::Builder::new()
-        .name("aiomqtt-reaper".to_owned())
-        .spawn(move || {
-            if let Some(token) = pending {
-                // Paho's own connect timeout bounds this wait.
-                let _ = token.wait_for(Duration::from_secs(600));
-            }
-            drop((holds.0, holds.1));
-            if cli.is_connected() {
-                let _ = cli.disconnect(None).wait_for(Duration::from_secs(5));
-            }
-            drop(cli);
-            // Released only once Paho has let go of the connection.
-            drop(holds.2);
-        });
-    if let Err(e) = spawned {
-        // Without a thread the client is leaked rather than risking a deadlock.
-        log::error!(target: "mqtt", "could not start the reaper thread ({e}); leaking a Paho client");
+    /// Handed over: one reply per command, collected in order.
+    Sent(Vec<oneshot::Receiver<Reply>>, Vec<Reply>),
+    Failed(Option<Error>),
+}
+
+/// What happened to an abandoned [`Call`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Abandoned {
+    /// Nothing reached Paho.
+    NeverSent,
+    /// Paho has it: it may still be sent and acknowledged.
+    MaybeSent,
+}
+
+impl Call {
+    fn sent(handed: Result<Vec<oneshot::Receiver<Reply>>, Error>) -> Call {
+        Call {
+            stage: match handed {
+                Ok(rx) => Stage::Sent(rx, Vec::new()),
+                Err(e) => Stage::Failed(Some(e)),
+            },
+        }
+    }
+
+    /// Gives up on the call; says whether Paho got it.
+    pub(crate) fn abandon(self) -> Abandoned {
+        match self.stage {
+            Stage::Queued(_, withdraw) if withdraw.withdraw() => Abandoned::NeverSent,
+            Stage::Queued(..) | Stage::Sent(..) => Abandoned::MaybeSent,
+            Stage::Failed(_) => Abandoned::NeverSent,
+        }
     }
 }
 
-/// A CONNECT in progress. If it is dropped before completing (timeout, cancelled
-/// future), its engine must be retired: Paho will still finish the attempt.
-pub(crate) struct PendingConnect {
-    token: Option<paho::ConnectToken>,
-    cli: paho::AsyncClient,
-    v5: bool,
-    /// Held until the connect completes (moved to the reaper if abandoned).
-    _c_trace_mute: Option<secrets::CTraceMute>,
-    /// Counted until Paho has finished the attempt.
-    connecting: Option<Connecting>,
-    /// Handed to the connection on success; dropped on failure; kept by the
-    /// reaper while Paho finishes an abandoned attempt.
-    guards: Option<ConnectionGuards>,
-}
-
-impl Future for PendingConnect {
-    type Output = Result<ConnectInfo, Error>;
+impl Future for Call {
+    type Output = Result<Vec<Reply>, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(token) = self.token.as_mut() else {
-            return Poll::Ready(Err(Error::NotConnected));
-        };
-        let result = match Pin::new(token).poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(result) => result,
-        };
-        self.token = None;
-        self.connecting = None;
-        Poll::Ready(match result {
-            Ok(rsp) => Ok(ConnectInfo {
-                session_present: rsp.connect_response().is_some_and(|c| c.session_present),
-                properties: self.v5.then(|| properties::from_paho(rsp.properties())),
-                guards: self.guards.take().unwrap_or_default(),
-            }),
-            Err(e) => Err(errors::map_connect_error(e)),
-        })
-    }
-}
-
-impl Drop for PendingConnect {
-    fn drop(&mut self) {
-        if let Some(token) = self.token.take() {
-            let holds = (
-                self._c_trace_mute.take(),
-                self.connecting.take(),
-                self.guards.take(),
-            );
-            reap(self.cli.clone(), Some(token), holds);
+        loop {
+            match &mut self.stage {
+                Stage::Queued(rx, _) => match Pin::new(rx).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(handed)) => *self = Call::sent(handed),
+                    Poll::Ready(Err(_)) => self.stage = Stage::Failed(Some(engine_thread_gone())),
+                },
+                Stage::Sent(pending, done) => {
+                    while let Some(rx) = pending.first_mut() {
+                        match Pin::new(rx).poll(cx) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(reply) => {
+                                pending.remove(0);
+                                done.push(reply.unwrap_or(Reply::Failed(Failure::code(
+                                    errors::OPERATION_INCOMPLETE,
+                                ))));
+                            }
+                        }
+                    }
+                    return Poll::Ready(Ok(std::mem::take(done)));
+                }
+                Stage::Failed(e) => {
+                    return Poll::Ready(Err(e.take().unwrap_or(Error::NotConnected)));
+                }
+            }
         }
     }
 }
 
-/// Converts an incoming PUBLISH; `None` if its topic is not a valid topic name.
-fn convert_message(m: &paho::Message, v5: bool) -> Option<Message> {
-    let topic = Topic::new(m.topic()).ok()?;
-    Some(Message {
-        topic,
-        payload: m.payload().to_vec(),
-        qos: match m.qos() {
-            paho::QoS::AtMostOnce => QoS::AtMostOnce,
-            paho::QoS::AtLeastOnce => QoS::AtLeastOnce,
-            paho::QoS::ExactlyOnce => QoS::ExactlyOnce,
-        },
-        retain: m.retained(),
-        mid: 0,
-        properties: v5.then(|| Box::new(properties::from_paho(m.properties()))),
-    })
+/// Maps the replies of a publish.
+pub(crate) fn publish_result(replies: Vec<Reply>) -> Result<(), Error> {
+    match replies.into_iter().next() {
+        Some(Reply::Done(_)) => Ok(()),
+        Some(Reply::Failed(f)) => Err(errors::from_failure(f)),
+        None => Err(Error::NotConnected),
+    }
+}
+
+/// Maps the replies of a subscribe to one code per filter; a refused filter is a
+/// code, not an error (as aiomqtt).
+pub(crate) fn subscribe_result(
+    replies: Vec<Reply>,
+    filters: usize,
+) -> Result<Vec<ReasonCode>, Error> {
+    let mut codes = Vec::with_capacity(filters);
+    for reply in replies {
+        match reply {
+            Reply::Done(r) => codes.extend(r.codes.into_iter().map(ReasonCode::from)),
+            // A refused single filter: Paho reports it as a failure (MQTT 3: code 0x80;
+            // MQTT 5: its reason code).
+            Reply::Failed(f) if f.reason.is_some() && filters_in_packet(filters) => {
+                codes.push(ReasonCode::from(f.reason.unwrap_or(0x80)))
+            }
+            Reply::Failed(f) if f.code == errors::BAD_SUBSCRIBE => {
+                codes.push(ReasonCode::UNSPECIFIED_ERROR)
+            }
+            Reply::Failed(f) => return Err(errors::from_failure(f)),
+        }
+    }
+    if codes.len() != filters {
+        return Err(Error::Protocol(format!(
+            "the broker's SUBACK carried {} codes for {filters} filters",
+            codes.len()
+        )));
+    }
+    if let Some(bad) = codes.iter().find(|c| c.value() > 2 && !c.is_error()) {
+        return Err(Error::Protocol(format!(
+            "the broker's SUBACK carried the code {:#04x}, which grants no QoS",
+            bad.value()
+        )));
+    }
+    Ok(codes)
+}
+
+/// Whether a subscribe failure may carry one filter's reason code (always: MQTT 5 sends
+/// all filters in one packet and Paho reports a single refused one as a failure).
+fn filters_in_packet(_filters: usize) -> bool {
+    true
+}
+
+/// Maps the replies of an unsubscribe: a refused filter (MQTT 5) is an error.
+pub(crate) fn unsubscribe_result(replies: Vec<Reply>) -> Result<(), Error> {
+    for reply in replies {
+        match reply {
+            Reply::Done(r) => {
+                if let Some(refused) = r
+                    .codes
+                    .into_iter()
+                    .map(ReasonCode::from)
+                    .find(|c| c.is_error())
+                {
+                    return Err(Error::Code(refused));
+                }
+            }
+            Reply::Failed(f) => return Err(errors::from_failure(f)),
+        }
+    }
+    Ok(())
+}
+
+/// Maps the replies of a disconnect: an already closed connection is fine.
+pub(crate) fn disconnect_result(replies: Vec<Reply>) -> Result<(), Error> {
+    match replies.into_iter().next() {
+        Some(Reply::Failed(f)) if f.code != errors::DISCONNECTED => Err(errors::from_failure(f)),
+        _ => Ok(()),
+    }
 }

@@ -1,9 +1,7 @@
-//! Transports, TLS and proxies: URIs and connect options for the engine, and the
-//! checks that reject what the engine cannot do.
+//! Transports, TLS and proxies: the URI and proxy URL for the engine, and the checks
+//! that reject what the engine cannot do.
 
-use paho_mqtt as paho;
-
-use crate::options::{CertRequirements, Options, ProxyKind};
+use crate::options::{Options, ProxyKind};
 use crate::{Error, Transport};
 
 /// The server URI Paho dials.
@@ -28,55 +26,31 @@ pub(crate) fn server_uri(o: &Options) -> String {
     }
 }
 
-/// Adds TLS, WebSocket headers and proxy settings to the connect options.
-pub(crate) fn apply(o: &Options, b: &mut paho::ConnectOptionsBuilder) -> Result<(), Error> {
-    if let Some(tls) = &o.tls_params {
-        let mut s = paho::SslOptionsBuilder::new();
-        let path_err = |what: &str| Error::InvalidArgument(format!("{what} path is not valid"));
-        if let Some(ca) = &tls.ca_certs {
-            s.trust_store(ca).map_err(|_| path_err("ca_certs"))?;
-        }
-        if let Some(cert) = &tls.certfile {
-            s.key_store(cert).map_err(|_| path_err("certfile"))?;
-        }
-        if let Some(key) = &tls.keyfile {
-            s.private_key(key).map_err(|_| path_err("keyfile"))?;
-        }
-        if let Some(pass) = &tls.keyfile_password {
-            s.private_key_password(pass.as_str());
-        }
-        if let Some(ciphers) = &tls.ciphers {
-            s.enabled_cipher_suites(ciphers.as_str());
-        }
-        if !tls.alpn_protocols.is_empty() {
-            let protos: Vec<&str> = tls.alpn_protocols.iter().map(String::as_str).collect();
-            s.alpn_protos(&protos);
-        }
-        let verify_chain = tls.cert_reqs == CertRequirements::Required;
-        s.enable_server_cert_auth(verify_chain);
-        // Paho's default does not check the hostname (hazard 4): on unless asked.
-        s.verify(verify_chain && !o.tls_insecure);
-        b.ssl_options(s.finalize());
+/// The HTTP proxy URL Paho dials through, with percent-encoded Basic credentials.
+pub(crate) fn proxy_url(o: &Options) -> Option<String> {
+    let proxy = o.proxy.as_ref()?;
+    let mut url = String::from("http://");
+    if let (Some(user), Some(pass)) = (&proxy.username, &proxy.password) {
+        url.push_str(&percent_encode(user));
+        url.push(':');
+        url.push_str(&percent_encode(pass));
+        url.push('@');
     }
-    if !o.websocket_headers.is_empty() {
-        b.http_headers(&o.websocket_headers);
-    }
-    if let Some(proxy) = &o.proxy {
-        let mut url = String::from("http://");
-        if let (Some(user), Some(pass)) = (&proxy.username, &proxy.password) {
-            url.push_str(&percent_encode(user));
-            url.push(':');
-            url.push_str(&percent_encode(pass));
-            url.push('@');
-        }
-        url.push_str(&format!("{}:{}", proxy.host, proxy.port));
-        if o.tls_params.is_some() {
-            b.https_proxy(url);
-        } else {
-            b.http_proxy(url);
-        }
-    }
-    Ok(())
+    url.push_str(&format!("{}:{}", proxy.host, proxy.port));
+    Some(url)
+}
+
+/// Whether Paho may hold its global mutex for long while this client connects: it
+/// resolves a host name on its own thread (ENGINE.md 11) and talks to an HTTP proxy
+/// with sleeps (21). An IP literal or a Unix socket connects without either.
+pub(crate) fn connect_may_stall(o: &Options) -> bool {
+    o.proxy.is_some()
+        || (o.transport != Transport::Unix
+            && o.hostname
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_err())
 }
 
 /// Paho's `Proxy_specialChars` decodes `%XX`; anything else but unreserved

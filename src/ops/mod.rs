@@ -1,16 +1,18 @@
-//! Outgoing operations: builders that implement `IntoFuture`, and the runner
-//! that applies the timeout, the concurrency bound and the pending-call count.
+//! Outgoing operations: builders that implement `IntoFuture`, and the runner that
+//! applies the timeout, the concurrency bound and the pending-call count.
 
 mod publish;
 mod subscribe;
 mod unsubscribe;
 
-use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::Error;
-use crate::engine::{self, Engine};
-use crate::session::Session;
+use crate::engine::{Abandoned, Call, Engine, Reply};
+use crate::session::{Session, Subscription};
 
 pub use publish::Publish;
 pub use subscribe::{
@@ -18,54 +20,104 @@ pub use subscribe::{
 };
 pub use unsubscribe::{IntoUnsubscribeFilters, Unsubscribe, UnsubscribeFilters};
 
-/// Runs one operation: waits for a `max_concurrent_outgoing_calls` slot, starts
-/// it on the engine, and waits for the broker — all within `timeout` — failing
-/// at once if the connection ends first.
-pub(crate) async fn run<T, F>(
-    session: &Session,
+/// What an operation is, for the rules that differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Publish,
+    Subscribe,
+    Unsubscribe,
+}
+
+/// Runs one operation within `timeout` (the client's by default): waits for a
+/// `max_concurrent_outgoing_calls` slot, for the link when automatic reconnects have
+/// it down, hands the command to the engine and waits for the broker.
+///
+/// A call that times out before the engine got it is [`Error::Timeout`]; a publish
+/// that times out after is [`Error::Unacknowledged`] (it may still be delivered). A
+/// call fails as soon as the connection ends only when the engine will forget it
+/// ([`Session::calls_fail_at_end`]).
+pub(crate) async fn run<T>(
+    session: &Arc<Session>,
     timeout: Option<Duration>,
-    start: impl FnOnce(&Engine) -> Result<F, Error> + Send + 'static,
-) -> Result<T, Error>
-where
-    F: Future<Output = Result<T, Error>> + Send + 'static,
-{
+    kind: Kind,
+    start: impl FnOnce(&Engine) -> Call,
+    finish: impl FnOnce(Vec<Reply>) -> Result<T, Error>,
+) -> Result<T, Error> {
     session.check_live()?;
-    let timeout = timeout.unwrap_or(session.options.timeout);
-    let work = async {
-        let _slot = match &session.calls.slots {
-            Some(slots) => Some(slots.acquire().await.map_err(|_| Error::NotConnected)?),
-            None => None,
-        };
-        session.check_live()?;
-        let _pending = session.enter_call();
-        let operation = if engine::connect_in_flight() {
-            // Paho's global mutex may be held for seconds: wait on a blocking
-            // thread, so this call's timeout still applies.
-            let engine = session.engine.clone();
-            tokio::task::spawn_blocking(move || start(&engine))
-                .await
-                .map_err(|e| Error::Io(std::io::Error::other(e)))??
-        } else {
-            start(&session.engine)?
-        };
-        let result = tokio::select! {
-            biased;
-            result = operation => result,
-            cause = session.ended() => Err(cause),
-        };
-        // When the broker ends the session, Paho reports the end first and fails
-        // the pending calls after: the end's cause (e.g. the broker's DISCONNECT
-        // reason code) says more than the engine's "operation incomplete".
-        // A reason code from the broker about this very call is kept.
-        match result {
-            Err(e) if session.is_ended() && !matches!(e, Error::Code(_)) => {
-                Err(session.end_error())
-            }
-            result => result,
-        }
+    let deadline = crate::deadline::after(timeout.unwrap_or(session.options.timeout));
+    let _slot = match &session.calls.slots {
+        Some(slots) => match tokio::time::timeout_at(deadline, slots.acquire()).await {
+            Ok(Ok(permit)) => Some(permit),
+            Ok(Err(_)) => return Err(Error::NotConnected),
+            Err(_) => return Err(Error::Timeout),
+        },
+        None => None,
     };
-    match tokio::time::timeout(timeout, work).await {
-        Ok(result) => result,
+    session.check_live()?;
+    let _pending = session.enter_call();
+    if session.reconnects() && !session.is_up() {
+        wait_for_link(session, kind, deadline).await?;
+    }
+    let mut call = start(&session.engine);
+    let fail_at_end = session.calls_fail_at_end();
+    let replies = tokio::select! {
+        biased;
+        replies = tokio::time::timeout_at(deadline, &mut call) => match replies {
+            Ok(replies) => replies,
+            Err(_) => {
+                return Err(match (call.abandon(), kind) {
+                    (Abandoned::MaybeSent, Kind::Publish) => Error::Unacknowledged,
+                    _ => Error::Timeout,
+                });
+            }
+        },
+        cause = session.ended(), if fail_at_end => Err(cause),
+    };
+    let result = replies.and_then(finish);
+    // When the broker ends the session, Paho reports the end first and fails the
+    // pending calls after: the end's cause (e.g. the broker's DISCONNECT reason code)
+    // says more than "operation incomplete". A reason code about this very call is kept.
+    match result {
+        Err(e) if fail_at_end && session.is_ended() && !matches!(e, Error::Code(_)) => {
+            Err(session.end_error())
+        }
+        result => result,
+    }
+}
+
+/// Waits for the link to come back (automatic reconnects), within `deadline`. Publishes
+/// waiting so are bounded by `max_queued_outgoing_messages`.
+async fn wait_for_link(session: &Session, kind: Kind, deadline: Instant) -> Result<(), Error> {
+    let _waiting = match kind {
+        Kind::Publish => Some(session.wait_for_link_slot()?),
+        _ => None,
+    };
+    let mut link = session.link();
+    tokio::select! {
+        up = tokio::time::timeout_at(deadline, link.wait_for(|l| l.up.is_some())) => match up {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Error::NotConnected),
+            Err(_) => Err(Error::Timeout),
+        },
+        cause = session.ended() => Err(cause),
+    }
+}
+
+/// Subscribes again after a reconnect found no session (the supervisor's own call,
+/// outside the runner: the link is not up yet).
+pub(crate) async fn resubscribe(
+    session: &Session,
+    sub: &Subscription,
+    deadline: Instant,
+) -> Result<Vec<crate::ReasonCode>, Error> {
+    let props = match &sub.properties {
+        Some(p) => Some(crate::engine::c_properties(p)?),
+        None => None,
+    };
+    let n = sub.filters.len();
+    let call = session.engine.subscribe(sub.filters.clone(), props);
+    match tokio::time::timeout_at(deadline, call).await {
+        Ok(replies) => crate::engine::subscribe_result(replies?, n),
         Err(_) => Err(Error::Timeout),
     }
 }

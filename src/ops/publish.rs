@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::Kind;
 use crate::properties::PacketKind;
 use crate::session::Session;
 use crate::{Error, Payload, Properties, QoS, Topic};
@@ -73,13 +74,21 @@ impl Publish {
             timeout,
         } = self;
         let topic = topic?;
-        if let Some(props) = &properties {
-            super::check_v5(&session, "PUBLISH properties")?;
-            props.check(PacketKind::Publish)?;
-        }
-        super::run(&session, timeout, move |engine| {
-            engine.publish(topic, payload.0, qos, retain, properties.as_deref())
-        })
+        let props = match &properties {
+            Some(props) => {
+                super::check_v5(&session, "PUBLISH properties")?;
+                props.check(PacketKind::Publish)?;
+                Some(crate::engine::c_properties(props)?)
+            }
+            None => None,
+        };
+        super::run(
+            &session,
+            timeout,
+            Kind::Publish,
+            move |engine| engine.publish(topic, payload.0, qos, retain, props),
+            crate::engine::publish_result,
+        )
         .await
     }
 }

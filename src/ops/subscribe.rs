@@ -5,8 +5,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::Kind;
 use crate::properties::PacketKind;
-use crate::session::Session;
+use crate::session::{Session, Subscription};
 use crate::{Error, Properties, QoS, ReasonCode, Topic, Wildcard};
 
 /// When the broker sends retained messages for a new subscription (MQTT 5).
@@ -240,15 +241,30 @@ impl Subscribe {
 
     async fn send(self) -> Result<Vec<ReasonCode>, Error> {
         let filters = self.resolve()?;
-        if let Some(props) = &self.properties {
-            super::check_v5(&self.session, "SUBSCRIBE properties")?;
-            props.check(PacketKind::Subscribe)?;
-        }
-        let properties = self.properties;
-        super::run(&self.session, self.timeout, move |engine| {
-            engine.subscribe(&filters, properties.as_ref())
-        })
-        .await
+        let props = match &self.properties {
+            Some(props) => {
+                super::check_v5(&self.session, "SUBSCRIBE properties")?;
+                props.check(PacketKind::Subscribe)?;
+                Some(crate::engine::c_properties(props)?)
+            }
+            None => None,
+        };
+        let session = self.session;
+        let record = Subscription {
+            filters: filters.clone(),
+            properties: self.properties,
+        };
+        let n = filters.len();
+        let codes = super::run(
+            &session,
+            self.timeout,
+            Kind::Subscribe,
+            move |engine| engine.subscribe(filters, props),
+            |replies| crate::engine::subscribe_result(replies, n),
+        )
+        .await?;
+        session.record_subscribe(record);
+        Ok(codes)
     }
 }
 

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::Kind;
 use crate::properties::PacketKind;
 use crate::session::Session;
 use crate::{Error, Properties, Topic, Wildcard};
@@ -84,15 +85,27 @@ impl Unsubscribe {
         for filter in &self.filters.0 {
             Wildcard::new(filter.as_str())?;
         }
-        if let Some(props) = &self.properties {
-            super::check_v5(&self.session, "UNSUBSCRIBE properties")?;
-            props.check(PacketKind::Unsubscribe)?;
-        }
-        let (filters, properties) = (self.filters.0, self.properties);
-        super::run(&self.session, self.timeout, move |engine| {
-            engine.unsubscribe(&filters, properties.as_ref())
-        })
-        .await
+        let props = match &self.properties {
+            Some(props) => {
+                super::check_v5(&self.session, "UNSUBSCRIBE properties")?;
+                props.check(PacketKind::Unsubscribe)?;
+                Some(crate::engine::c_properties(props)?)
+            }
+            None => None,
+        };
+        let session = self.session;
+        let filters = self.filters.0;
+        let record = filters.clone();
+        super::run(
+            &session,
+            self.timeout,
+            Kind::Unsubscribe,
+            move |engine| engine.unsubscribe(filters, props),
+            crate::engine::unsubscribe_result,
+        )
+        .await?;
+        session.record_unsubscribe(&record);
+        Ok(())
     }
 }
 

@@ -1295,8 +1295,8 @@ async fn assigned_client_identifier_v5() {
         assert!(assigned.len() > "auto-".len());
         assert_eq!(
             conn.connack_properties()
-                .and_then(|p| p.assigned_client_identifier.as_deref()),
-            Some(assigned.as_str())
+                .and_then(|p| p.assigned_client_identifier),
+            Some(assigned.clone())
         );
         assert_eq!(client.identifier(), "");
         // The broker knows the client by that identifier.

@@ -1,5 +1,6 @@
-//! No password or key passphrase in any log record, at any level, from this
-//! crate or from the engine (paho-mqtt and Paho C's trace), nor in errors.
+//! No password, key passphrase, proxy password or WebSocket header value in any log
+//! record, at any level, from this crate or from the engine (Paho C's trace), nor in
+//! errors or `Debug` output.
 
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use aiomqtt::{Client, Error, ProtocolVersion, ProxySettings, QoS, TlsParams};
 
 const PASSWORD: &str = "Pa55-w0rd-never-logged";
 const PROXY_PASSWORD: &str = "Pr0xy-pa55-never-logged";
+const HEADER_SECRET: &str = "Bearer t0ken-never-logged";
 
 /// Every way a secret shows up in a log line: as text, as `Debug` of its bytes
 /// (paho-mqtt keeps the password as `Vec<u8>`), in base64 (HTTP Basic auth) and hex.
@@ -59,6 +61,7 @@ async fn password_never_reaches_any_log_record() {
                 .protocol(protocol)
                 .username("user")
                 .password(format!("{PASSWORD}-wrong"))
+                .logger("secrets-test")
                 .build()
                 .unwrap();
             let err = wrong.connect().await.unwrap_err();
@@ -78,6 +81,7 @@ async fn password_never_reaches_any_log_record() {
                     .keyfile(&certs.client_key_encrypted)
                     .keyfile_password(CLIENT_KEY_PASSPHRASE),
             )
+            .logger("secrets-test")
             .build()
             .unwrap();
         assert!(!format!("{client:?}").contains(CLIENT_KEY_PASSPHRASE));
@@ -93,6 +97,7 @@ async fn password_never_reaches_any_log_record() {
                 ProxySettings::http("127.0.0.1", proxy.port())
                     .credentials("proxyuser", PROXY_PASSWORD),
             )
+            .logger("secrets-test")
             .build()
             .unwrap();
         assert!(!format!("{client:?}").contains(PROXY_PASSWORD));
@@ -110,6 +115,7 @@ async fn password_never_reaches_any_log_record() {
                 ProxySettings::http("127.0.0.1", proxy.port())
                     .credentials("proxyuser", format!("{PROXY_PASSWORD}!")),
             )
+            .logger("secrets-test")
             .build()
             .unwrap();
         let err = wrong.connect().await.unwrap_err();
@@ -117,20 +123,42 @@ async fn password_never_reaches_any_log_record() {
             !format!("{err} {err:?}").contains(PROXY_PASSWORD),
             "{err:?}"
         );
+
+        // A WebSocket header value (credentials in Authorization or Cookie).
+        let ws_broker = Broker::builder().websockets().start();
+        let client = Client::builder("127.0.0.1")
+            .port(ws_broker.ws_port())
+            .transport(aiomqtt::Transport::WebSockets)
+            .websocket_headers([("Authorization", HEADER_SECRET)])
+            .logger("secrets-test")
+            .build()
+            .unwrap();
+        let debug = format!("{client:?}");
+        assert!(
+            debug.contains("Authorization") && !debug.contains(HEADER_SECRET),
+            "{debug}"
+        );
+        let conn = client.connect().await.unwrap();
+        conn.publish("t", "over ws")
+            .qos(QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        conn.disconnect().await.unwrap();
     })
     .await;
 
     let records = all_records();
-    // The capture really saw the engine at work (so the search below can fail).
-    assert!(
-        records.iter().any(|r| r.contains("paho_mqtt")),
-        "no engine records captured"
-    );
-    assert!(records.len() > 50, "only {} records", records.len());
+    // The capture really saw every client at work (so the search below can fail).
+    let connects = records
+        .iter()
+        .filter(|r| r.contains("secrets-test") && r.contains("Connecting to"))
+        .count();
+    assert!(connects >= 5, "{connects} connect records: {records:#?}");
     // Basic auth carries `user:password`: its base64 is what a trace would show.
     let mut forms = secret_forms(PASSWORD);
     forms.extend(secret_forms(PROXY_PASSWORD));
     forms.extend(secret_forms(CLIENT_KEY_PASSPHRASE));
+    forms.extend(secret_forms(HEADER_SECRET));
     forms.push(openssl::base64::encode_block(
         format!("proxyuser:{PROXY_PASSWORD}").as_bytes(),
     ));

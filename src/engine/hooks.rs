@@ -1,0 +1,235 @@
+//! What a Paho client's handle-level callbacks report to: the context registered with
+//! the handle, alive until the handle is destroyed.
+//!
+//! Every method runs on a Paho thread under Paho's global mutex: it only copies data,
+//! takes leaf locks and wakes tasks. A task woken here may call into Paho at once; it
+//! then waits for the mutex until the callback has returned, which is what the
+//! reconnect barrier relies on (see `Engine::connect`).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+
+use tokio::sync::{oneshot, watch};
+
+use super::Inner;
+use super::registry::Failure;
+use crate::{Message, Properties, QoS, ReasonCode, Topic};
+
+/// A PUBLISH as Paho handed it over, borrowed for the callback.
+pub(crate) struct Incoming<'a> {
+    pub(crate) topic: &'a [u8],
+    pub(crate) payload: &'a [u8],
+    pub(crate) qos: u8,
+    pub(crate) retain: bool,
+    pub(crate) dup: bool,
+    pub(crate) packet_id: u16,
+    pub(crate) properties: Option<Properties>,
+}
+
+/// Why a connection ended without our DISCONNECT.
+#[derive(Debug, Clone)]
+pub(crate) enum Loss {
+    /// The broker sent DISCONNECT (MQTT 5) with this reason code and properties.
+    Disconnect {
+        reason: ReasonCode,
+        properties: Box<Properties>,
+    },
+    /// The network connection ended (closed, reset, or keep-alive expired: Paho does
+    /// not say which).
+    Network,
+    /// The broker sent something MQTT forbids; the client closed the connection.
+    Malformed(String),
+}
+
+/// What the engine reports to the layer above. Implementations must be quick, must not
+/// block and must not call into the engine.
+pub(crate) trait Events: Send + Sync + 'static {
+    /// A PUBLISH arrived.
+    fn message(&self, message: Message);
+    /// The connection ended without our DISCONNECT.
+    fn lost(&self, loss: Loss);
+}
+
+/// The outcome of a CONNECT: Session Present and the CONNACK properties (MQTT 5).
+pub(crate) type ConnectOutcome = Result<(bool, Option<Properties>), Failure>;
+
+/// Connects in progress in this process during which Paho may hold its global mutex
+/// for long (a host name to resolve, an HTTP proxy to talk to): callers then make
+/// their calls from the engine thread instead of their own.
+static SLOW_CONNECTS: AtomicUsize = AtomicUsize::new(0);
+
+/// `true` while some connect of the process may be holding Paho's mutex for long.
+pub(crate) fn slow_connect_in_flight() -> bool {
+    SLOW_CONNECTS.load(Ordering::Acquire) > 0
+}
+
+/// Counts one slow connect while alive.
+pub(crate) struct SlowConnect(());
+
+impl SlowConnect {
+    pub(crate) fn new() -> SlowConnect {
+        SLOW_CONNECTS.fetch_add(1, Ordering::AcqRel);
+        SlowConnect(())
+    }
+}
+
+impl Drop for SlowConnect {
+    fn drop(&mut self) {
+        SLOW_CONNECTS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The CONNECT Paho is working on, if any.
+#[derive(Default)]
+struct Attempt {
+    /// Who waits for the outcome; gone if the caller gave up.
+    waiter: Option<oneshot::Sender<ConnectOutcome>>,
+    slow: Option<SlowConnect>,
+}
+
+/// TLS error lines kept per connect attempt.
+const TLS_LINES: usize = 8;
+
+pub(crate) struct Hooks {
+    pub(crate) v5: bool,
+    pub(crate) logger: Arc<str>,
+    events: Arc<dyn Events>,
+    attempt: Mutex<Attempt>,
+    /// `true` while a CONNECT is in progress in Paho.
+    busy: watch::Sender<bool>,
+    tls_errors: Mutex<Vec<String>>,
+    /// The engine, to ask for a DISCONNECT from a callback (set once after creation).
+    engine: OnceLock<Weak<Inner>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is a few assignments: a poisoned lock is consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Hooks {
+    pub(crate) fn new(v5: bool, logger: Arc<str>, events: Arc<dyn Events>) -> Hooks {
+        Hooks {
+            v5,
+            logger,
+            events,
+            attempt: Mutex::new(Attempt::default()),
+            busy: watch::Sender::new(false),
+            tls_errors: Mutex::new(Vec::new()),
+            engine: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn set_engine(&self, engine: Weak<Inner>) {
+        let _ = self.engine.set(engine);
+    }
+
+    /// Called on the engine thread right before `MQTTAsync_connect`.
+    pub(crate) fn attempt_started(
+        &self,
+        waiter: oneshot::Sender<ConnectOutcome>,
+        slow: Option<SlowConnect>,
+    ) {
+        lock(&self.tls_errors).clear();
+        *lock(&self.attempt) = Attempt {
+            waiter: Some(waiter),
+            slow,
+        };
+        self.busy.send_replace(true);
+    }
+
+    /// Called when `MQTTAsync_connect` refused to start.
+    pub(crate) fn attempt_refused(&self) {
+        *lock(&self.attempt) = Attempt::default();
+        self.busy.send_replace(false);
+    }
+
+    /// Waits until no CONNECT is in progress.
+    pub(crate) fn idle(&self) -> watch::Receiver<bool> {
+        self.busy.subscribe()
+    }
+
+    /// The connect callbacks: hands the outcome to the waiter. A success nobody waits
+    /// for any more (the caller's deadline passed) leaves a connection no session owns:
+    /// it is closed.
+    pub(crate) fn connect_done(&self, outcome: ConnectOutcome) {
+        let attempt = std::mem::take(&mut *lock(&self.attempt));
+        let succeeded = outcome.is_ok();
+        let delivered = match attempt.waiter {
+            Some(waiter) => waiter.send(outcome).is_ok(),
+            None => false,
+        };
+        drop(attempt.slow);
+        if succeeded && !delivered {
+            log::debug!(target: &self.logger, "A connect finished after its caller gave up: closing it");
+            self.close_stray();
+        }
+        self.busy.send_replace(false);
+    }
+
+    /// Asks for a DISCONNECT of a connection no session owns (from any thread).
+    pub(crate) fn close_stray(&self) {
+        if let Some(engine) = self.engine.get().and_then(Weak::upgrade) {
+            super::Engine::from_inner(engine).close_quietly(0);
+        }
+    }
+
+    pub(crate) fn lost(&self) {
+        self.events.lost(Loss::Network);
+    }
+
+    pub(crate) fn disconnected(&self, reason: u8, properties: Properties) {
+        self.events.lost(Loss::Disconnect {
+            reason: ReasonCode::from(reason),
+            properties: Box::new(properties),
+        });
+    }
+
+    pub(crate) fn tls_error(&self, line: &str) {
+        let mut lines = lock(&self.tls_errors);
+        if lines.len() < TLS_LINES {
+            lines.push(line.trim_end().to_owned());
+        }
+    }
+
+    /// The OpenSSL error lines Paho reported during the last connect attempt.
+    pub(crate) fn tls_errors(&self) -> Vec<String> {
+        lock(&self.tls_errors).clone()
+    }
+
+    /// A PUBLISH arrived. One whose topic is not a valid topic name (not UTF-8, a NUL,
+    /// a wildcard, empty — Paho C does not resolve topic aliases) is never delivered:
+    /// MQTT requires closing the connection on such a packet, so the loss is reported
+    /// and a DISCONNECT (MQTT 5: 0x90 Topic Name invalid) is sent.
+    pub(crate) fn message(&self, m: Incoming<'_>) {
+        let topic = match std::str::from_utf8(m.topic) {
+            Ok(text) => Topic::new(text).map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "the topic of a received PUBLISH is not valid UTF-8 ({} bytes)",
+                m.topic.len()
+            )),
+        };
+        let topic = match topic {
+            Ok(topic) => topic,
+            Err(why) => {
+                let why = format!("protocol violation by the broker: {why}");
+                log::warn!(target: &self.logger, "{why}; closing the connection");
+                self.events.lost(Loss::Malformed(why));
+                if let Some(engine) = self.engine.get().and_then(Weak::upgrade) {
+                    super::Engine::from_inner(engine).close_quietly(0x90);
+                }
+                return;
+            }
+        };
+        let qos = QoS::try_from(m.qos).unwrap_or(QoS::AtMostOnce);
+        let _ = m.dup;
+        self.events.message(Message {
+            topic,
+            payload: m.payload.to_vec(),
+            qos,
+            retain: m.retain,
+            mid: m.packet_id,
+            properties: m.properties.map(Box::new),
+        });
+    }
+}
