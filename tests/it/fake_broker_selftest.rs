@@ -382,16 +382,37 @@ async fn close_fin_and_close_rst_reach_the_client() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn try_accept_gives_up_and_a_raw_fin_is_an_accept_failure() {
+async fn connections_without_an_mqtt_connect_are_closed_and_counted() {
     with_timeout(T, async {
         let fb = FakeBroker::start().await;
         assert!(fb.try_accept(Duration::from_millis(100)).await.is_none());
-        // A client that connects and closes without CONNECT.
         let port = fb.port();
-        let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        drop(s);
-        assert!(fb.try_accept(STEP).await.is_none());
-        assert_eq!(fb.accepted(), 1);
+        let closed_on = tokio::task::spawn_blocking(move || {
+            // Connects and closes without a word.
+            drop(raw_client(port));
+            // Starts a TLS ClientHello (0x16 reads as a CONNECT type, but not "MQTT"),
+            // then waits for the fake broker to hang up.
+            let mut s = raw_client(port);
+            s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5])
+                .unwrap();
+            let mut b = [0u8; 8];
+            let eof = s.read(&mut b).map_err(|e| e.kind());
+            // A real client after them is handed out.
+            let mut s = raw_client(port);
+            s.write_all(&CONNECT_311).unwrap();
+            (eof, s)
+        });
+        let fc = fb.accept().await;
+        assert_eq!(fc.connect.client_id, "abc");
+        let (eof, _s) = closed_on.await.unwrap();
+        assert_eq!(eof, Ok(0), "the non-MQTT connection is closed with a FIN");
+        assert_eq!(fb.accepted(), 3);
+        assert!(
+            wait_until_async(STEP, || fb.rejected() == 2).await,
+            "rejected: {}",
+            fb.rejected()
+        );
+        assert_eq!(fc.id, 3);
     })
     .await;
 }

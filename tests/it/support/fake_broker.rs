@@ -42,10 +42,22 @@ use super::fault_proxy::{Direction, Packet, PacketType, Parser};
 pub const ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The fake broker's listener. See the module docs.
+///
+/// A background task accepts every connection and reads its first packet: a CONNECT
+/// with the MQTT protocol name queues the connection for [`Self::accept`]; anything else
+/// (the crate's TLS probe after a failed connect, a port scan) is closed at once and
+/// counted in [`Self::rejected`], as a real broker would.
 pub struct FakeBroker {
-    listener: TcpListener,
     port: u16,
+    queue: tokio::sync::Mutex<mpsc::UnboundedReceiver<FakeConn>>,
+    counts: Arc<Counts>,
+    acceptor: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Counts {
     accepted: AtomicUsize,
+    rejected: AtomicUsize,
 }
 
 impl FakeBroker {
@@ -55,10 +67,14 @@ impl FakeBroker {
             .await
             .expect("fake broker: bind 127.0.0.1:0");
         let port = listener.local_addr().expect("local_addr").port();
+        let counts = Arc::new(Counts::default());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let acceptor = tokio::spawn(accept_loop(listener, counts.clone(), tx));
         FakeBroker {
-            listener,
             port,
-            accepted: AtomicUsize::new(0),
+            queue: tokio::sync::Mutex::new(rx),
+            counts,
+            acceptor,
         }
     }
 
@@ -71,13 +87,18 @@ impl FakeBroker {
         format!("tcp://127.0.0.1:{}", self.port)
     }
 
-    /// Connections accepted so far.
+    /// TCP connections accepted so far (MQTT or not).
     pub fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
+        self.counts.accepted.load(Ordering::SeqCst)
     }
 
-    /// Accepts the next connection and reads its CONNECT; panics if none arrives within
-    /// [`ACCEPT_TIMEOUT`] or the first packet is not a CONNECT.
+    /// Connections closed because their first packet was not an MQTT CONNECT.
+    pub fn rejected(&self) -> usize {
+        self.counts.rejected.load(Ordering::SeqCst)
+    }
+
+    /// The next client that connected and sent a CONNECT; panics if none within
+    /// [`ACCEPT_TIMEOUT`].
     #[track_caller]
     pub fn accept(&self) -> impl std::future::Future<Output = FakeConn> + '_ {
         let loc = std::panic::Location::caller();
@@ -85,33 +106,67 @@ impl FakeBroker {
             match self.try_accept(ACCEPT_TIMEOUT).await {
                 Some(c) => c,
                 None => panic!(
-                    "fake broker: no client connected and sent CONNECT within {ACCEPT_TIMEOUT:?} (at {loc})"
+                    "fake broker: no client connected and sent CONNECT within {ACCEPT_TIMEOUT:?} \
+                     (at {loc}; {} TCP connections, {} rejected)",
+                    self.accepted(),
+                    self.rejected()
                 ),
             }
         }
     }
 
-    /// Like [`Self::accept`], `None` if no client connects (and sends a CONNECT) within `dur`.
-    /// Panics if the first packet is not a CONNECT.
+    /// Like [`Self::accept`], `None` if no client connects and sends a CONNECT within `dur`.
     pub async fn try_accept(&self, dur: Duration) -> Option<FakeConn> {
-        let deadline = tokio::time::Instant::now() + dur;
-        let (stream, _) = tokio::time::timeout_at(deadline, self.listener.accept())
-            .await
-            .ok()?
-            .expect("fake broker: accept");
-        let _ = stream.set_nodelay(true);
-        let id = self.accepted.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut conn = FakeConn::spawn(id, stream);
-        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let first = conn.recv_packet(remaining).await?;
-        assert_eq!(
-            first.kind,
-            PacketType::Connect,
-            "fake broker: the client's first packet is not CONNECT: {first}"
-        );
-        conn.connect = ConnectInfo::parse(first);
-        Some(conn)
+        let mut queue = self.queue.lock().await;
+        tokio::time::timeout(dur, queue.recv()).await.ok().flatten()
     }
+}
+
+impl Drop for FakeBroker {
+    fn drop(&mut self) {
+        // Closes the listener and every connection not handed out yet.
+        self.acceptor.abort();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    counts: Arc<Counts>,
+    tx: mpsc::UnboundedSender<FakeConn>,
+) {
+    let mut greeting = tokio::task::JoinSet::new();
+    let mut id = 0;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                id += 1;
+                counts.accepted.fetch_add(1, Ordering::SeqCst);
+                let (tx, counts) = (tx.clone(), counts.clone());
+                greeting.spawn(async move {
+                    let mut conn = FakeConn::spawn(id, stream);
+                    match conn.recv_packet(ACCEPT_TIMEOUT).await {
+                        Some(p) if is_mqtt_connect(&p) => {
+                            conn.connect = ConnectInfo::parse(p);
+                            let _ = tx.send(conn);
+                        }
+                        // Dropped: the socket closes.
+                        _ => {
+                            counts.rejected.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                });
+            }
+            Some(_) = greeting.join_next(), if !greeting.is_empty() => {}
+        }
+    }
+}
+
+/// A CONNECT whose protocol name is `MQTT` (3.1.1, 5) or `MQIsdp` (3.1).
+fn is_mqtt_connect(p: &Packet) -> bool {
+    p.kind == PacketType::Connect
+        && (p.body.starts_with(b"\x00\x04MQTT") || p.body.starts_with(b"\x00\x06MQIsdp"))
 }
 
 /// What the client's CONNECT said.
