@@ -10,6 +10,7 @@ mod client;
 mod fake_broker_selftest;
 mod flow;
 mod harness_selftest;
+mod hostile;
 mod interop;
 mod messages;
 mod operations;
