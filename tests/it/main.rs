@@ -7,8 +7,10 @@ mod support;
 
 mod aiomqtt_suite;
 mod client;
+mod fake_broker_selftest;
 mod flow;
 mod harness_selftest;
+mod hostile;
 mod interop;
 mod messages;
 mod operations;

@@ -249,7 +249,9 @@ impl std::fmt::Display for Packet {
     }
 }
 
-fn decode_varint(b: &[u8]) -> Option<(usize, usize)> {
+/// Decodes an MQTT variable byte integer: `(value, bytes used)`, `None` if `b` ends first or
+/// the encoding is longer than 4 bytes.
+pub fn decode_varint(b: &[u8]) -> Option<(usize, usize)> {
     let mut v = 0usize;
     let mut mult = 1usize;
     for (i, byte) in b.iter().take(4).enumerate() {
@@ -262,9 +264,10 @@ fn decode_varint(b: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
-/// Incremental MQTT fixed-header parser (works across TCP chunk boundaries).
+/// Incremental MQTT fixed-header parser (works across TCP chunk boundaries). Also used by
+/// the fake broker (`fake_broker.rs`) to read what the client sends.
 #[derive(Default)]
-struct Parser {
+pub struct Parser {
     state: PState,
     first: u8,
     len: usize,
@@ -287,7 +290,7 @@ impl Parser {
     /// Feeds bytes. `on_start(kind)` is called at the first byte of each packet; if it
     /// returns true, parsing stops *before* that byte and its offset is returned.
     /// `on_done(first_byte, remaining_len, body)` is called for each complete packet.
-    fn feed(
+    pub fn feed(
         &mut self,
         data: &[u8],
         mut on_start: impl FnMut(PacketType) -> bool,
@@ -342,6 +345,12 @@ impl Parser {
             }
         }
         None
+    }
+
+    /// `true` once a remaining length longer than 4 bytes was seen; nothing after it is
+    /// parsed.
+    pub fn is_broken(&self) -> bool {
+        self.broken
     }
 }
 

@@ -13,6 +13,9 @@
 //!   encrypted key, an unrelated CA; generated once per process. `broker.certs()`.
 //! - [`FaultProxy`]: cut (RST/FIN), blackhole, delay, refuse, `cut_on` the n-th packet of a
 //!   type, packet trace (`recorded()`, `trace()`, `wait_for`).
+//! - [`FakeBroker`]: a scripted fake broker (tokio, free port) that sends what a real one
+//!   will not — invalid topics, truncated packets, bad lengths, stray acks; [`packets`] has
+//!   byte-exact 3.1.1/5.0 encoders, malformed ones included.
 //! - [`HttpProxy`]: tinyproxy allowing CONNECT to given ports, optional Basic auth.
 //! - [`isolated`]: run one test alone in a child process (crashes, whole-process views).
 //! - Helpers: [`unique_topic`], [`init_logging`], [`with_timeout`], `within!`,
@@ -22,6 +25,7 @@
 
 pub mod broker;
 pub mod certs;
+pub mod fake_broker;
 pub mod fault_proxy;
 pub mod http_proxy;
 pub mod isolate;
@@ -31,6 +35,7 @@ pub mod util;
 
 pub use broker::{Broker, BrokerBuilder, DEFAULT_REFUSED, Listener};
 pub use certs::{CLIENT_KEY_PASSPHRASE, Certs, ServerCert, WRONG_HOSTNAME};
+pub use fake_broker::{ConnectInfo, Event, FakeBroker, FakeConn, packets};
 pub use fault_proxy::{CutMode, Direction, FaultProxy, Packet, PacketType};
 pub use http_proxy::HttpProxy;
 pub use isolate::{ChildRun, in_child, isolated};

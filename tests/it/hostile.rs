@@ -1,0 +1,810 @@
+//! Hostile input: the crate's client against the scripted fake broker
+//! (`support/fake_broker.rs`), which sends what a real broker never would.
+//!
+//! Every scenario runs alone in a child process (`isolated`), because some inputs abort the
+//! process; the parent asserts that the child passed. In the child, every wait is bounded by
+//! [`EVENT`], so a hang fails with a message saying what did not happen, and a crash shows up
+//! as the child's signal with its stderr.
+//!
+//! The contract asserted here:
+//! - the process never aborts or hangs, and every call resolves;
+//! - a message with an invalid topic name (not UTF-8, NUL, wildcards, empty without a topic
+//!   alias) is never delivered: it is dropped (the connection stays usable) or the connection
+//!   ends with an error (the `Messages` stream yields `Err(Disconnected)` then `None`, pending
+//!   calls fail with a connection error, the client closes its socket);
+//! - a malformed packet (truncated, bad remaining length, reserved packet type, garbage in
+//!   place of CONNACK) ends the connection with an error, without waiting for a timeout;
+//! - acks for packet ids the client never used are ignored: the connection stays usable;
+//! - a SUBACK with the wrong number of codes errors or returns exactly one code per filter;
+//!   a reserved SUBACK code never reads as granted;
+//! - a broker DISCONNECT's reason code reaches the error;
+//! - a withheld CONNACK makes `connect()` fail with `Error::Timeout` on time, and the client
+//!   can connect again.
+//!
+//! Lines starting with `OBSERVED` on the child's stderr record what the client did.
+
+use std::future::IntoFuture;
+use std::time::{Duration, Instant};
+
+use aiomqtt::{Client, Connection, Error, Messages, ProtocolVersion, QoS, ReasonCode};
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+
+use crate::support::*;
+
+/// Bound of one child run (the parent kills it after this).
+const CHILD: Duration = Duration::from_secs(40);
+/// Bound of a scenario's body in the child.
+const BODY: Duration = Duration::from_secs(30);
+/// How long one expected event may take: a packet, a message, the end of the connection,
+/// a call's result.
+const EVENT: Duration = Duration::from_secs(3);
+/// The client's timeout for calls: longer than [`EVENT`], so its own timeout never makes a
+/// hung call look resolved.
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Topic of the valid message sent after hostile input: delivering it proves the invalid one
+/// before it was not.
+const MARKER: &str = "ok/marker";
+
+const V311: ProtocolVersion = ProtocolVersion::V311;
+const V5: ProtocolVersion = ProtocolVersion::V5;
+
+/// A scenario run alone in a child process: `scenario!(name, |protocol args| body)`.
+macro_rules! scenario {
+    ($(#[$meta:meta])* $name:ident, $body:expr) => {
+        $(#[$meta])*
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $name() {
+            if let Some(child) = isolated(concat!("hostile::", stringify!($name)), CHILD) {
+                child.assert_passed();
+                return;
+            }
+            init_logging();
+            with_timeout_ctx(BODY, concat!("the scenario ", stringify!($name)), $body).await;
+        }
+    };
+}
+
+// ---- Helpers ----------------------------------------------------------------------------------
+
+fn client(fb: &FakeBroker, protocol: ProtocolVersion, timeout: Duration) -> Client {
+    Client::builder("127.0.0.1")
+        .port(fb.port())
+        .protocol(protocol)
+        .timeout(timeout)
+        .build()
+        .expect("valid options")
+}
+
+/// Connects a client to the fake broker, which answers CONNACK 0.
+async fn open(fb: &FakeBroker, protocol: ProtocolVersion) -> (Client, Connection, FakeConn) {
+    let client = client(fb, protocol, CALL_TIMEOUT);
+    let (conn, fc) = tokio::join!(
+        with_timeout_ctx(EVENT, "connect() to the fake broker", client.connect()),
+        async {
+            let fc = fb.accept().await;
+            fc.send_connack(false, 0).await.expect("send CONNACK");
+            fc
+        }
+    );
+    let conn = conn.expect("connect to the fake broker");
+    (client, conn, fc)
+}
+
+/// A QoS 1 publish by the client that the fake broker has received and not acknowledged.
+struct Pending {
+    task: JoinHandle<Result<(), Error>>,
+    pid: u16,
+}
+
+async fn start_pending(conn: &Connection, fc: &mut FakeConn) -> Pending {
+    let task = tokio::spawn(
+        conn.publish("c/pending", "p")
+            .qos(QoS::AtLeastOnce)
+            .into_future(),
+    );
+    let p = fc.expect(PacketType::Publish, EVENT).await;
+    Pending {
+        task,
+        pid: p.packet_id().expect("a QoS 1 PUBLISH has a packet id"),
+    }
+}
+
+/// Subscribes; the fake broker answers SUBACK with `qos` for the one filter.
+async fn subscribe(conn: &Connection, fc: &mut FakeConn, filter: &str, qos: QoS) {
+    let (r, ()) = tokio::join!(
+        with_timeout_ctx(
+            EVENT,
+            "subscribe",
+            conn.subscribe(filter).qos(qos).into_future()
+        ),
+        async {
+            let p = fc.expect(PacketType::Subscribe, EVENT).await;
+            let pid = p.packet_id().expect("SUBSCRIBE has a packet id");
+            fc.send(&packets::suback(pid, &[qos.as_u8()], fc.no_props()))
+                .await
+                .expect("send SUBACK");
+        }
+    );
+    let codes = r.expect("subscribe");
+    assert_eq!(codes, [ReasonCode::from(qos.as_u8())]);
+}
+
+/// The valid QoS 0 message on [`MARKER`]. The send may fail if the client already closed.
+async fn send_marker(fc: &FakeConn) {
+    let _ = fc
+        .send(&packets::publish(
+            MARKER.as_bytes(),
+            0,
+            0,
+            b"marker",
+            false,
+            false,
+            fc.no_props(),
+        ))
+        .await;
+}
+
+/// The connection works: a QoS 1 publish completes on its PUBACK and a subscribe on its
+/// SUBACK.
+async fn assert_usable(what: &str, conn: &Connection, fc: &mut FakeConn) {
+    let (r, ()) = tokio::join!(
+        tokio::time::timeout(
+            EVENT,
+            conn.publish("c/after", "x")
+                .qos(QoS::AtLeastOnce)
+                .into_future()
+        ),
+        async {
+            if let Some(p) = fc.try_expect(PacketType::Publish, EVENT).await {
+                let pid = p.packet_id().expect("packet id");
+                let _ = fc.send(&packets::puback(pid, fc.ack_ok())).await;
+            }
+        }
+    );
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("after {what}: a later QoS 1 publish failed: {e:?}"),
+        Err(_) => panic!("after {what}: a later QoS 1 publish did not complete within {EVENT:?}"),
+    }
+    subscribe(conn, fc, "c/after/#", QoS::AtLeastOnce).await;
+}
+
+/// After the connection ended with `e` from the `Messages` stream: the stream then ends,
+/// the pending call fails with a connection error, a new call fails at once, and the client
+/// closed its socket.
+async fn assert_ended(
+    what: &str,
+    e: Error,
+    conn: &Connection,
+    messages: &mut Messages,
+    fc: &mut FakeConn,
+    pending: Pending,
+) {
+    eprintln!(
+        "OBSERVED {what}: the connection ended: {e} / {:?} / source: {:?}",
+        e,
+        std::error::Error::source(&e).map(ToString::to_string)
+    );
+    assert!(
+        matches!(e, Error::Disconnected(_)),
+        "after {what}: the stream's error is {e:?}, not Disconnected(cause)"
+    );
+    match tokio::time::timeout(EVENT, messages.next()).await {
+        Ok(None) => {}
+        Ok(Some(item)) => panic!("after {what}: the stream yielded {item:?} after its error"),
+        Err(_) => panic!("after {what}: the stream did not end within {EVENT:?} after its error"),
+    }
+    match tokio::time::timeout(EVENT, pending.task).await {
+        Err(_) => panic!(
+            "after {what}: the pending QoS 1 publish did not resolve within {EVENT:?} of the \
+             end of the connection"
+        ),
+        Ok(Err(join)) => panic!("after {what}: the pending publish task failed: {join}"),
+        Ok(Ok(Ok(()))) => panic!("after {what}: the pending QoS 1 publish succeeded unacked"),
+        Ok(Ok(Err(e))) => {
+            eprintln!("OBSERVED {what}: the pending publish failed with {e:?}");
+            assert!(
+                e.is_connection_lost(),
+                "after {what}: the pending publish failed with {e:?}, not a connection error"
+            );
+        }
+    }
+    match tokio::time::timeout(
+        EVENT,
+        conn.publish("c/late", "x")
+            .qos(QoS::AtLeastOnce)
+            .into_future(),
+    )
+    .await
+    {
+        Err(_) => panic!("after {what}: a new publish on the ended connection hung"),
+        Ok(Ok(())) => panic!("after {what}: a new publish on the ended connection succeeded"),
+        Ok(Err(e)) => assert!(
+            e.is_connection_lost(),
+            "after {what}: a new publish failed with {e:?}, not a connection error"
+        ),
+    }
+    assert!(
+        fc.peer_closed(EVENT).await,
+        "after {what}: the connection ended for the client, but its socket is still open \
+         {EVENT:?} later"
+    );
+}
+
+/// After an invalid PUBLISH (then the marker): it is not delivered, and either the
+/// connection goes on (the marker arrives, the pending publish completes on its PUBACK, a
+/// round trip works) or it ends with an error ([`assert_ended`]).
+async fn assert_not_delivered(
+    what: &str,
+    conn: &Connection,
+    messages: &mut Messages,
+    fc: &mut FakeConn,
+    pending: Pending,
+) {
+    send_marker(fc).await;
+    match tokio::time::timeout(EVENT, messages.next()).await {
+        Err(_) => panic!(
+            "after {what}: neither the next valid message nor the end of the connection \
+             within {EVENT:?} (is_connected: {}, client socket: {:?})",
+            conn.is_connected(),
+            fc.ended()
+        ),
+        Ok(Some(Ok(m))) if m.topic.as_str() == MARKER => {
+            eprintln!("OBSERVED {what}: dropped; the connection goes on");
+            fc.send(&packets::puback(pending.pid, fc.ack_ok()))
+                .await
+                .expect("send PUBACK");
+            match tokio::time::timeout(EVENT, pending.task).await {
+                Ok(Ok(Ok(()))) => {}
+                other => panic!("after {what}: the pending publish, acked, ended as {other:?}"),
+            }
+            assert_usable(what, conn, fc).await;
+        }
+        Ok(Some(Ok(m))) => panic!("after {what}: the client delivered {m:?}"),
+        Ok(Some(Err(e))) => assert_ended(what, e, conn, messages, fc, pending).await,
+        Ok(None) => panic!("after {what}: the message stream ended without an error"),
+    }
+}
+
+/// After a malformed packet: the connection ends with an error ([`assert_ended`]) without
+/// waiting for a timeout. `marker`: also send the valid message, which must not arrive.
+async fn assert_ends_with_error(
+    what: &str,
+    marker: bool,
+    conn: &Connection,
+    messages: &mut Messages,
+    fc: &mut FakeConn,
+    pending: Pending,
+) {
+    if marker {
+        send_marker(fc).await;
+    }
+    match tokio::time::timeout(EVENT, messages.next()).await {
+        Err(_) => panic!(
+            "after {what}: the connection was still up {EVENT:?} later (is_connected: {}, \
+             client socket: {:?}); a malformed packet must end it with an error",
+            conn.is_connected(),
+            fc.ended()
+        ),
+        Ok(Some(Ok(m))) if m.topic.as_str() == MARKER => panic!(
+            "after {what}: the client ignored it and delivered the next message: the \
+             connection should have ended with an error"
+        ),
+        Ok(Some(Ok(m))) => panic!("after {what}: the client delivered {m:?}"),
+        Ok(Some(Err(e))) => assert_ended(what, e, conn, messages, fc, pending).await,
+        Ok(None) => panic!("after {what}: the message stream ended without an error"),
+    }
+}
+
+// ---- Control: well-formed traffic, through the same checks -----------------------------------
+
+async fn control(protocol: ProtocolVersion) {
+    let fb = FakeBroker::start().await;
+    let (_client, conn, mut fc) = open(&fb, protocol).await;
+    let mut messages = conn.messages();
+    subscribe(&conn, &mut fc, "a/#", QoS::AtLeastOnce).await;
+    let pending = start_pending(&conn, &mut fc).await;
+    fc.send(&packets::publish(
+        b"a/b",
+        1,
+        7,
+        b"valid",
+        false,
+        false,
+        fc.no_props(),
+    ))
+    .await
+    .unwrap();
+    let m = with_timeout(EVENT, messages.next())
+        .await
+        .expect("a message")
+        .expect("a message");
+    assert_eq!(m.topic.as_str(), "a/b");
+    assert_eq!(m.payload, b"valid");
+    let ack = fc.expect(PacketType::Puback, EVENT).await;
+    assert_eq!(ack.packet_id(), Some(7));
+    assert_not_delivered(
+        "well-formed traffic",
+        &conn,
+        &mut messages,
+        &mut fc,
+        pending,
+    )
+    .await;
+}
+
+scenario!(
+    /// The checks pass on well-formed traffic (so the failures below are the input's).
+    control_well_formed_311,
+    control(V311)
+);
+scenario!(control_well_formed_5, control(V5));
+
+// ---- 1-3: PUBLISH with an invalid topic name --------------------------------------------------
+
+/// The fake broker sends a PUBLISH on `topic` (QoS 1: after a subscribe it answered), with
+/// `props` on v5, while a publish of the client waits for its PUBACK.
+async fn invalid_topic(protocol: ProtocolVersion, topic: &[u8], qos: u8, props: &[u8]) {
+    let what = format!(
+        "a QoS {qos} PUBLISH on {:?} ({protocol:?})",
+        String::from_utf8_lossy(topic)
+    );
+    let fb = FakeBroker::start().await;
+    let (_client, conn, mut fc) = open(&fb, protocol).await;
+    let mut messages = conn.messages();
+    if qos > 0 {
+        subscribe(&conn, &mut fc, "#", QoS::AtLeastOnce).await;
+    }
+    let pending = start_pending(&conn, &mut fc).await;
+    let props = fc.v5().then_some(props);
+    fc.send(&packets::publish(
+        topic, qos, 11, b"bad", false, false, props,
+    ))
+    .await
+    .unwrap();
+    assert_not_delivered(&what, &conn, &mut messages, &mut fc, pending).await;
+    eprintln!(
+        "OBSERVED {what}: the client sent {} PUBACK(s) for it",
+        fc.received(PacketType::Puback)
+            .iter()
+            .filter(|p| p.packet_id() == Some(11))
+            .count()
+    );
+}
+
+const NOT_UTF8: &[u8] = b"a/\xC3\x28";
+
+scenario!(
+    invalid_utf8_topic_qos0_311,
+    invalid_topic(V311, NOT_UTF8, 0, &[])
+);
+scenario!(
+    invalid_utf8_topic_qos0_5,
+    invalid_topic(V5, NOT_UTF8, 0, &[])
+);
+scenario!(
+    invalid_utf8_topic_qos1_311,
+    invalid_topic(V311, NOT_UTF8, 1, &[])
+);
+scenario!(
+    invalid_utf8_topic_qos1_5,
+    invalid_topic(V5, NOT_UTF8, 1, &[])
+);
+
+scenario!(nul_topic_qos0_311, invalid_topic(V311, b"a\0b", 0, &[]));
+scenario!(nul_topic_qos0_5, invalid_topic(V5, b"a\0b", 0, &[]));
+scenario!(nul_topic_qos1_311, invalid_topic(V311, b"a\0b", 1, &[]));
+scenario!(nul_topic_qos1_5, invalid_topic(V5, b"a\0b", 1, &[]));
+
+scenario!(
+    plus_wildcard_topic_311,
+    invalid_topic(V311, b"a/+/b", 1, &[])
+);
+scenario!(plus_wildcard_topic_5, invalid_topic(V5, b"a/+/b", 1, &[]));
+scenario!(hash_wildcard_topic_311, invalid_topic(V311, b"a/#", 1, &[]));
+scenario!(hash_wildcard_topic_5, invalid_topic(V5, b"a/#", 1, &[]));
+scenario!(empty_topic_311, invalid_topic(V311, b"", 1, &[]));
+scenario!(
+    /// Empty and no Topic Alias property: a protocol error on 5 too.
+    empty_topic_5,
+    invalid_topic(V5, b"", 1, &[])
+);
+
+// ---- 4, 5, 10: malformed packets --------------------------------------------------------------
+
+/// How the fake broker misbehaves after CONNACK.
+#[derive(Clone, Copy, Debug)]
+enum Malformed {
+    /// A PUBLISH header promising 100 bytes, 10 bytes, then FIN.
+    Truncated,
+    /// A PUBLISH with a 5-byte remaining length; the socket stays open.
+    BadRemainingLength,
+    /// A packet of a reserved type (0x00; 0xF0 is AUTH on 5, unsolicited), then a valid
+    /// message; the socket stays open.
+    UnknownType(u8),
+}
+
+async fn malformed(protocol: ProtocolVersion, input: Malformed) {
+    let what = format!("{input:?} ({protocol:?})");
+    let fb = FakeBroker::start().await;
+    let (_client, conn, mut fc) = open(&fb, protocol).await;
+    let mut messages = conn.messages();
+    let pending = start_pending(&conn, &mut fc).await;
+    let marker = match input {
+        Malformed::Truncated => {
+            let ten = [0x00, 0x03, b'a', b'/', b'b', b'x', b'x', b'x', b'x', b'x'];
+            fc.send(&packets::truncated(0x30, 100, &ten)).await.unwrap();
+            fc.close_fin().await;
+            false
+        }
+        Malformed::BadRemainingLength => {
+            fc.send(&packets::bad_remaining_length(0x30)).await.unwrap();
+            false
+        }
+        Malformed::UnknownType(first) => {
+            fc.send(&packets::unknown_type(first)).await.unwrap();
+            true
+        }
+    };
+    assert_ends_with_error(&what, marker, &conn, &mut messages, &mut fc, pending).await;
+}
+
+scenario!(truncated_packet_311, malformed(V311, Malformed::Truncated));
+scenario!(truncated_packet_5, malformed(V5, Malformed::Truncated));
+scenario!(
+    bad_remaining_length_311,
+    malformed(V311, Malformed::BadRemainingLength)
+);
+scenario!(
+    bad_remaining_length_5,
+    malformed(V5, Malformed::BadRemainingLength)
+);
+scenario!(
+    unknown_packet_type_0x00_311,
+    malformed(V311, Malformed::UnknownType(0x00))
+);
+scenario!(
+    unknown_packet_type_0x00_5,
+    malformed(V5, Malformed::UnknownType(0x00))
+);
+scenario!(
+    unknown_packet_type_0xf0_311,
+    malformed(V311, Malformed::UnknownType(0xF0))
+);
+scenario!(
+    /// 0xF0 00 is a well-formed AUTH on 5, but the client never asked for enhanced
+    /// authentication: a protocol error.
+    unsolicited_auth_0xf0_5,
+    malformed(V5, Malformed::UnknownType(0xF0))
+);
+
+/// `bytes` where the CONNACK belongs (then a FIN if `fin`): `connect()` fails, well before
+/// its own 10 s timeout, the client closes the socket, and it can connect again.
+async fn instead_of_connack(protocol: ProtocolVersion, bytes: &[u8], fin: bool) {
+    let what = format!(
+        "{:02x?} in place of CONNACK, fin {fin} ({protocol:?})",
+        &bytes[..2]
+    );
+    let fb = FakeBroker::start().await;
+    let client = client(&fb, protocol, Duration::from_secs(10));
+    let started = Instant::now();
+    let (r, mut fc) = tokio::join!(tokio::time::timeout(EVENT, client.connect()), async {
+        let fc = fb.accept().await;
+        fc.send(bytes).await.unwrap();
+        if fin {
+            fc.close_fin().await;
+        }
+        fc
+    });
+    match r {
+        Err(_) => panic!(
+            "after {what}: connect() had not failed {EVENT:?} later (its timeout is 10 s): \
+             the bad answer was not detected (client socket: {:?})",
+            fc.ended()
+        ),
+        Ok(Ok(_)) => panic!("after {what}: connect() succeeded"),
+        Ok(Err(e)) => {
+            eprintln!(
+                "OBSERVED {what}: connect() failed after {:?} with {e} / {e:?}",
+                started.elapsed()
+            );
+            assert!(!e.is_timeout(), "after {what}: {e:?}");
+        }
+    }
+    assert!(
+        fc.peer_closed(EVENT).await,
+        "after {what}: connect() failed but the client's socket is still open {EVENT:?} later"
+    );
+    drop(fc);
+    let (r, _fc) = tokio::join!(tokio::time::timeout(EVENT, client.connect()), async {
+        let fc = fb.accept().await;
+        fc.send_connack(false, 0).await.unwrap();
+        fc
+    });
+    match r {
+        Ok(Ok(_conn)) => {}
+        Ok(Err(e)) => panic!("after {what}: the next connect() failed: {e:?}"),
+        Err(_) => panic!("after {what}: the next connect() hung"),
+    }
+}
+
+scenario!(
+    garbage_instead_of_connack_311,
+    instead_of_connack(V311, packets::GARBAGE, false)
+);
+scenario!(
+    garbage_instead_of_connack_5,
+    instead_of_connack(V5, packets::GARBAGE, false)
+);
+scenario!(
+    /// The same garbage, then the socket closes (an HTTP server): a baseline.
+    garbage_then_fin_instead_of_connack_311,
+    instead_of_connack(V311, packets::GARBAGE, true)
+);
+scenario!(
+    garbage_then_fin_instead_of_connack_5,
+    instead_of_connack(V5, packets::GARBAGE, true)
+);
+scenario!(
+    unknown_type_instead_of_connack_311,
+    instead_of_connack(V311, &packets::unknown_type(0x00), false)
+);
+scenario!(
+    unknown_type_instead_of_connack_5,
+    instead_of_connack(V5, &packets::unknown_type(0x00), false)
+);
+
+// ---- 6: acks for packet ids the client never used ---------------------------------------------
+
+type AckFn = fn(u16, Option<(u8, &[u8])>) -> Vec<u8>;
+
+async fn stray_ack(protocol: ProtocolVersion, name: &str, ack: AckFn) {
+    let fb = FakeBroker::start().await;
+    let (_client, conn, mut fc) = open(&fb, protocol).await;
+    let mut messages = conn.messages();
+    let pending = start_pending(&conn, &mut fc).await;
+    let stray = if pending.pid == 4242 { 4243 } else { 4242 };
+    let what = format!("a {name} for unknown packet id {stray} ({protocol:?})");
+    fc.send(&ack(stray, fc.ack_ok())).await.unwrap();
+    send_marker(&fc).await;
+    match tokio::time::timeout(EVENT, messages.next()).await {
+        Ok(Some(Ok(m))) if m.topic.as_str() == MARKER => {}
+        Ok(other) => panic!("after {what}: expected the next message, got {other:?}"),
+        Err(_) => panic!("after {what}: the next message did not arrive within {EVENT:?}"),
+    }
+    fc.send(&packets::puback(pending.pid, fc.ack_ok()))
+        .await
+        .unwrap();
+    match tokio::time::timeout(EVENT, pending.task).await {
+        Ok(Ok(Ok(()))) => {}
+        other => panic!("after {what}: the pending publish, acked, ended as {other:?}"),
+    }
+    assert_usable(&what, &conn, &mut fc).await;
+    let answers: Vec<String> = fc
+        .log()
+        .iter()
+        .filter(|p| p.packet_id() == Some(stray))
+        .map(ToString::to_string)
+        .collect();
+    eprintln!("OBSERVED {what}: ignored; the client answered {answers:?}");
+}
+
+scenario!(
+    unknown_puback_311,
+    stray_ack(V311, "PUBACK", packets::puback)
+);
+scenario!(unknown_puback_5, stray_ack(V5, "PUBACK", packets::puback));
+scenario!(
+    unknown_pubrec_311,
+    stray_ack(V311, "PUBREC", packets::pubrec)
+);
+scenario!(unknown_pubrec_5, stray_ack(V5, "PUBREC", packets::pubrec));
+scenario!(
+    unknown_pubcomp_311,
+    stray_ack(V311, "PUBCOMP", packets::pubcomp)
+);
+scenario!(
+    unknown_pubcomp_5,
+    stray_ack(V5, "PUBCOMP", packets::pubcomp)
+);
+
+// ---- 7: SUBACKs that do not fit the SUBSCRIBE -------------------------------------------------
+
+/// Subscribes to `filters`; the fake broker answers a SUBACK with `codes`. The call resolves:
+/// with an error, or with one code per filter, each the code the SUBACK carried at its
+/// position (a reserved code must read as a failure); and a later call resolves too.
+async fn bad_suback(protocol: ProtocolVersion, filters: &[&str], codes: &[u8]) {
+    let what = format!(
+        "a SUBACK with codes {codes:02x?} for {} filter(s) ({protocol:?})",
+        filters.len()
+    );
+    let fb = FakeBroker::start().await;
+    let (_client, conn, mut fc) = open(&fb, protocol).await;
+    let _messages = conn.messages();
+    let asked: Vec<(&str, QoS)> = filters.iter().map(|f| (*f, QoS::AtLeastOnce)).collect();
+    let (r, ()) = tokio::join!(
+        tokio::time::timeout(EVENT, conn.subscribe(asked).into_future()),
+        async {
+            let p = fc.expect(PacketType::Subscribe, EVENT).await;
+            let pid = p.packet_id().expect("packet id");
+            fc.send(&packets::suback(pid, codes, fc.no_props()))
+                .await
+                .unwrap();
+        }
+    );
+    match r {
+        Err(_) => panic!("after {what}: subscribe() did not resolve within {EVENT:?}"),
+        Ok(Err(e)) => eprintln!("OBSERVED {what}: subscribe() failed: {e} / {e:?}"),
+        Ok(Ok(got)) => {
+            eprintln!("OBSERVED {what}: subscribe() returned {got:?}");
+            assert_eq!(
+                got.len(),
+                filters.len(),
+                "after {what}: {got:?} is not one code per filter"
+            );
+            assert!(
+                codes.len() >= filters.len(),
+                "after {what}: {got:?} has codes the SUBACK did not carry"
+            );
+            for (i, (rc, sent)) in got.iter().zip(codes).enumerate() {
+                let reserved = !matches!(sent, 0x00..=0x02) && *sent < 0x80;
+                if reserved {
+                    assert!(
+                        rc.is_error(),
+                        "after {what}: the reserved code {sent:#04x} reads as {rc:?}, not a \
+                         failure"
+                    );
+                } else {
+                    assert_eq!(
+                        rc.value(),
+                        *sent,
+                        "after {what}: the SUBACK said {sent:#04x} for filter {i}, subscribe() \
+                         returned {rc:?}"
+                    );
+                }
+            }
+        }
+    }
+    // Whatever became of the connection, a later call resolves.
+    let (r, ()) = tokio::join!(
+        tokio::time::timeout(
+            EVENT,
+            conn.publish("c/after", "x")
+                .qos(QoS::AtLeastOnce)
+                .into_future()
+        ),
+        async {
+            if let Some(p) = fc.try_expect(PacketType::Publish, EVENT).await {
+                let pid = p.packet_id().expect("packet id");
+                let _ = fc.send(&packets::puback(pid, fc.ack_ok())).await;
+            }
+        }
+    );
+    match r {
+        Err(_) => panic!("after {what}: a later publish did not resolve within {EVENT:?}"),
+        Ok(r) => eprintln!("OBSERVED {what}: a later publish returned {r:?}"),
+    }
+}
+
+scenario!(
+    suback_one_code_for_two_filters_311,
+    bad_suback(V311, &["a/1", "a/2"], &[0x01])
+);
+scenario!(
+    suback_one_code_for_two_filters_5,
+    bad_suback(V5, &["a/1", "a/2"], &[0x01])
+);
+scenario!(
+    suback_three_codes_for_one_filter_311,
+    bad_suback(V311, &["a/1"], &[0x01, 0x01, 0x01])
+);
+scenario!(
+    suback_three_codes_for_one_filter_5,
+    bad_suback(V5, &["a/1"], &[0x01, 0x01, 0x01])
+);
+scenario!(suback_invalid_code_311, bad_suback(V311, &["a/1"], &[0x03]));
+scenario!(
+    /// 0x03 is no SUBACK reason code on 5 either.
+    suback_invalid_code_5,
+    bad_suback(V5, &["a/1"], &[0x03])
+);
+
+// ---- 8: DISCONNECT from the broker with properties --------------------------------------------
+
+async fn broker_disconnect() {
+    let what = "DISCONNECT 0x8E with a reason string, a user property and a server reference";
+    let fb = FakeBroker::start().await;
+    let (_client, conn, mut fc) = open(&fb, V5).await;
+    let mut messages = conn.messages();
+    let pending = start_pending(&conn, &mut fc).await;
+    let props = [
+        packets::prop_reason_string("kicked by admin"),
+        packets::prop_user("by", "admin"),
+        packets::prop_server_reference("127.0.0.1:1"),
+    ]
+    .concat();
+    fc.send(&packets::disconnect_v5(0x8E, &props))
+        .await
+        .unwrap();
+    let e = match tokio::time::timeout(EVENT, messages.next()).await {
+        Ok(Some(Err(e))) => e,
+        Ok(other) => panic!("after {what}: the stream yielded {other:?}, not an error"),
+        Err(_) => panic!("after {what}: the stream did not end within {EVENT:?}"),
+    };
+    let cause = std::error::Error::source(&e).map(ToString::to_string);
+    eprintln!(
+        "OBSERVED {what}: the reason string reaches the Display: {} (error: {e:?}; Display \
+         {e}; source Display {cause:?})",
+        e.to_string().contains("kicked by admin")
+            || cause
+                .as_deref()
+                .is_some_and(|c| c.contains("kicked by admin")),
+    );
+    assert_eq!(
+        e.rc(),
+        Some(ReasonCode::SESSION_TAKEN_OVER),
+        "after {what}: {e:?}"
+    );
+    assert_ended(what, e, &conn, &mut messages, &mut fc, pending).await;
+}
+
+scenario!(broker_disconnect_with_properties_5, broker_disconnect());
+
+// ---- 9: CONNACK withheld ----------------------------------------------------------------------
+
+/// The fake broker reads CONNECT and never answers: `connect()` with a 2 s timeout fails
+/// with `Error::Timeout` in 2 s (well under 5 s), and the client then connects to the fake
+/// broker when it does answer, with the silent connection still open.
+async fn connack_withheld(protocol: ProtocolVersion) {
+    let fb = FakeBroker::start().await;
+    let client = client(&fb, protocol, Duration::from_secs(2));
+    let started = Instant::now();
+    let (r, mut silent) = tokio::join!(
+        with_timeout_ctx(
+            Duration::from_secs(5),
+            "connect() without CONNACK (2 s timeout)",
+            client.connect()
+        ),
+        fb.accept()
+    );
+    let took = started.elapsed();
+    eprintln!("OBSERVED withheld CONNACK ({protocol:?}): {r:?} after {took:?}");
+    assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "timed out early: {took:?}"
+    );
+
+    let took_at = Instant::now();
+    let started = Instant::now();
+    let (r, mut fc) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(5), client.connect()),
+        async {
+            let fc = fb.accept().await;
+            fc.send_connack(false, 0).await.unwrap();
+            fc
+        }
+    );
+    let conn = match r {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => panic!("the connect() after a withheld CONNACK failed: {e:?}"),
+        Err(_) => panic!("the connect() after a withheld CONNACK hung"),
+    };
+    eprintln!(
+        "OBSERVED withheld CONNACK ({protocol:?}): reconnected in {:?}",
+        started.elapsed()
+    );
+    assert_usable("a withheld CONNACK", &conn, &mut fc).await;
+    // Not part of the contract: whether the abandoned attempt's socket gets closed.
+    let closed = silent.peer_closed(EVENT).await;
+    eprintln!(
+        "OBSERVED withheld CONNACK ({protocol:?}): the client closed the silent connection: \
+         {closed}, {:?} after connect() returned Timeout",
+        took_at.elapsed()
+    );
+}
+
+scenario!(connack_withheld_311, connack_withheld(V311));
+scenario!(connack_withheld_5, connack_withheld(V5));
