@@ -251,7 +251,9 @@ impl std::fmt::Display for TlsErrorKind {
 
 fn lost_text(rc: &Option<ReasonCode>, detail: &str) -> String {
     match rc {
-        Some(rc) => format!("[code:{}] {}", rc.value(), rc),
+        Some(rc) if detail.is_empty() => format!("[code:{}] {}", rc.value(), rc),
+        // The broker's Reason String says why.
+        Some(rc) => format!("[code:{}] {}: {detail}", rc.value(), rc),
         None if detail.is_empty() => "Connection lost".to_owned(),
         None => format!("Connection lost: {detail}"),
     }

@@ -589,18 +589,20 @@ pub(crate) fn publish_result(replies: Vec<Reply>) -> Result<(), Error> {
 }
 
 /// Maps the replies of a subscribe to one code per filter; a refused filter is a
-/// code, not an error (as aiomqtt).
+/// code, not an error (as aiomqtt). A SUBACK that does not fit the SUBSCRIBE (another
+/// number of codes, a code MQTT does not define) is [`Error::Protocol`].
 pub(crate) fn subscribe_result(
     replies: Vec<Reply>,
     filters: usize,
+    v5: bool,
 ) -> Result<Vec<ReasonCode>, Error> {
     let mut codes = Vec::with_capacity(filters);
     for reply in replies {
         match reply {
             Reply::Done(r) => codes.extend(r.codes.into_iter().map(ReasonCode::from)),
-            // A refused single filter: Paho reports it as a failure (MQTT 3: code 0x80;
-            // MQTT 5: its reason code).
-            Reply::Failed(f) if f.reason.is_some() && filters_in_packet(filters) => {
+            // A refused single filter: Paho reports it as a failure (MQTT 5: with its
+            // reason code; MQTT 3: with code 0x80).
+            Reply::Failed(f) if f.reason.is_some() => {
                 codes.push(ReasonCode::from(f.reason.unwrap_or(0x80)))
             }
             Reply::Failed(f) if f.code == errors::BAD_SUBSCRIBE => {
@@ -615,19 +617,23 @@ pub(crate) fn subscribe_result(
             codes.len()
         )));
     }
-    if let Some(bad) = codes.iter().find(|c| c.value() > 2 && !c.is_error()) {
+    if let Some(bad) = codes.iter().find(|c| !suback_code_defined(c.value(), v5)) {
         return Err(Error::Protocol(format!(
-            "the broker's SUBACK carried the code {:#04x}, which grants no QoS",
+            "the broker's SUBACK carried the code {:#04x}, which MQTT does not define",
             bad.value()
         )));
     }
     Ok(codes)
 }
 
-/// Whether a subscribe failure may carry one filter's reason code (always: MQTT 5 sends
-/// all filters in one packet and Paho reports a single refused one as a failure).
-fn filters_in_packet(_filters: usize) -> bool {
-    true
+/// The SUBACK codes MQTT defines: a granted QoS, or a failure (3.1.1: 0x80 only;
+/// 5: table 3-8).
+fn suback_code_defined(code: u8, v5: bool) -> bool {
+    match code {
+        0..=2 | 0x80 => true,
+        0x83 | 0x87 | 0x8F | 0x91 | 0x97 | 0x9E | 0xA1 | 0xA2 => v5,
+        _ => false,
+    }
 }
 
 /// Maps the replies of an unsubscribe: a refused filter (MQTT 5) is an error.

@@ -117,7 +117,11 @@ pub(crate) async fn resubscribe(
     let n = sub.filters.len();
     let call = session.engine.subscribe(sub.filters.clone(), props);
     match tokio::time::timeout_at(deadline, call).await {
-        Ok(replies) => crate::engine::subscribe_result(replies?, n),
+        Ok(replies) => crate::engine::subscribe_result(
+            replies?,
+            n,
+            session.options.protocol == crate::ProtocolVersion::V5,
+        ),
         Err(_) => Err(Error::Timeout),
     }
 }

@@ -255,12 +255,13 @@ impl Subscribe {
             properties: self.properties,
         };
         let n = filters.len();
+        let v5 = session.options.protocol == crate::ProtocolVersion::V5;
         let codes = super::run(
             &session,
             self.timeout,
             Kind::Subscribe,
             move |engine| engine.subscribe(filters, props),
-            |replies| crate::engine::subscribe_result(replies, n),
+            move |replies| crate::engine::subscribe_result(replies, n, v5),
         )
         .await?;
         session.record_subscribe(record);
