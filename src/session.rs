@@ -45,7 +45,6 @@ pub(crate) struct Link {
 pub(crate) struct Calls {
     pub(crate) slots: Option<Semaphore>,
     pending: AtomicUsize,
-    waiting_for_link: AtomicUsize,
     threshold: usize,
 }
 
@@ -115,7 +114,6 @@ impl Session {
             calls: Calls {
                 slots: options.max_concurrent_outgoing_calls.map(Semaphore::new),
                 pending: AtomicUsize::new(0),
-                waiting_for_link: AtomicUsize::new(0),
                 threshold: options.pending_calls_threshold,
             },
             logger,
@@ -233,17 +231,6 @@ impl Session {
             log::warn!(target: &self.logger, "There are {pending} pending publish calls.");
         }
         PendingGuard(&self.calls.pending)
-    }
-
-    /// Counts a publish waiting for the link (automatic reconnects), refusing it beyond
-    /// `max_queued_outgoing_messages`.
-    pub(crate) fn wait_for_link_slot(&self) -> Result<PendingGuard<'_>, Error> {
-        let waiting = self.calls.waiting_for_link.fetch_add(1, Ordering::Relaxed) + 1;
-        let guard = PendingGuard(&self.calls.waiting_for_link);
-        match self.options.max_queued_outgoing_messages {
-            Some(limit) if waiting > limit => Err(Error::OutgoingQueueFull { limit }),
-            _ => Ok(guard),
-        }
     }
 
     fn pending_calls(&self) -> usize {

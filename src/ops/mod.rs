@@ -29,8 +29,10 @@ pub(crate) enum Kind {
 }
 
 /// Runs one operation within `timeout` (the client's by default): waits for a
-/// `max_concurrent_outgoing_calls` slot, for the link when automatic reconnects have
-/// it down, hands the command to the engine and waits for the broker.
+/// `max_concurrent_outgoing_calls` slot, hands the command to the engine and waits for
+/// the broker. While automatic reconnects have the link down, a publish is handed over
+/// at once (Paho queues it, in order, bounded by `max_queued_outgoing_messages`, and sends
+/// it after the reconnect); a subscribe or unsubscribe waits for the link.
 ///
 /// A call that times out before the engine got it is [`Error::Timeout`]; a publish
 /// that times out after is [`Error::Unacknowledged`] (it may still be delivered). A
@@ -55,8 +57,8 @@ pub(crate) async fn run<T>(
     };
     session.check_live()?;
     let _pending = session.enter_call();
-    if session.reconnects() && !session.is_up() {
-        wait_for_link(session, kind, deadline).await?;
+    if session.reconnects() && !session.is_up() && kind != Kind::Publish {
+        wait_for_link(session, deadline).await?;
     }
     let mut call = start(&session.engine);
     let fail_at_end = session.calls_fail_at_end();
@@ -85,13 +87,8 @@ pub(crate) async fn run<T>(
     }
 }
 
-/// Waits for the link to come back (automatic reconnects), within `deadline`. Publishes
-/// waiting so are bounded by `max_queued_outgoing_messages`.
-async fn wait_for_link(session: &Session, kind: Kind, deadline: Instant) -> Result<(), Error> {
-    let _waiting = match kind {
-        Kind::Publish => Some(session.wait_for_link_slot()?),
-        _ => None,
-    };
+/// Waits for the link to come back (automatic reconnects), within `deadline`.
+async fn wait_for_link(session: &Session, deadline: Instant) -> Result<(), Error> {
     let mut link = session.link();
     tokio::select! {
         up = tokio::time::timeout_at(deadline, link.wait_for(|l| l.up.is_some())) => match up {

@@ -16,6 +16,7 @@ mod messages;
 mod operations;
 mod options;
 mod proxy;
+mod reconnect;
 mod secrets;
 mod tls;
 mod topic;
