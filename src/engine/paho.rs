@@ -238,7 +238,10 @@ impl ConnectOptions {
         raw.MQTTVersion = paho_version(o.protocol);
         raw.keepAliveInterval = c_int::try_from(o.keepalive.as_secs()).unwrap_or(c_int::MAX);
         raw.maxInflight = c_int::from(o.max_inflight_messages);
-        let secs = o.timeout.as_secs() + u64::from(o.timeout.subsec_nanos() > 0);
+        let secs = o
+            .timeout
+            .as_secs()
+            .saturating_add(u64::from(o.timeout.subsec_nanos() > 0));
         raw.connectTimeout =
             c_int::try_from(secs.clamp(1, MAX_PAHO_CONNECT_TIMEOUT)).unwrap_or(c_int::MAX);
         raw.automaticReconnect = 0;

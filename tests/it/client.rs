@@ -546,3 +546,31 @@ async fn accessors_on_client_and_connection() {
 }
 
 use std::future::IntoFuture;
+
+/// Timeouts of any length are accepted: `Duration::MAX` (and anything too long for the
+/// clock) means "no deadline" for the client and for one call, and the engine's own
+/// connect timer (seconds in a C int) is clamped instead of wrapping.
+#[tokio::test(flavor = "multi_thread")]
+async fn timeouts_of_any_length_are_accepted() {
+    with_timeout(Duration::from_secs(20), async {
+        let broker = Broker::start();
+        for timeout in [
+            Duration::MAX,
+            Duration::from_secs(u64::MAX / 2),
+            Duration::from_secs(u64::from(u32::MAX) * 1000),
+        ] {
+            let client = client(&broker).timeout(timeout).build().unwrap();
+            assert_eq!(client.timeout(), timeout);
+            let conn = client.connect().await.unwrap();
+            let t = unique_topic("any_timeout");
+            conn.publish(&t, "x")
+                .qos(QoS::ExactlyOnce)
+                .timeout(Duration::MAX)
+                .await
+                .unwrap();
+            conn.subscribe(&t).timeout(Duration::MAX).await.unwrap();
+            conn.disconnect().await.unwrap();
+        }
+    })
+    .await;
+}

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::error::Error as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::support::mqtt::{
     RECV, builder_on as builder, connect_on as connect, recv as next_message,
@@ -751,6 +751,146 @@ async fn disconnected_source_downcasts_to_the_cause() {
             "source() of {err:?} does not downcast to aiomqtt::Error (is Box<Error>: {})",
             source.downcast_ref::<Box<Error>>().is_some()
         );
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// The priority key is user code: it runs on the consumer's task, never on the engine's thread
+
+/// Panics for the payload "boom"; records the thread it ran on otherwise.
+fn key_that_panics_on_boom(message: &Message) -> i64 {
+    if message.payload == b"boom" {
+        panic!("the key function panicked");
+    }
+    KEY_THREADS
+        .lock()
+        .unwrap()
+        .push(std::thread::current().name().map(str::to_owned));
+    0
+}
+
+static KEY_THREADS: std::sync::Mutex<Vec<Option<String>>> = std::sync::Mutex::new(Vec::new());
+
+/// A panicking key function panics in the consumer's task (which the runtime reports as a
+/// panicked task), not on Paho's thread, where a panic aborts the process; the engine and
+/// other connections go on. Run alone in a child process, so an abort fails this test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_key_runs_on_the_consumer_and_a_panic_stays_there() {
+    if let Some(child) = isolated(
+        "messages::priority_key_runs_on_the_consumer_and_a_panic_stays_there",
+        Duration::from_secs(60),
+    ) {
+        child.assert_passed();
+        return;
+    }
+    with_timeout(T, async {
+        let broker = Broker::start();
+        let t = unique_topic("priority_panic");
+        let publisher = connect(broker.port(), ProtocolVersion::V311).await;
+        let conn = builder(broker.port(), ProtocolVersion::V311)
+            .queue_type(QueueType::Priority(key_that_panics_on_boom))
+            .build()
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        conn.subscribe(&t).qos(QoS::AtLeastOnce).await.unwrap();
+        publisher
+            .publish(&t, "fine")
+            .qos(QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let mut messages = conn.messages();
+        assert_eq!(next_message(&mut messages).await.payload, b"fine");
+        let threads = KEY_THREADS.lock().unwrap().clone();
+        // The consumer's threads are Rust threads with names (the test's, the runtime's);
+        // Paho's threads are unnamed to Rust.
+        assert!(
+            !threads.is_empty()
+                && threads
+                    .iter()
+                    .all(|n| n.as_deref().is_some_and(|n| n != "aiomqtt-engine")),
+            "the key ran on {threads:?}"
+        );
+        publisher
+            .publish(&t, "boom")
+            .qos(QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let consumer =
+            tokio::spawn(async move { messages.next().await.map(|m| m.map(|m| m.payload)) });
+        let joined = consumer.await;
+        assert!(
+            joined.as_ref().is_err_and(|e| e.is_panic()),
+            "the consumer task panicked: {joined:?}"
+        );
+        // The process, the engine and the connection are fine.
+        publisher
+            .publish(&t, "after")
+            .qos(QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let mut messages = conn.messages();
+        assert_eq!(next_message(&mut messages).await.payload, b"after");
+    })
+    .await
+}
+
+static SLOW_KEY_RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sleeps 1.5 s on the payload "slow", saying so while it does.
+fn slow_key(message: &Message) -> i64 {
+    if message.payload == b"slow" {
+        SLOW_KEY_RUNNING.store(true, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(1500));
+        SLOW_KEY_RUNNING.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+    0
+}
+
+/// A slow key function holds only its consumer: meanwhile another connection of the same
+/// process completes QoS 1 round trips, which would wait if the key ran under Paho's mutex.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_priority_key_does_not_stall_the_engine() {
+    with_timeout(T, async {
+        let broker = Broker::start();
+        let t = unique_topic("priority_slow");
+        let publisher = connect(broker.port(), ProtocolVersion::V311).await;
+        let conn = builder(broker.port(), ProtocolVersion::V311)
+            .queue_type(QueueType::Priority(slow_key))
+            .build()
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        conn.subscribe(&t).qos(QoS::AtLeastOnce).await.unwrap();
+        let mut messages = conn.messages();
+        publisher
+            .publish(&t, "slow")
+            .qos(QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let consumer = tokio::spawn(async move { messages.next().await });
+        // While the key sleeps on a consumer worker, the engine keeps working.
+        let running = || SLOW_KEY_RUNNING.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(wait_until_async(Duration::from_secs(5), running).await);
+        let started = Instant::now();
+        for i in 0..5 {
+            publisher
+                .publish(format!("{t}/other/{i}"), "x")
+                .qos(QoS::AtLeastOnce)
+                .await
+                .unwrap();
+        }
+        let took = started.elapsed();
+        assert!(running(), "the key was still running");
+        assert!(
+            took < Duration::from_millis(800),
+            "5 round trips took {took:?}"
+        );
+        let m = consumer.await.unwrap().unwrap().unwrap();
+        assert_eq!(m.payload, b"slow");
     })
     .await
 }
