@@ -42,6 +42,14 @@ pub use reconnect::{ConnectionEvent, ConnectionEvents, ReconnectPolicy};
 pub use topic::{Topic, Wildcard};
 pub use will::Will;
 
+/// Guides: how the client behaves, with examples. Each example compiles.
+pub mod guide {
+    #[doc = include_str!("../docs/guide/guarantees.md")]
+    pub mod guarantees {}
+    #[doc = include_str!("../docs/guide/reconnection.md")]
+    pub mod reconnection {}
+}
+
 /// The version of the Paho C engine this crate runs on (`"1.3.16"`), as the engine
 /// reports it: worth quoting in bug reports.
 ///

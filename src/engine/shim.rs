@@ -1,15 +1,71 @@
-//! Paho C internals the facade calls: symbols of the bundled Paho C 1.3.16 that are
-//! not in its public API.
+//! Paho C internals the facade calls, through `csrc/paho_shim.c` (weak references, so a
+//! Paho C without them still links). They are called only on the Paho C version they
+//! were read from; on another, the facade warns once and does without.
 
-/// Sets Paho C's process-wide keep-alive check period (see `keepalive`).
+use std::sync::OnceLock;
+
+/// The Paho C whose internals the shim knows.
+pub(crate) const KNOWN_PAHO: &str = "1.3.16";
+
 #[allow(unsafe_code)]
-pub(crate) fn set_retry_loop_interval(keepalive_secs: u16) {
-    unsafe extern "C" {
-        /// Non-static in MQTTAsyncUtils.c (Paho C 1.3.16), linked in from the bundled
-        /// `libpaho-mqtt3as`.
-        fn setRetryLoopInterval(keepalive: std::os::raw::c_int);
+unsafe extern "C" {
+    fn aiomqtt_set_retry_loop_interval(keepalive: std::os::raw::c_int) -> std::os::raw::c_int;
+    fn aiomqtt_socket_interrupt() -> std::os::raw::c_int;
+}
+
+/// `true` when the linked Paho C is the one the shim was written for.
+fn known_engine() -> bool {
+    static KNOWN: OnceLock<bool> = OnceLock::new();
+    *KNOWN.get_or_init(|| {
+        let version = super::paho_version();
+        let known = version == Some(KNOWN_PAHO);
+        if !known {
+            log::warn!(
+                target: "aiomqtt::engine",
+                "Paho C {} is linked, not {KNOWN_PAHO}: its internal keep-alive and \
+                 wake-up calls are not used (a client with a short keepalive may miss its \
+                 pings beside one with a long keepalive)",
+                version.unwrap_or("(unknown version)")
+            );
+        }
+        known
+    })
+}
+
+/// Sets Paho C's process-wide keep-alive check period (see `keepalive`). `false` when
+/// the engine is not the known one or lacks the function.
+#[allow(unsafe_code)]
+pub(crate) fn set_retry_loop_interval(keepalive_secs: u16) -> bool {
+    if !known_engine() {
+        return false;
     }
-    // SAFETY: the function stores an int derived from its argument in a static of
-    // Paho C; it takes no pointers and no lock, and is valid at any time.
-    unsafe { setRetryLoopInterval(std::os::raw::c_int::from(keepalive_secs)) }
+    // SAFETY: the shim calls `setRetryLoopInterval(int)` of Paho C 1.3.16 (checked
+    // above), which stores a value derived from its argument in a static of Paho C; it
+    // takes no pointers and no lock and is valid at any time. Without the symbol the
+    // shim returns 0 and calls nothing.
+    unsafe { aiomqtt_set_retry_loop_interval(std::os::raw::c_int::from(keepalive_secs)) != 0 }
+}
+
+/// Wakes Paho C's receive thread out of its poll (`Socket_interrupt`). `false` when the
+/// engine is not the known one or lacks the function.
+#[allow(unsafe_code, dead_code)]
+pub(crate) fn socket_interrupt() -> bool {
+    if !known_engine() {
+        return false;
+    }
+    // SAFETY: `Socket_interrupt(void)` of Paho C 1.3.16 (checked above) sends one byte
+    // on a socket pair Paho created at its initialisation; `send` is thread-safe and the
+    // function takes no lock. Without the symbol the shim returns 0.
+    unsafe { aiomqtt_socket_interrupt() != 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The bundled engine is the known one and the shim finds its internals.
+    #[test]
+    fn the_bundled_engine_has_the_internals() {
+        super::super::paho::init();
+        assert_eq!(super::super::paho_version(), Some(super::KNOWN_PAHO));
+        assert!(super::set_retry_loop_interval(60));
+    }
 }
