@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use futures::Stream;
+use futures_core::Stream;
 
 use crate::connection::ConnectionHandle;
 use crate::{Error, Message, QueueType};

@@ -78,6 +78,14 @@ decimal_payload!(
     u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64
 );
 
+#[cfg(feature = "bytes")]
+impl From<bytes::Bytes> for Payload {
+    /// Takes the buffer without copying when it is unique (`Vec::from(Bytes)`).
+    fn from(b: bytes::Bytes) -> Self {
+        Payload(Vec::from(b))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +99,15 @@ mod tests {
         assert_eq!(Payload::from(255_u8).as_bytes(), b"255");
         assert_eq!(Payload::from(&b"\x00\xff"[..]).as_bytes(), b"\x00\xff");
         assert!(Payload::from(()).as_bytes().is_empty());
+    }
+
+    #[cfg(feature = "bytes")]
+    #[test]
+    fn from_bytes_keeps_the_buffer() {
+        let v = b"abc".to_vec();
+        let ptr = v.as_ptr();
+        let p = Payload::from(bytes::Bytes::from(v));
+        assert_eq!(p.as_bytes(), b"abc");
+        assert_eq!(p.as_bytes().as_ptr(), ptr, "no copy of a unique buffer");
     }
 }

@@ -8,12 +8,13 @@
 //! are resent), subscribes again when the broker kept no session, and the message
 //! stream goes on.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::Stream;
+use futures_core::Stream;
 use tokio::sync::broadcast;
 
 use crate::end::EndCause;
@@ -179,31 +180,48 @@ pub enum ConnectionEvent {
 /// The stream of a connection's [`ConnectionEvent`]s; it ends when the connection does.
 /// A reader that falls more than 64 events behind skips the oldest.
 pub struct ConnectionEvents {
-    inner: Pin<Box<dyn Stream<Item = ConnectionEvent> + Send>>,
+    next: NextEvent,
+}
+
+/// The pending read of the next event.
+type NextEvent = Pin<Box<dyn Future<Output = Option<(ConnectionEvent, Source)>> + Send>>;
+
+/// Where the events come from: the session's broadcast and its end.
+struct Source {
+    rx: broadcast::Receiver<ConnectionEvent>,
+    session: Arc<Session>,
+}
+
+impl Source {
+    /// The next event, or `None` once the connection has ended and every event before
+    /// its end was read.
+    async fn next(mut self) -> Option<(ConnectionEvent, Source)> {
+        loop {
+            tokio::select! {
+                biased;
+                received = self.rx.recv() => match received {
+                    Ok(event) => return Some((event, self)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                _ = self.session.end.wait() => match self.rx.try_recv() {
+                    Ok(event) => return Some((event, self)),
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                    Err(_) => return None,
+                },
+            }
+        }
+    }
 }
 
 impl ConnectionEvents {
     pub(crate) fn new(session: Arc<Session>) -> ConnectionEvents {
-        let rx = session.subscribe_events();
-        let stream = futures::stream::unfold((rx, session), |(mut rx, session)| async move {
-            loop {
-                tokio::select! {
-                    biased;
-                    received = rx.recv() => match received {
-                        Ok(event) => return Some((event, (rx, session))),
-                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    },
-                    _ = session.end.wait() => match rx.try_recv() {
-                        Ok(event) => return Some((event, (rx, session))),
-                        Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
-                        Err(_) => return None,
-                    },
-                }
-            }
-        });
+        let source = Source {
+            rx: session.subscribe_events(),
+            session,
+        };
         ConnectionEvents {
-            inner: Box::pin(stream),
+            next: Box::pin(source.next()),
         }
     }
 }
@@ -212,7 +230,17 @@ impl Stream for ConnectionEvents {
     type Item = ConnectionEvent;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.as_mut().poll_next(cx)
+        match self.next.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some((event, source))) => {
+                self.next = Box::pin(source.next());
+                Poll::Ready(Some(event))
+            }
+            Poll::Ready(None) => {
+                self.next = Box::pin(std::future::ready(None));
+                Poll::Ready(None)
+            }
+        }
     }
 }
 
