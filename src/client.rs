@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::connection::{Connection, ConnectionHandle};
-use crate::engine::{self, Engine, WebSocketClaim};
+use crate::engine::{self, Driven, Engine, WebSocketClaim};
 use crate::options::Options;
 use crate::session::{Router, Session};
 use crate::{ClientBuilder, Error, ProtocolVersion, Transport};
@@ -34,6 +34,9 @@ pub(crate) struct ClientShared {
     options: Arc<Options>,
     identifier: String,
     state: Mutex<ClientState>,
+    /// Unit tests: every engine this client makes is this fake one.
+    #[cfg(test)]
+    fake: Mutex<Option<crate::engine::fake::FakeEngine>>,
 }
 
 #[derive(Default)]
@@ -49,7 +52,7 @@ struct ClientState {
 
 #[derive(Clone)]
 struct Slot {
-    engine: Engine,
+    engine: Driven,
     router: Arc<Router>,
 }
 
@@ -66,10 +69,10 @@ impl ClientShared {
 
     /// Frees the client after the connection of `generation` ended. With `retire`,
     /// that engine is not reused: the next `connect()` makes a new one.
-    pub(crate) fn release(&self, generation: u64, retire: Option<&Engine>) {
+    pub(crate) fn release(&self, generation: u64, retire: Option<&Driven>) {
         let mut state = self.lock();
         let retired = match (retire, &state.slot) {
-            (Some(engine), Some(slot)) if engine.same(&slot.engine) => state.slot.take(),
+            (Some(engine), Some(slot)) if Arc::ptr_eq(engine, &slot.engine) => state.slot.take(),
             _ => None,
         };
         if state.generation == generation {
@@ -133,6 +136,8 @@ impl Client {
                 options: Arc::new(options),
                 identifier,
                 state: Mutex::new(ClientState::default()),
+                #[cfg(test)]
+                fake: Mutex::new(None),
             }),
         }
     }
@@ -233,6 +238,23 @@ impl Client {
             return Ok(slot.clone());
         }
         let router = Arc::new(Router::default());
+        #[cfg(test)]
+        {
+            let fake = self
+                .shared
+                .fake
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(fake) = fake {
+                fake.report_to(router.clone());
+                let fresh = Slot {
+                    engine: Arc::new(fake),
+                    router,
+                };
+                return Ok(self.shared.lock().slot.get_or_insert(fresh).clone());
+            }
+        }
         let engine = Engine::create(
             &self.shared.options,
             &self.shared.identifier,
@@ -240,9 +262,25 @@ impl Client {
             deadline,
         )
         .await?;
-        let fresh = Slot { engine, router };
+        let fresh = Slot {
+            engine: Arc::new(engine),
+            router,
+        };
         // Only this claim's holder creates slots, so the slot is still empty.
         Ok(self.shared.lock().slot.get_or_insert(fresh).clone())
+    }
+}
+
+#[cfg(test)]
+impl Client {
+    /// A client whose engines are `fake` (unit tests of the facade).
+    pub(crate) fn with_fake_engine(
+        builder: ClientBuilder,
+        fake: &crate::engine::fake::FakeEngine,
+    ) -> Client {
+        let client = builder.build().expect("valid options");
+        *client.shared.fake.lock().unwrap_or_else(|e| e.into_inner()) = Some(fake.clone());
+        client
     }
 }
 

@@ -8,6 +8,8 @@ mod deadline;
 mod end;
 mod engine;
 mod error;
+#[cfg(test)]
+mod facade_tests;
 mod incoming;
 mod message;
 mod ops;

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::client::ClientShared;
 use crate::end::{End, EndCause};
-use crate::engine::{ConnectInfo, Engine, Events, Loss, WebSocketClaim};
+use crate::engine::{ConnectInfo, Driven, Events, Loss, WebSocketClaim};
 use crate::incoming::Queue;
 use crate::options::Options;
 use crate::reconnect::ConnectionEvent;
@@ -67,7 +67,7 @@ pub(crate) struct Subscription {
 pub(crate) struct Session {
     /// The claim generation of the client that this connection holds.
     pub(crate) generation: u64,
-    pub(crate) engine: Engine,
+    pub(crate) engine: Driven,
     pub(crate) queue: Queue,
     pub(crate) calls: Calls,
     pub(crate) logger: Arc<str>,
@@ -96,7 +96,7 @@ const EVENTS: usize = 64;
 impl Session {
     pub(crate) fn new(
         generation: u64,
-        engine: Engine,
+        engine: Driven,
         router: Arc<Router>,
         client: Weak<ClientShared>,
         options: Arc<Options>,

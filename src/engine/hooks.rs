@@ -170,7 +170,7 @@ impl Hooks {
     /// Asks for a DISCONNECT of a connection no session owns (from any thread).
     pub(crate) fn close_stray(&self) {
         if let Some(engine) = self.engine.get().and_then(Weak::upgrade) {
-            super::Engine::from_inner(engine).close_quietly(0);
+            super::Engine::from_inner(engine).close_quietly_c(0);
         }
     }
 
@@ -216,7 +216,7 @@ impl Hooks {
                 log::warn!(target: &self.logger, "{why}; closing the connection");
                 self.events.lost(Loss::Malformed(why));
                 if let Some(engine) = self.engine.get().and_then(Weak::upgrade) {
-                    super::Engine::from_inner(engine).close_quietly(0x90);
+                    super::Engine::from_inner(engine).close_quietly_c(0x90);
                 }
                 return;
             }

@@ -36,6 +36,8 @@
 mod cprops;
 mod diagnose;
 mod errors;
+#[cfg(test)]
+pub(crate) mod fake;
 mod hooks;
 mod keepalive;
 mod paho;
@@ -62,6 +64,8 @@ use crate::{Error, Properties, ProtocolVersion, QoS, ReasonCode, SubscribeOption
 
 pub(crate) use diagnose::{diagnose, preflight};
 pub(crate) use hooks::{Events, Loss};
+#[cfg(test)]
+pub(crate) use registry::Response;
 pub(crate) use registry::{Failure, Reply};
 pub(crate) use transport::check_transport;
 pub(crate) use websocket::WebSocketClaim;
@@ -82,6 +86,44 @@ pub(crate) struct ConnectInfo {
     pub(crate) session_present: bool,
     pub(crate) properties: Option<Properties>,
 }
+
+/// What the layers above call on an engine: the Paho engine, or a fake one in the unit
+/// tests of the facade's own state machines. Calls return at once; their effects are
+/// awaited through the returned [`Call`] (or future).
+pub(crate) trait Driver: Send + Sync + 'static {
+    /// CONNECT, then CONNACK, within `deadline`.
+    fn connect(
+        &self,
+        clean: bool,
+        deadline: Instant,
+    ) -> Pin<Box<dyn Future<Output = Result<ConnectInfo, Error>> + Send + '_>>;
+    /// Queues a PUBLISH (properties already checked for the packet).
+    fn publish(
+        &self,
+        topic: Topic,
+        payload: Vec<u8>,
+        qos: QoS,
+        retain: bool,
+        props: Option<&Properties>,
+    ) -> Call;
+    /// Queues a SUBSCRIBE for every filter.
+    fn subscribe(
+        &self,
+        filters: Vec<(String, SubscribeOptions)>,
+        props: Option<&Properties>,
+    ) -> Call;
+    /// Queues an UNSUBSCRIBE for every filter.
+    fn unsubscribe(&self, filters: Vec<String>, props: Option<&Properties>) -> Call;
+    /// Sends DISCONNECT.
+    fn disconnect(&self) -> Call;
+    /// Queues a DISCONNECT without waiting (safe from any thread, Paho's callbacks too).
+    fn close_quietly(&self, reason: u8);
+    /// The OpenSSL error lines of the last connect attempt.
+    fn tls_errors(&self) -> Vec<String>;
+}
+
+/// An engine as the layers above hold it.
+pub(crate) type Driven = Arc<dyn Driver>;
 
 /// One Paho client: cheap to clone, destroyed (on the engine thread) with the last clone.
 #[derive(Clone)]
@@ -211,24 +253,10 @@ impl Engine {
         Ok(Engine(inner))
     }
 
-    /// `true` if both are the same Paho client.
-    pub(crate) fn same(&self, other: &Engine) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-
-    /// The OpenSSL error lines Paho reported during the last connect attempt.
-    pub(crate) fn tls_errors(&self) -> Vec<String> {
-        self.0.hooks.tls_errors()
-    }
-
     /// Connects (CONNECT, then CONNACK) within `deadline`. `clean` is Clean Session
     /// (3.x) or Clean Start (5). The client's session state from earlier connections
     /// is kept by Paho unless `clean` (or the broker says it kept no session).
-    pub(crate) async fn connect(
-        &self,
-        clean: bool,
-        deadline: Instant,
-    ) -> Result<ConnectInfo, Error> {
+    async fn connect_logged(&self, clean: bool, deadline: Instant) -> Result<ConnectInfo, Error> {
         log::debug!(
             target: &self.0.hooks.logger,
             "Connecting to {} (MQTT {}, clean {}: {clean})",
@@ -376,7 +404,7 @@ impl Engine {
     }
 
     /// Queues a PUBLISH; the call completes on the acknowledgement its QoS needs.
-    pub(crate) fn publish(
+    fn publish_c(
         &self,
         topic: Topic,
         payload: Vec<u8>,
@@ -404,11 +432,7 @@ impl Engine {
     /// carried, so a SUBACK with fewer codes than filters would make it read past them.
     /// MQTT 3.1.1 (§3.8.4) makes a multi-filter SUBSCRIBE equivalent to a sequence of
     /// single ones.
-    pub(crate) fn subscribe(
-        &self,
-        filters: Vec<(String, SubscribeOptions)>,
-        props: Option<CProps>,
-    ) -> Call {
+    fn subscribe_c(&self, filters: Vec<(String, SubscribeOptions)>, props: Option<CProps>) -> Call {
         self.call(move |inner| {
             let filters: Vec<(CString, SubscribeOptions)> = filters
                 .into_iter()
@@ -442,7 +466,7 @@ impl Engine {
     }
 
     /// Queues an UNSUBSCRIBE for every filter.
-    pub(crate) fn unsubscribe(&self, filters: Vec<String>, props: Option<CProps>) -> Call {
+    fn unsubscribe_c(&self, filters: Vec<String>, props: Option<CProps>) -> Call {
         self.call(move |inner| {
             let filters: Vec<CString> = filters
                 .into_iter()
@@ -465,7 +489,7 @@ impl Engine {
     }
 
     /// Sends DISCONNECT; the call completes once it is written and the socket closed.
-    pub(crate) fn disconnect(&self) -> Call {
+    fn disconnect_c(&self) -> Call {
         self.call(|inner| {
             Engine::one(inner, |key| {
                 Ok(paho::disconnect(inner.handle, inner.v5, 0, Some(key)))
@@ -476,7 +500,7 @@ impl Engine {
 
     /// Queues a DISCONNECT on the engine thread without waiting for it (safe from any
     /// thread, including Paho's callbacks). `reason` is sent on MQTT 5.
-    pub(crate) fn close_quietly(&self, reason: u8) {
+    fn close_quietly_c(&self, reason: u8) {
         let inner = self.0.clone();
         let queued = thread::submit(move || {
             if paho::is_connected(inner.handle) {
@@ -489,13 +513,67 @@ impl Engine {
     }
 }
 
-fn engine_thread_gone() -> Error {
-    Error::Io(std::io::Error::other("the engine thread has stopped"))
+/// Converts our properties into Paho's form (after `check` for the packet).
+fn c_props(props: Option<&Properties>) -> Result<Option<CProps>, Error> {
+    props.map(CProps::new).transpose()
 }
 
-/// Converts our properties into Paho's form (after `check` for the packet).
-pub(crate) fn c_properties(props: &Properties) -> Result<CProps, Error> {
-    CProps::new(props)
+impl Driver for Engine {
+    fn connect(
+        &self,
+        clean: bool,
+        deadline: Instant,
+    ) -> Pin<Box<dyn Future<Output = Result<ConnectInfo, Error>> + Send + '_>> {
+        Box::pin(self.connect_logged(clean, deadline))
+    }
+
+    fn publish(
+        &self,
+        topic: Topic,
+        payload: Vec<u8>,
+        qos: QoS,
+        retain: bool,
+        props: Option<&Properties>,
+    ) -> Call {
+        match c_props(props) {
+            Ok(props) => self.publish_c(topic, payload, qos, retain, props),
+            Err(e) => Call::failed(e),
+        }
+    }
+
+    fn subscribe(
+        &self,
+        filters: Vec<(String, SubscribeOptions)>,
+        props: Option<&Properties>,
+    ) -> Call {
+        match c_props(props) {
+            Ok(props) => self.subscribe_c(filters, props),
+            Err(e) => Call::failed(e),
+        }
+    }
+
+    fn unsubscribe(&self, filters: Vec<String>, props: Option<&Properties>) -> Call {
+        match c_props(props) {
+            Ok(props) => self.unsubscribe_c(filters, props),
+            Err(e) => Call::failed(e),
+        }
+    }
+
+    fn disconnect(&self) -> Call {
+        self.disconnect_c()
+    }
+
+    fn close_quietly(&self, reason: u8) {
+        self.close_quietly_c(reason);
+    }
+
+    fn tls_errors(&self) -> Vec<String> {
+        self.0.hooks.tls_errors()
+    }
+}
+
+fn engine_thread_gone() -> Error {
+    Error::Io(std::io::Error::other("the engine thread has stopped"))
 }
 
 /// Commands handed (or being handed) to Paho, awaiting their acknowledgements.
@@ -527,13 +605,19 @@ pub(crate) enum Abandoned {
 }
 
 impl Call {
-    fn sent(handed: Result<Vec<oneshot::Receiver<Reply>>, Error>) -> Call {
+    /// Commands handed over, whose replies come through `handed` (or a refusal).
+    pub(crate) fn sent(handed: Result<Vec<oneshot::Receiver<Reply>>, Error>) -> Call {
         Call {
             stage: match handed {
                 Ok(rx) => Stage::Sent(rx, Vec::new()),
                 Err(e) => Stage::Failed(Some(e)),
             },
         }
+    }
+
+    /// A call refused before anything was handed over.
+    pub(crate) fn failed(e: Error) -> Call {
+        Call::sent(Err(e))
     }
 
     /// Gives up on the call; says whether Paho got it.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::Error;
-use crate::engine::{Abandoned, Call, Engine, Reply};
+use crate::engine::{Abandoned, Call, Driver, Reply};
 use crate::session::{Session, Subscription};
 
 pub use publish::Publish;
@@ -42,7 +42,7 @@ pub(crate) async fn run<T>(
     session: &Arc<Session>,
     timeout: Option<Duration>,
     kind: Kind,
-    start: impl FnOnce(&Engine) -> Call,
+    start: impl FnOnce(&dyn Driver) -> Call,
     finish: impl FnOnce(Vec<Reply>) -> Result<T, Error>,
 ) -> Result<T, Error> {
     session.check_live()?;
@@ -60,7 +60,7 @@ pub(crate) async fn run<T>(
     if session.reconnects() && !session.is_up() && kind != Kind::Publish {
         wait_for_link(session, deadline).await?;
     }
-    let mut call = start(&session.engine);
+    let mut call = start(session.engine.as_ref());
     let fail_at_end = session.calls_fail_at_end();
     let replies = tokio::select! {
         biased;
@@ -107,12 +107,10 @@ pub(crate) async fn resubscribe(
     sub: &Subscription,
     deadline: Instant,
 ) -> Result<Vec<crate::ReasonCode>, Error> {
-    let props = match &sub.properties {
-        Some(p) => Some(crate::engine::c_properties(p)?),
-        None => None,
-    };
     let n = sub.filters.len();
-    let call = session.engine.subscribe(sub.filters.clone(), props);
+    let call = session
+        .engine
+        .subscribe(sub.filters.clone(), sub.properties.as_ref());
     match tokio::time::timeout_at(deadline, call).await {
         Ok(replies) => crate::engine::subscribe_result(
             replies?,

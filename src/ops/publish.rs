@@ -74,19 +74,15 @@ impl Publish {
             timeout,
         } = self;
         let topic = topic?;
-        let props = match &properties {
-            Some(props) => {
-                super::check_v5(&session, "PUBLISH properties")?;
-                props.check(PacketKind::Publish)?;
-                Some(crate::engine::c_properties(props)?)
-            }
-            None => None,
-        };
+        if let Some(props) = &properties {
+            super::check_v5(&session, "PUBLISH properties")?;
+            props.check(PacketKind::Publish)?;
+        }
         super::run(
             &session,
             timeout,
             Kind::Publish,
-            move |engine| engine.publish(topic, payload.0, qos, retain, props),
+            move |engine| engine.publish(topic, payload.0, qos, retain, properties.as_deref()),
             crate::engine::publish_result,
         )
         .await

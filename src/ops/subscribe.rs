@@ -241,26 +241,23 @@ impl Subscribe {
 
     async fn send(self) -> Result<Vec<ReasonCode>, Error> {
         let filters = self.resolve()?;
-        let props = match &self.properties {
-            Some(props) => {
-                super::check_v5(&self.session, "SUBSCRIBE properties")?;
-                props.check(PacketKind::Subscribe)?;
-                Some(crate::engine::c_properties(props)?)
-            }
-            None => None,
-        };
+        if let Some(props) = &self.properties {
+            super::check_v5(&self.session, "SUBSCRIBE properties")?;
+            props.check(PacketKind::Subscribe)?;
+        }
         let session = self.session;
         let record = Subscription {
             filters: filters.clone(),
             properties: self.properties,
         };
+        let props = record.properties.clone();
         let n = filters.len();
         let v5 = session.options.protocol == crate::ProtocolVersion::V5;
         let codes = super::run(
             &session,
             self.timeout,
             Kind::Subscribe,
-            move |engine| engine.subscribe(filters, props),
+            move |engine| engine.subscribe(filters, props.as_ref()),
             move |replies| crate::engine::subscribe_result(replies, n, v5),
         )
         .await?;

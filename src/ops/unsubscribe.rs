@@ -85,14 +85,11 @@ impl Unsubscribe {
         for filter in &self.filters.0 {
             Wildcard::new(filter.as_str())?;
         }
-        let props = match &self.properties {
-            Some(props) => {
-                super::check_v5(&self.session, "UNSUBSCRIBE properties")?;
-                props.check(PacketKind::Unsubscribe)?;
-                Some(crate::engine::c_properties(props)?)
-            }
-            None => None,
-        };
+        if let Some(props) = &self.properties {
+            super::check_v5(&self.session, "UNSUBSCRIBE properties")?;
+            props.check(PacketKind::Unsubscribe)?;
+        }
+        let props = self.properties;
         let session = self.session;
         let filters = self.filters.0;
         let record = filters.clone();
@@ -100,7 +97,7 @@ impl Unsubscribe {
             &session,
             self.timeout,
             Kind::Unsubscribe,
-            move |engine| engine.unsubscribe(filters, props),
+            move |engine| engine.unsubscribe(filters, props.as_ref()),
             crate::engine::unsubscribe_result,
         )
         .await?;
