@@ -76,11 +76,6 @@ impl FakeEngine {
         self.lock().commands.iter().filter(|c| pred(c)).count()
     }
 
-    /// Calls still waiting for a reply.
-    pub(crate) fn unanswered(&self) -> usize {
-        self.lock().waiting.len()
-    }
-
     /// Answers the oldest unanswered call.
     pub(crate) fn reply(&self, reply: Reply) {
         if let Some(tx) = self.lock().waiting.pop_front() {
