@@ -32,7 +32,6 @@ use futures::future::join_all;
 /// Bound on every test body.
 const BODY: Duration = Duration::from_secs(30);
 /// How long we listen to prove that nothing (more) arrives.
-const QUIET: Duration = Duration::from_millis(300);
 
 // ---------------------------------------------------------------------------------------------
 // Log capture: aiomqtt's tests read `caplog`; ours install one `log` logger for this test
@@ -72,10 +71,20 @@ fn via(proxy: &FaultProxy) -> ClientBuilder {
 }
 
 /// Asserts that nothing arrives within `dur`.
-async fn assert_quiet(messages: &mut Messages, dur: Duration) {
-    if let Ok(item) = tokio::time::timeout(dur, messages.next()).await {
-        panic!("expected nothing within {dur:?}, got {item:?}");
-    }
+/// Nothing else is waiting on `messages`: a marker published now by `via` on `topic` (which
+/// the stream's subscription covers) is the next message. One publisher's messages arrive in
+/// order, so this replaces waiting for silence.
+async fn assert_nothing_before_marker(via: &Connection, topic: &str, messages: &mut Messages) {
+    via.publish(topic, "marker")
+        .qos(QoS::ExactlyOnce)
+        .await
+        .unwrap();
+    let next = recv(messages).await;
+    assert_eq!(
+        (next.topic.as_str(), next.payload.as_slice()),
+        (topic, &b"marker"[..]),
+        "an unexpected message came before the marker"
+    );
 }
 
 /// Asserts the stream yields `Err(Disconnected(cause))` with `check(cause)`, then `None`.
@@ -154,10 +163,12 @@ async fn test_client_unsubscribe() {
         // Other subscriptions still receive messages.
         client.publish(&topic_2, ()).await.unwrap();
 
-        let (first, second, mut messages) = with_timeout(RECV, handler).await.unwrap();
+        let (first, second, messages) = with_timeout(RECV, handler).await.unwrap();
         assert_eq!(first.topic.as_str(), topic_1);
+        // The unsubscribed publish would have come before topic_2's (one publisher's
+        // messages arrive in order).
         assert_eq!(second.topic.as_str(), topic_2);
-        assert_quiet(&mut messages, QUIET).await;
+        drop(messages);
     })
     .await;
 }
@@ -329,7 +340,19 @@ async fn test_client_max_concurrent_outgoing_calls() {
                     .into_future()
             }));
             let watch = async {
-                tokio::time::sleep(Duration::from_millis(400)).await;
+                // The expected number on the wire is an event; a bound that were not
+                // kept would show more within the settling time after it (which can
+                // only make the test pass wrongly, never fail wrongly). The facade's
+                // unit tests check the bound exactly, without a broker.
+                proxy
+                    .wait_for(
+                        Direction::ClientToBroker,
+                        PacketType::Publish,
+                        before + expected_at_once,
+                        RECV,
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 let at_once = proxy.count(Direction::ClientToBroker, PacketType::Publish) - before;
                 proxy.blackhole_dir(Direction::BrokerToClient, false);
                 at_once
@@ -370,9 +393,18 @@ async fn test_client_websockets() {
 }
 
 /// Holds the broker's acknowledgements back while `n` QoS 1 publishes are started together,
-/// so that all of them are pending at once, then lets them complete.
-async fn publish_concurrently(proxy: &FaultProxy, client: &Connection, topic: &str, n: usize) {
+/// so that all of them are pending at once — the acknowledgements are released once
+/// `on_wire` of them are on the wire (the in-flight window and `max_concurrent_outgoing_calls`
+/// decide how many can be) — then lets them complete.
+async fn publish_concurrently(
+    proxy: &FaultProxy,
+    client: &Connection,
+    topic: &str,
+    n: usize,
+    on_wire: usize,
+) {
     proxy.blackhole_dir(Direction::BrokerToClient, true);
+    let before = proxy.count(Direction::ClientToBroker, PacketType::Publish);
     let calls = join_all((0..n).map(|_| {
         client
             .publish(topic, ())
@@ -380,7 +412,14 @@ async fn publish_concurrently(proxy: &FaultProxy, client: &Connection, topic: &s
             .into_future()
     }));
     let release = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        proxy
+            .wait_for(
+                Direction::ClientToBroker,
+                PacketType::Publish,
+                before + on_wire,
+                RECV,
+            )
+            .await;
         proxy.blackhole_dir(Direction::BrokerToClient, false);
     };
     let (results, ()) = tokio::join!(calls, release);
@@ -407,7 +446,7 @@ async fn test_client_pending_calls_threshold() {
             .await;
             assert_eq!(client.pending_calls_threshold(), pending_calls_threshold);
             let nb_publish = client.pending_calls_threshold() + 1;
-            publish_concurrently(&proxy, &client, &topic, nb_publish).await;
+            publish_concurrently(&proxy, &client, &topic, nb_publish, nb_publish.min(20)).await;
             assert_eq!(
                 logs::warnings(&target),
                 [(
@@ -440,7 +479,7 @@ async fn test_client_no_pending_calls_warnings_with_max_concurrent_outgoing_call
             )
             .await;
             let nb_publish = client.pending_calls_threshold() + 1;
-            publish_concurrently(&proxy, &client, &topic, nb_publish).await;
+            publish_concurrently(&proxy, &client, &topic, nb_publish, 1).await;
             assert_eq!(logs::warnings(&target), []);
             client.disconnect().await.unwrap();
         }
@@ -653,11 +692,14 @@ async fn test_aexit_without_prior_aenter() {
         let broker = Broker::start();
         let client = build(builder(&broker).identifier("never-entered"));
         drop(client.clone());
-        tokio::time::sleep(QUIET).await;
-        assert!(!broker.log().contains("never-entered"), "{}", broker.log());
         let conn = client.connect().await.unwrap();
         conn.disconnect().await.unwrap();
         wait_log(&broker, "Client never-entered disconnected.").await;
+        // The first the broker heard of the client is the connect (the unit tests check,
+        // with a fake engine, that a client never connected makes no call at all).
+        let log = broker.log();
+        let first = log.lines().find(|l| l.contains("never-entered")).unwrap();
+        assert!(first.contains("New client connected"), "{log}");
     })
     .await;
 }
@@ -678,14 +720,18 @@ async fn test_aexit_consecutive_calls() {
         let err = again.disconnect().await.expect_err("already disconnected");
         assert!(matches!(err, Error::NotConnected), "{err:?}");
         assert_eq!(err.to_string(), "Not connected");
-        tokio::time::sleep(QUIET).await;
+        // The next connection's CONNECT comes after anything the first one sent.
+        let next = client.connect().await.unwrap();
+        proxy
+            .wait_for(Direction::ClientToBroker, PacketType::Connect, 2, RECV)
+            .await;
         assert_eq!(
             proxy.count(Direction::ClientToBroker, PacketType::Disconnect),
             1,
             "{}",
             proxy.trace()
         );
-        client.connect().await.unwrap().disconnect().await.unwrap();
+        next.disconnect().await.unwrap();
     })
     .await;
 }
@@ -705,14 +751,18 @@ async fn test_aexit_client_is_already_disconnected_success() {
         assert!(!conn.is_connected());
         drop(conn);
         drop(messages);
-        tokio::time::sleep(QUIET).await;
+        // The next connection's CONNECT comes after anything the first one sent.
+        let next = client.connect().await.unwrap();
+        proxy
+            .wait_for(Direction::ClientToBroker, PacketType::Connect, 2, RECV)
+            .await;
         assert_eq!(
             proxy.count(Direction::ClientToBroker, PacketType::Disconnect),
             1,
             "{}",
             proxy.trace()
         );
-        client.connect().await.unwrap().disconnect().await.unwrap();
+        next.disconnect().await.unwrap();
     })
     .await;
 }
@@ -777,7 +827,6 @@ async fn test_messages_view_multiple_tasks_concurrently() {
             tokio::spawn(async move { messages.next().await.unwrap().unwrap().payload })
         };
         let (t1, t2) = (handle(client.messages()), handle(client.messages()));
-        tokio::time::sleep(Duration::from_millis(50)).await;
         client.subscribe(topic.as_str()).await.unwrap();
         client.publish(&topic, "foo").await.unwrap();
         client.publish(&topic, "bar").await.unwrap();
@@ -1130,7 +1179,8 @@ async fn publish_subscribe_round_trip_each_qos() {
                     assert_eq!(m.properties.is_some(), protocol == ProtocolVersion::V5);
                 }
             }
-            assert_quiet(&mut messages, QUIET).await;
+            // Each message arrived once: nothing else before a marker.
+            assert_nothing_before_marker(&client, &format!("{topic}/marker"), &mut messages).await;
             client.disconnect().await.unwrap();
         }
     })
@@ -1189,9 +1239,11 @@ async fn disconnect_during_message_iteration() {
 
         let mut messages = client.messages();
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let (disconnected_tx, disconnected_rx) = tokio::sync::oneshot::channel();
         let iterating = tokio::spawn(async move {
             let mut seen = Vec::new();
             let mut tx = Some(tx);
+            let mut disconnected = Some(disconnected_rx);
             let mut end = None;
             while let Some(item) = messages.next().await {
                 match item {
@@ -1199,8 +1251,8 @@ async fn disconnect_during_message_iteration() {
                         seen.push(m.payload_str().unwrap().to_owned());
                         if seen.len() == 1 {
                             tx.take().unwrap().send(()).unwrap();
-                            // Let the disconnect happen while a message is still queued.
-                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            // The disconnect happens while a message is still queued.
+                            disconnected.take().unwrap().await.unwrap();
                         }
                     }
                     Err(e) => {
@@ -1213,6 +1265,7 @@ async fn disconnect_during_message_iteration() {
         });
         rx.await.unwrap();
         client.clone().disconnect().await.unwrap();
+        disconnected_tx.send(()).unwrap();
         let (seen, end) = with_timeout(RECV, iterating).await.unwrap();
         assert_eq!(seen, ["one", "two"]);
         match end {
@@ -1353,7 +1406,8 @@ async fn messages_keeps_connection_open() {
         wait_log(&broker, "Client messages-only disconnected.").await;
         let conn = client.connect().await.expect("free again");
         conn.disconnect().await.unwrap();
-        assert_quiet(&mut watched, QUIET).await;
+        // The DISCONNECT discarded the Will: nothing before a marker.
+        assert_nothing_before_marker(&watcher, &format!("{topic}/marker"), &mut watched).await;
     })
     .await;
 }
