@@ -1433,7 +1433,6 @@ async fn broker_disconnect_reason_code_error_text() {
     .await;
 }
 
-
 /// BUG (memory safety, engine reuse in src/client.rs `Client::connect`/`slot`): when the
 /// broker ends an MQTT 5 connection with a DISCONNECT carrying a reason code (here 0x95,
 /// Packet too large) and the *same* `Client` connects again — which reuses its Paho handle —
