@@ -21,6 +21,7 @@
 #![allow(unused_imports)]
 
 pub mod broker;
+pub mod brokers;
 pub mod certs;
 pub mod fault_proxy;
 pub mod http_proxy;
