@@ -31,7 +31,6 @@ use futures::future::join_all;
 
 /// Bound on every test body.
 const BODY: Duration = Duration::from_secs(30);
-/// How long we listen to prove that nothing (more) arrives.
 
 // ---------------------------------------------------------------------------------------------
 // Log capture: aiomqtt's tests read `caplog`; ours install one `log` logger for this test

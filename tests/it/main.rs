@@ -7,6 +7,7 @@ mod support;
 
 mod aiomqtt_suite;
 mod client;
+mod conformance;
 mod fake_broker_selftest;
 mod flow;
 mod harness_selftest;

@@ -24,6 +24,7 @@
 #![allow(unused_imports)]
 
 pub mod broker;
+pub mod brokers;
 pub mod certs;
 pub mod fake_broker;
 pub mod fault_proxy;
