@@ -1398,7 +1398,7 @@ async fn assigned_identifier_and_connack(ctx: Arc<Ctx>) -> Cells {
     assert_eq!(client.identifier(), "");
     let conn = client.connect().await.expect("connect without identifier");
     let assigned = conn.identifier().to_owned();
-    let p = conn.connack_properties().cloned().unwrap_or_default();
+    let p = conn.connack_properties().unwrap_or_default();
     let _ = conn.disconnect().await;
     let show = |v: Option<String>| Cell::mark(Mark::Text(v.unwrap_or_else(|| "absent".into())));
     vec![
