@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::connection::{Connection, ConnectionHandle};
-use crate::engine::{self, Driven, Engine, WebSocketClaim};
+use crate::engine::{self, Driven, Engine};
 use crate::options::Options;
 use crate::session::{Router, Session};
-use crate::{ClientBuilder, Error, ProtocolVersion, Transport};
+use crate::{ClientBuilder, Error, ProtocolVersion};
 
 /// An MQTT client: the configuration of connections to one broker.
 ///
@@ -169,10 +169,6 @@ impl Client {
         let deadline = crate::deadline::after(options.timeout);
 
         engine::preflight(options, deadline).await?;
-        let websocket = match options.transport {
-            Transport::WebSockets => Some(WebSocketClaim::take()?),
-            _ => None,
-        };
         let slot = self.slot(deadline).await?;
         let session = Arc::new(Session::new(
             claim.generation,
@@ -180,7 +176,6 @@ impl Client {
             slot.router.clone(),
             Arc::downgrade(&self.shared),
             options.clone(),
-            websocket,
         ));
         slot.router.attach(session.clone());
         claim.started = Some((slot.clone(), session.clone()));
@@ -191,19 +186,17 @@ impl Client {
             Err(e) => {
                 // Only our own deadline leaves Paho's attempt running.
                 claim.engine_finished = !e.is_timeout();
-                let tls = slot.engine.tls_errors();
-                if !tls.is_empty() {
-                    log::debug!(target: &options.logger, "TLS errors from the engine: {}", tls.join("; "));
-                }
                 return Err(match e {
-                    // A refusal by CONNACK, our own deadline, or a refusal by the
-                    // facade itself says it all.
-                    e @ (Error::Connect(_)
-                    | Error::Timeout
-                    | Error::Unsupported { .. }
-                    | Error::InvalidArgument(_)) => e,
-                    // The engine reports refused, TLS and WebSocket failures alike.
-                    _ => engine::diagnose(options, deadline).await,
+                    // The engine's own connect failure: tell which it was.
+                    e @ Error::Engine { .. } => {
+                        let report = engine::Report {
+                            error: e,
+                            tls_lines: slot.engine.tls_errors(),
+                        };
+                        engine::diagnose(options, report, deadline).await
+                    }
+                    // A refusal by CONNACK, our own deadline, or one of ours says it all.
+                    e => e,
                 });
             }
         };

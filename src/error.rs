@@ -87,20 +87,83 @@ pub enum Error {
     },
 
     /// The TCP connection to the broker was refused or could not be made.
+    #[non_exhaustive]
     ConnectionRefused {
         /// `host:port` (or socket path) that was dialled.
         address: String,
         /// The operating system's message.
         detail: String,
+        /// The engine's own report, when there was one (also [`source`](std::error::Error::source)).
+        engine: Option<Box<Error>>,
     },
 
     /// The TLS handshake or certificate verification failed; `kind` says why.
+    #[non_exhaustive]
     Tls {
         /// What went wrong.
         kind: TlsErrorKind,
         /// Details from OpenSSL.
         detail: String,
+        /// The engine's own report, when there was one (also [`source`](std::error::Error::source)).
+        engine: Option<Box<Error>>,
     },
+
+    /// The broker does not accept this MQTT version: it answered CONNECT with MQTT 3's
+    /// "unacceptable protocol version", or closed the connection on it while it accepts
+    /// an MQTT 3.1.1 CONNECT.
+    #[non_exhaustive]
+    UnsupportedProtocol {
+        /// The version that was refused.
+        protocol: crate::ProtocolVersion,
+        /// What the broker did.
+        detail: String,
+        /// The engine's own report, when there was one (also [`source`](std::error::Error::source)).
+        engine: Option<Box<Error>>,
+    },
+
+    /// The server accepted the network connection but closed it before it answered
+    /// CONNECT with CONNACK (it may not be an MQTT broker, or may not accept the CONNECT).
+    #[non_exhaustive]
+    ConnectionClosed {
+        /// `host:port` (or socket path) that was dialled.
+        address: String,
+        /// What is known about why.
+        detail: String,
+        /// The engine's own report, when there was one (also [`source`](std::error::Error::source)).
+        engine: Option<Box<Error>>,
+    },
+
+    /// The proxy refused or failed to open the tunnel to the broker (HTTP `CONNECT`
+    /// status, SOCKS reply).
+    #[non_exhaustive]
+    Proxy {
+        /// `host:port` of the proxy.
+        proxy: String,
+        /// The proxy's answer.
+        detail: String,
+    },
+
+    /// The local address or port could not be bound (`bind_address`, `bind_port`).
+    #[non_exhaustive]
+    Bind {
+        /// The local address that was asked for.
+        address: String,
+        /// The operating system's message.
+        detail: String,
+    },
+
+    /// The WebSocket upgrade was refused.
+    #[non_exhaustive]
+    WebSocket {
+        /// The HTTP status the server answered with, if it answered.
+        status: Option<u16>,
+        /// What the server said.
+        detail: String,
+    },
+
+    /// The call exceeds a limit the broker announced in its CONNACK (MQTT 5: Maximum QoS,
+    /// Retain Available, Maximum Packet Size). Nothing was sent; the connection stays up.
+    BrokerLimit(String),
 
     /// The engine's outgoing queue is full (`max_queued_outgoing_messages`).
     OutgoingQueueFull {
@@ -160,10 +223,39 @@ impl std::fmt::Display for Error {
                 write!(f, "The `{option}` option is not supported: {reason}")
             }
             Error::Dns { host, detail } => write!(f, "Could not resolve host {host:?}: {detail}"),
-            Error::ConnectionRefused { address, detail } => {
-                write!(f, "Could not connect to {address}: {detail}")
+            Error::ConnectionRefused {
+                address, detail, ..
+            } => write!(f, "Could not connect to {address}: {detail}"),
+            Error::Tls { kind, detail, .. } => write!(f, "TLS error ({kind}): {detail}"),
+            Error::UnsupportedProtocol {
+                protocol, detail, ..
+            } => {
+                let name = match protocol {
+                    crate::ProtocolVersion::V31 => "MQTT 3.1",
+                    crate::ProtocolVersion::V311 => "MQTT 3.1.1",
+                    crate::ProtocolVersion::V5 => "MQTT 5",
+                };
+                write!(f, "The broker does not accept {name} ({detail})")?;
+                if *protocol == crate::ProtocolVersion::V5 {
+                    f.write_str("; connect with ProtocolVersion::V311")?;
+                }
+                Ok(())
             }
-            Error::Tls { kind, detail } => write!(f, "TLS error ({kind}): {detail}"),
+            Error::ConnectionClosed {
+                address, detail, ..
+            } => write!(
+                f,
+                "{address} closed the connection before answering CONNECT: {detail}"
+            ),
+            Error::BrokerLimit(what) => write!(f, "Over the broker's limit: {what}"),
+            Error::Proxy { proxy, detail } => write!(f, "Proxy {proxy}: {detail}"),
+            Error::Bind { address, detail } => {
+                write!(f, "Could not bind the local address {address}: {detail}")
+            }
+            Error::WebSocket { status, detail } => match status {
+                Some(status) => write!(f, "WebSocket upgrade refused with HTTP {status}: {detail}"),
+                None => write!(f, "WebSocket upgrade failed: {detail}"),
+            },
             Error::OutgoingQueueFull { limit } => {
                 write!(f, "Outgoing message queue is full ({limit} messages)")
             }
@@ -190,6 +282,12 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Disconnected(cause) => Some(cause.as_ref()),
+            Error::ConnectionRefused { engine, .. }
+            | Error::Tls { engine, .. }
+            | Error::UnsupportedProtocol { engine, .. }
+            | Error::ConnectionClosed { engine, .. } => engine
+                .as_deref()
+                .map(|e| e as &(dyn std::error::Error + 'static)),
             Error::Utf8(e) => Some(e),
             Error::Io(e) => Some(e),
             _ => None,
@@ -206,6 +304,36 @@ impl From<std::str::Utf8Error> for Error {
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Error::Io(e)
+    }
+}
+
+impl Error {
+    pub(crate) fn refused(address: impl Into<String>, detail: impl Into<String>) -> Error {
+        Error::ConnectionRefused {
+            address: address.into(),
+            detail: detail.into(),
+            engine: None,
+        }
+    }
+
+    pub(crate) fn tls(kind: TlsErrorKind, detail: impl Into<String>) -> Error {
+        Error::Tls {
+            kind,
+            detail: detail.into(),
+            engine: None,
+        }
+    }
+
+    /// Keeps `engine` (the engine's own report) as the source of a classified failure.
+    pub(crate) fn with_engine(mut self, engine: Option<Error>) -> Error {
+        if let Error::ConnectionRefused { engine: slot, .. }
+        | Error::Tls { engine: slot, .. }
+        | Error::UnsupportedProtocol { engine: slot, .. }
+        | Error::ConnectionClosed { engine: slot, .. } = &mut self
+        {
+            *slot = engine.map(Box::new);
+        }
+        self
     }
 }
 
@@ -293,8 +421,9 @@ impl Error {
         matches!(self, Error::Tls { .. })
     }
 
-    /// `true` for errors of `connect()` that happened before a CONNACK arrived
-    /// (DNS, refused TCP connection, TLS).
+    /// `true` for errors of `connect()`: a refused CONNACK, or a failure before one
+    /// arrived (DNS, refused TCP connection, TLS, a protocol version the broker does not
+    /// accept, a connection closed before CONNACK).
     pub fn is_connect(&self) -> bool {
         matches!(
             self,
@@ -302,6 +431,11 @@ impl Error {
                 | Error::ConnectionRefused { .. }
                 | Error::Tls { .. }
                 | Error::Connect(_)
+                | Error::UnsupportedProtocol { .. }
+                | Error::ConnectionClosed { .. }
+                | Error::Proxy { .. }
+                | Error::Bind { .. }
+                | Error::WebSocket { .. }
         )
     }
 }

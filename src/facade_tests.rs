@@ -73,7 +73,7 @@ async fn a_loss_frees_the_client_before_anyone_sees_it() {
     for _ in 0..50 {
         let conn = client.connect().await.unwrap();
         let mut messages = conn.messages();
-        fake.lose(Loss::Network);
+        fake.lose(Loss::Network(None));
         let end = messages.next().await;
         assert!(matches!(end, Some(Err(Error::Disconnected(_)))), "{end:?}");
         assert!(
@@ -250,7 +250,7 @@ async fn at_a_loss_clean_calls_fail_and_persistent_ones_stay_pending() {
     let conn = client.connect().await.unwrap();
     let call = tokio::spawn(conn.publish("a", "x").qos(QoS::AtLeastOnce).into_future());
     tokio::task::yield_now().await;
-    fake.lose(Loss::Network);
+    fake.lose(Loss::Network(None));
     let err = call.await.unwrap().unwrap_err();
     assert!(matches!(err, Error::ConnectionLost { .. }), "{err:?}");
 
@@ -260,7 +260,7 @@ async fn at_a_loss_clean_calls_fail_and_persistent_ones_stay_pending() {
     let conn = client.connect().await.unwrap();
     let call = tokio::spawn(conn.publish("a", "x").qos(QoS::AtLeastOnce).into_future());
     tokio::task::yield_now().await;
-    fake.lose(Loss::Network);
+    fake.lose(Loss::Network(None));
     tokio::task::yield_now().await;
     assert!(!call.is_finished(), "stays pending across the loss");
     // The next connection's resumed session acknowledges it.
@@ -280,7 +280,7 @@ async fn a_negative_ack_is_its_reason_code() {
     fake.reply(Reply::Failed(Failure {
         code: -1,
         reason: Some(0x87),
-        message: None,
+        ..Failure::default()
     }));
     let err = call.await.unwrap().unwrap_err();
     assert_eq!(err.rc(), Some(ReasonCode::NOT_AUTHORIZED));
@@ -315,7 +315,7 @@ async fn consumers_share_the_queue_and_see_the_end_once() {
             tokio::task::yield_now().await;
         }
     }
-    fake.lose(Loss::Network);
+    fake.lose(Loss::Network(None));
     let (a, b) = (a.await.unwrap(), b.await.unwrap());
     assert_eq!(a.1 + b.1, 1, "one error between them");
     let mut all: Vec<u32> =

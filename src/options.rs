@@ -210,11 +210,13 @@ impl ProxySettings {
     pub fn http(host: impl Into<String>, port: u16) -> Self {
         Self::new(ProxyKind::Http, host, port)
     }
-    /// A SOCKS 4 proxy (rejected by `build()`: the engine has no SOCKS support).
+    /// A SOCKS 4 proxy (4a when the broker is a host name: the proxy resolves it). The
+    /// username, if any, is the SOCKS 4 user id; SOCKS 4 has no password.
     pub fn socks4(host: impl Into<String>, port: u16) -> Self {
         Self::new(ProxyKind::Socks4, host, port)
     }
-    /// A SOCKS 5 proxy (rejected by `build()`: the engine has no SOCKS support).
+    /// A SOCKS 5 proxy; the proxy resolves the broker's host name. Credentials are
+    /// SOCKS 5 username/password authentication.
     pub fn socks5(host: impl Into<String>, port: u16) -> Self {
         Self::new(ProxyKind::Socks5, host, port)
     }
@@ -227,7 +229,7 @@ impl ProxySettings {
             password: None,
         }
     }
-    /// Credentials for the proxy (HTTP Basic authentication).
+    /// Credentials for the proxy (HTTP Basic authentication, SOCKS 5 username/password).
     pub fn credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
         self.username = Some(username.into());
         self.password = Some(password.into());
@@ -252,6 +254,14 @@ impl fmt::Debug for ProxySettings {
 }
 
 /// A socket option as `setsockopt(level, name, value)` (aiomqtt's `SocketOption`).
+///
+/// ```
+/// use aiomqtt::SocketOption;
+///
+/// // SO_KEEPALIVE on (Linux values: SOL_SOCKET = 1, SO_KEEPALIVE = 9).
+/// let keepalive = SocketOption::int(1, 9, 1);
+/// # let _ = keepalive;
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SocketOption {
     /// The protocol level, e.g. `SOL_SOCKET`.
@@ -260,6 +270,21 @@ pub struct SocketOption {
     pub name: i32,
     /// The value as bytes (an `int` option is its native-endian bytes).
     pub value: Vec<u8>,
+}
+
+impl SocketOption {
+    /// An option with raw bytes as its value.
+    pub fn new(level: i32, name: i32, value: impl Into<Vec<u8>>) -> Self {
+        SocketOption {
+            level,
+            name,
+            value: value.into(),
+        }
+    }
+    /// An `int` option (native-endian bytes).
+    pub fn int(level: i32, name: i32, value: i32) -> Self {
+        Self::new(level, name, value.to_ne_bytes().to_vec())
+    }
 }
 
 /// Prints as `"<redacted>"`, standing in for secrets in `Debug` output.
@@ -300,6 +325,20 @@ pub(crate) struct Options {
     pub(crate) websocket_headers: Vec<(String, String)>,
     pub(crate) pending_calls_threshold: usize,
     pub(crate) reconnect: Option<ReconnectPolicy>,
+    pub(crate) bind_address: Option<String>,
+    pub(crate) bind_port: Option<u16>,
+    pub(crate) socket_options: Vec<SocketOption>,
+    pub(crate) tls_context: Option<TlsContext>,
+}
+
+/// A ready OpenSSL context (`ClientBuilder::tls_context`).
+#[derive(Clone)]
+pub(crate) struct TlsContext(pub(crate) openssl::ssl::SslContext);
+
+impl fmt::Debug for TlsContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SslContext")
+    }
 }
 
 /// The default in-flight window. Mosquitto's own default `max_inflight_messages`
@@ -336,6 +375,10 @@ impl Options {
             websocket_headers: Vec::new(),
             pending_calls_threshold: 10,
             reconnect: None,
+            bind_address: None,
+            bind_port: None,
+            socket_options: Vec::new(),
+            tls_context: None,
         }
     }
 }
@@ -419,6 +462,10 @@ impl fmt::Debug for Options {
             )
             .field("pending_calls_threshold", &self.pending_calls_threshold)
             .field("reconnect", &self.reconnect)
+            .field("bind_address", &self.bind_address)
+            .field("bind_port", &self.bind_port)
+            .field("socket_options", &self.socket_options)
+            .field("tls_context", &self.tls_context)
             .finish()
     }
 }
@@ -443,7 +490,6 @@ impl fmt::Debug for Options {
 pub struct ClientBuilder {
     options: Options,
     clean_start_set: bool,
-    unsupported: Option<Error>,
 }
 
 impl ClientBuilder {
@@ -451,18 +497,11 @@ impl ClientBuilder {
         ClientBuilder {
             options: Options::new(hostname.into()),
             clean_start_set: false,
-            unsupported: None,
         }
     }
 
     pub(crate) fn into_options(self) -> Options {
         self.options
-    }
-
-    fn reject(mut self, option: &'static str, reason: &'static str) -> Self {
-        self.unsupported
-            .get_or_insert(Error::Unsupported { option, reason });
-        self
     }
 
     /// The broker's port (default 1883).
@@ -526,19 +565,18 @@ impl ClientBuilder {
         self.options.keepalive = keepalive;
         self
     }
-    /// Binds the local socket to an address. Rejected by `build()`: the engine cannot.
-    pub fn bind_address(self, _address: impl Into<String>) -> Self {
-        self.reject(
-            "bind_address",
-            "Paho C's Socket_new() calls socket() and connect() without bind(); there is no hook for a local address",
-        )
+    /// Binds the connection's local side to this IP address (`""` for any). The
+    /// connection then goes through the client's relay (see the transports guide).
+    pub fn bind_address(mut self, address: impl Into<String>) -> Self {
+        let address = address.into();
+        self.options.bind_address = (!address.is_empty()).then_some(address);
+        self
     }
-    /// Binds the local socket to a port. Rejected by `build()`: the engine cannot.
-    pub fn bind_port(self, _port: u16) -> Self {
-        self.reject(
-            "bind_port",
-            "Paho C's Socket_new() calls socket() and connect() without bind(); there is no hook for a local port",
-        )
+    /// Binds the connection's local side to this port (`0` for any). The connection then
+    /// goes through the client's relay.
+    pub fn bind_port(mut self, port: u16) -> Self {
+        self.options.bind_port = (port != 0).then_some(port);
+        self
     }
     /// The Clean Start policy of MQTT 5 (default [`CleanStart::FirstOnly`]).
     pub fn clean_start(mut self, clean_start: CleanStart) -> Self {
@@ -579,12 +617,14 @@ impl ClientBuilder {
         self.options.properties = Some(properties);
         self
     }
-    /// A ready OpenSSL context. Rejected by `build()`: the engine builds its own `SSL_CTX`.
-    pub fn tls_context(self, _context: openssl::ssl::SslContext) -> Self {
-        self.reject(
-            "tls_context",
-            "Paho C's SSLSocket_createContext() builds its own SSL_CTX from file paths; it cannot take a ready context (use tls_params)",
-        )
+    /// A ready OpenSSL context (certificates in memory, versions, ciphers, verification
+    /// as you set them). The host name is sent (SNI) and verified unless `tls_insecure`
+    /// or the context does not verify. The connection goes through the client's relay.
+    /// Needs the `tls-context` feature (it makes `openssl` part of this crate's API).
+    #[cfg(feature = "tls-context")]
+    pub fn tls_context(mut self, context: openssl::ssl::SslContext) -> Self {
+        self.options.tls_context = Some(TlsContext(context));
+        self
     }
     /// TLS from files: CA, client certificate and key, ciphers, ALPN.
     pub fn tls_params(mut self, params: TlsParams) -> Self {
@@ -601,12 +641,11 @@ impl ClientBuilder {
         self.options.proxy = Some(proxy);
         self
     }
-    /// Socket options to set. Rejected by `build()`: the engine never exposes its socket.
-    pub fn socket_options<I: IntoIterator<Item = SocketOption>>(self, _options: I) -> Self {
-        self.reject(
-            "socket_options",
-            "Paho C sets only TCP_NODELAY/SO_NOSIGPIPE in Socket_new() and never exposes the file descriptor",
-        )
+    /// Socket options, set with `setsockopt` on the connection's socket before it
+    /// connects. The connection then goes through the client's relay.
+    pub fn socket_options<I: IntoIterator<Item = SocketOption>>(mut self, options: I) -> Self {
+        self.options.socket_options = options.into_iter().collect();
+        self
     }
     /// The WebSocket path (default `/mqtt`).
     pub fn websocket_path(mut self, path: impl Into<String>) -> Self {
@@ -643,15 +682,13 @@ impl ClientBuilder {
 
     /// Validates every option and returns the client.
     pub fn build(self) -> Result<Client, Error> {
-        if let Some(err) = self.unsupported {
-            return Err(err);
-        }
         let o = &self.options;
         let v5 = o.protocol == ProtocolVersion::V5;
         check_text("hostname", &o.hostname)?;
         if o.hostname.is_empty() {
             return Err(invalid("hostname must not be empty"));
         }
+        check_hostname(&o.hostname, o.transport)?;
         for (name, value) in [
             ("identifier", &o.identifier),
             ("username", &o.username),
@@ -659,7 +696,25 @@ impl ClientBuilder {
         ] {
             if let Some(value) = value {
                 check_text(name, value)?;
+                // MQTT strings carry a two-byte length (MQTT 3.1.1 §1.5.3, 5.0 §1.5.4).
+                if value.len() > usize::from(u16::MAX) {
+                    return Err(Error::InvalidArgument(format!(
+                        "{name} is {} bytes long; MQTT allows at most 65,535",
+                        value.len()
+                    )));
+                }
             }
+        }
+        // A broker keeps a session under the client's identifier: without one it assigns
+        // a new identifier (or refuses: [code:133] / CONNACK 2) and the session is lost.
+        if o.protocol == ProtocolVersion::V311
+            && o.clean_session == Some(false)
+            && o.identifier.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(invalid(
+                "clean_session(false) needs an identifier: the broker keeps the session \
+                 under it (MQTT 3.1.1 §3.1.3.1)",
+            ));
         }
         if o.password.is_some() && o.username.is_none() {
             return Err(invalid("a password needs a username (MQTT 3.1.1 §3.1.2.9)"));
@@ -723,6 +778,28 @@ impl ClientBuilder {
 
 fn invalid(text: &str) -> Error {
     Error::InvalidArgument(text.to_owned())
+}
+
+/// A URL or `host:port` where a host name belongs gets a hint instead of a DNS error.
+fn check_hostname(hostname: &str, transport: Transport) -> Result<(), Error> {
+    if transport == Transport::Unix {
+        return Ok(());
+    }
+    if let Some((scheme, _)) = hostname.split_once("://") {
+        return Err(Error::InvalidArgument(format!(
+            "hostname {hostname:?} is a URL: pass the host alone and choose the transport with \
+             .transport(), .tls_params() and .port() (scheme {scheme:?})"
+        )));
+    }
+    // One colon: host:port (an IPv6 literal has at least two).
+    if let Some((host, port)) = hostname.split_once(':') {
+        if !port.contains(':') && port.parse::<u16>().is_ok() {
+            return Err(Error::InvalidArgument(format!(
+                "hostname {hostname:?} includes a port: use Client::builder({host:?}).port({port})"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Strings handed to the engine must not contain NUL (ENGINE.md hazard 6).

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::client::ClientShared;
 use crate::end::{End, EndCause};
-use crate::engine::{ConnectInfo, Driven, Events, Loss, WebSocketClaim};
+use crate::engine::{ConnectInfo, Driven, Events, LinkEnd, Loss};
 use crate::incoming::Queue;
 use crate::options::Options;
 use crate::reconnect::ConnectionEvent;
@@ -80,7 +80,6 @@ pub(crate) struct Session {
     up_since: Mutex<Instant>,
     events: broadcast::Sender<ConnectionEvent>,
     subscriptions: Mutex<Vec<Subscription>>,
-    websocket: Mutex<Option<WebSocketClaim>>,
     client: Weak<ClientShared>,
     router: Arc<Router>,
 }
@@ -100,7 +99,6 @@ impl Session {
         router: Arc<Router>,
         client: Weak<ClientShared>,
         options: Arc<Options>,
-        websocket: Option<WebSocketClaim>,
     ) -> Session {
         let logger: Arc<str> = Arc::from(options.logger.as_str());
         Session {
@@ -124,7 +122,6 @@ impl Session {
             up_since: Mutex::new(Instant::now()),
             events: broadcast::Sender::new(EVENTS),
             subscriptions: Mutex::new(Vec::new()),
-            websocket: Mutex::new(websocket),
             client,
             router,
         }
@@ -285,12 +282,14 @@ impl Session {
             self.end(cause);
             return;
         }
+        // `Lost` first: marking the link down wakes the reconnect supervisor, whose
+        // `Reconnecting` must come after it.
+        self.emit(ConnectionEvent::Lost {
+            cause: Arc::new(error),
+        });
         self.link.send_modify(|link| {
             link.up = None;
             link.epoch += 1;
-        });
-        self.emit(ConnectionEvent::Lost {
-            cause: Arc::new(error),
         });
     }
 
@@ -305,7 +304,6 @@ impl Session {
         if !self.end.begin() {
             return false;
         }
-        drop(lock(&self.websocket).take());
         self.link.send_modify(|link| {
             link.up = None;
             link.epoch += 1;
@@ -379,9 +377,20 @@ impl Events for Router {
                 rc: Some(reason),
                 detail: properties.reason_string.unwrap_or_default(),
             },
-            Loss::Network => EndCause::Lost {
+            Loss::Network(end) => EndCause::Lost {
                 rc: None,
-                detail: "the network connection was closed".to_owned(),
+                detail: match end {
+                    None => "the network connection ended (closed or reset by the broker or \
+                             the network, or a keep-alive timeout: the engine does not say \
+                             which on a direct connection)"
+                        .to_owned(),
+                    Some(LinkEnd::PeerClosed) => "the broker closed the connection".to_owned(),
+                    Some(LinkEnd::Failed(e)) => format!("the connection to the broker failed: {e}"),
+                    Some(LinkEnd::EngineClosed) => "the client closed the connection: no answer \
+                             from the broker within 1.5 x keepalive (keep-alive timeout), or a \
+                             protocol error"
+                        .to_owned(),
+                },
             },
             Loss::Malformed(what) => EndCause::Protocol(what),
         };

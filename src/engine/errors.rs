@@ -84,6 +84,20 @@ pub(crate) fn from_connect_failure(f: Failure) -> Error {
     if let Some(reason) = f.reason {
         return Error::Connect(ReasonCode::from(reason));
     }
+    // An MQTT 3 CONNACK to an MQTT 5 CONNECT: 1 is "unacceptable protocol version".
+    match f.v3_return_code {
+        Some(1) => {
+            return Error::UnsupportedProtocol {
+                protocol: crate::ProtocolVersion::V5,
+                detail: "it answered CONNACK with the MQTT 3.1.1 return code 1, unacceptable \
+                         protocol version"
+                    .to_owned(),
+                engine: Some(Box::new(Error::Connect(ReasonCode::from_v3_connack(1)))),
+            };
+        }
+        Some(code) => return Error::Connect(ReasonCode::from_v3_connack(code)),
+        None => {}
+    }
     match f.code {
         code @ 1..=5 => Error::Connect(ReasonCode::from_v3_connack(code as u8)),
         code => Error::Engine {

@@ -34,9 +34,9 @@ pub(crate) enum Loss {
         reason: ReasonCode,
         properties: Box<Properties>,
     },
-    /// The network connection ended (closed, reset, or keep-alive expired: Paho does
-    /// not say which).
-    Network,
+    /// The network connection ended. Through the relay, how it ended is known; on a
+    /// direct connection Paho does not say (closed, reset, or a keep-alive timeout).
+    Network(Option<super::relay::LinkEnd>),
     /// The broker sent something MQTT forbids; the client closed the connection.
     Malformed(String),
 }
@@ -175,7 +175,16 @@ impl Hooks {
     }
 
     pub(crate) fn lost(&self) {
-        self.events.lost(Loss::Network);
+        // Through the relay: its record of how the link ended. A link whose end is not
+        // recorded yet was closed by the engine itself (the relay records the broker's
+        // close or reset before passing it on).
+        let end = self.engine.get().and_then(Weak::upgrade).and_then(|inner| {
+            inner
+                .relay
+                .as_ref()
+                .map(|r| r.link_end().unwrap_or(super::relay::LinkEnd::EngineClosed))
+        });
+        self.events.lost(Loss::Network(end));
     }
 
     pub(crate) fn disconnected(&self, reason: u8, properties: Properties) {

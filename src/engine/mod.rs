@@ -42,11 +42,11 @@ mod hooks;
 mod keepalive;
 mod paho;
 mod registry;
+mod relay;
 mod shim;
 mod thread;
 mod tls_config;
 mod transport;
-mod websocket;
 
 use std::ffi::CString;
 use std::future::Future;
@@ -62,13 +62,13 @@ use tokio::time::Instant;
 use crate::options::Options;
 use crate::{Error, Properties, ProtocolVersion, QoS, ReasonCode, SubscribeOptions, Topic};
 
-pub(crate) use diagnose::{diagnose, preflight};
+pub(crate) use diagnose::{Report, diagnose, preflight};
 pub(crate) use hooks::{Events, Loss};
 #[cfg(test)]
 pub(crate) use registry::Response;
 pub(crate) use registry::{Failure, Reply};
+pub(crate) use relay::LinkEnd;
 pub(crate) use transport::check_transport;
-pub(crate) use websocket::WebSocketClaim;
 
 use cprops::CProps;
 use hooks::{Hooks, SlowConnect};
@@ -141,6 +141,10 @@ pub(crate) struct Inner {
     v5: bool,
     /// Whether this client's connects may hold Paho's mutex for long.
     slow_connect: bool,
+    /// The relay, when the facade owns the socket (see `relay`).
+    relay: Option<relay::Relay>,
+    /// The client's options (the relay dials with them).
+    client_options: Arc<Options>,
     outgoing_limit: Option<usize>,
     _keepalive: keepalive::Registration,
 }
@@ -186,18 +190,32 @@ impl Engine {
 
     /// Creates a Paho client for `options` that reports to `events`.
     pub(crate) async fn create(
-        options: &Options,
+        client_options: &Arc<Options>,
         client_id: &str,
         events: Arc<dyn Events>,
         deadline: Instant,
     ) -> Result<Engine, Error> {
+        // With the relay, Paho speaks plain MQTT to its private endpoint.
+        let relay = relay::needed(client_options).then(relay::Relay::new);
+        let view;
+        let options: &Options = if relay.is_some() {
+            view = relay::engine_view(client_options);
+            &view
+        } else {
+            client_options
+        };
         let v5 = options.protocol == ProtocolVersion::V5;
         let no_nul = |what: &str, s: &str| {
             CString::new(s).map_err(|_| {
                 Error::InvalidArgument(format!("{what} must not contain a NUL character"))
             })
         };
-        let uri = transport::server_uri(options);
+        // With the relay each connect names its link's private endpoint; this one is
+        // never dialled.
+        let uri = match &relay {
+            Some(_) => "tcp://127.0.0.1:1".to_owned(),
+            None => transport::server_uri(options),
+        };
         let spec = paho::CreateSpec {
             uri: no_nul("hostname", &uri)?,
             client_id: no_nul("identifier", client_id)?,
@@ -210,14 +228,12 @@ impl Engine {
                 .unwrap_or(i32::MAX),
             send_while_disconnected: options.keeps_session() || options.reconnect.is_some(),
         };
-        let connect_options = Arc::new(paho::ConnectOptions::new(
-            options,
-            transport::proxy_url(options),
-        )?);
+        let connect_options = Arc::new(paho::ConnectOptions::new(options)?);
         let hooks = Arc::new(Hooks::new(v5, Arc::from(options.logger.as_str()), events));
         // build() checked that the keepalive is 1..=65535 whole seconds.
         let keepalive = u16::try_from(options.keepalive.as_secs()).unwrap_or(u16::MAX);
-        let slow_connect = transport::connect_may_stall(options);
+        let slow_connect = relay.is_none() && transport::connect_may_stall(options);
+        let client_options = client_options.clone();
         let outgoing_limit = options.max_queued_outgoing_messages;
         let created = thread::submit_withdrawable(move || {
             // SAFETY: `hooks` is kept by the Inner built below, which destroys the handle
@@ -234,6 +250,8 @@ impl Engine {
                     options: connect_options,
                     v5,
                     slow_connect,
+                    relay,
+                    client_options,
                     outgoing_limit,
                     _keepalive: keepalive::Registration::new(keepalive),
                 })
@@ -264,7 +282,17 @@ impl Engine {
             if self.0.v5 { "5" } else { "3.x" },
             if self.0.v5 { "start" } else { "session" },
         );
-        let result = self.connect_inner(clean, deadline).await;
+        let result = match &self.0.relay {
+            // The facade dials the broker first: its failures are precise.
+            Some(relay) => match relay.dial(self.0.client_options.clone(), deadline).await {
+                Ok(uri) => match CString::new(uri) {
+                    Ok(uri) => self.connect_inner(clean, deadline, Some(uri)).await,
+                    Err(_) => Err(Error::InvalidArgument("endpoint URI".to_owned())),
+                },
+                Err(e) => Err(e),
+            },
+            None => self.connect_inner(clean, deadline, None).await,
+        };
         match &result {
             Ok(info) => log::debug!(
                 target: &self.0.hooks.logger,
@@ -276,7 +304,12 @@ impl Engine {
         result
     }
 
-    async fn connect_inner(&self, clean: bool, deadline: Instant) -> Result<ConnectInfo, Error> {
+    async fn connect_inner(
+        &self,
+        clean: bool,
+        deadline: Instant,
+        uri: Option<CString>,
+    ) -> Result<ConnectInfo, Error> {
         loop {
             // An earlier attempt whose caller gave up may still be running in Paho.
             let mut idle = self.0.hooks.idle();
@@ -287,6 +320,7 @@ impl Engine {
             }
             let (waiter, mut outcome) = oneshot::channel();
             let inner = self.0.clone();
+            let uri = uri.clone();
             let start = move || {
                 // The barrier: returns once Paho's threads let go of its mutex, i.e.
                 // after the teardown that follows a loss callback.
@@ -306,6 +340,7 @@ impl Engine {
                         &inner.options,
                         clean,
                         Arc::as_ptr(&inner.hooks),
+                        uri.as_deref(),
                     )
                 };
                 if rc == 0 {

@@ -217,9 +217,9 @@ unsafe impl Sync for ConnectOptions {}
 const MAX_PAHO_CONNECT_TIMEOUT: u64 = 2_000_000;
 
 impl ConnectOptions {
-    /// Builds Paho's connect options from ours; `proxy` is the HTTP proxy URL Paho
-    /// should use, if any.
-    pub(crate) fn new(o: &Options, proxy_url: Option<String>) -> Result<ConnectOptions, Error> {
+    /// Builds Paho's connect options from ours (proxies, WebSockets and Unix sockets
+    /// never reach Paho: the relay carries them).
+    pub(crate) fn new(o: &Options) -> Result<ConnectOptions, Error> {
         let v5 = o.protocol == ProtocolVersion::V5;
         let mut strings = Vec::new();
         let mut cstr = |s: &str, what: &str| -> Result<*const c_char, Error> {
@@ -354,14 +354,6 @@ impl ConnectOptions {
         if let Some(h) = &headers {
             raw.httpHeaders = h.as_ptr();
         }
-        if let Some(url) = proxy_url {
-            let p = cstr(&url, "the proxy")?;
-            if o.tls_params.is_some() {
-                raw.httpsProxy = p;
-            } else {
-                raw.httpProxy = p;
-            }
-        }
         Ok(ConnectOptions {
             raw,
             _strings: strings,
@@ -377,7 +369,8 @@ impl ConnectOptions {
 }
 
 /// Starts CONNECT; its outcome reaches `hooks` through the connect callbacks.
-/// `clean` is Clean Session (3.x) or Clean Start (5).
+/// `clean` is Clean Session (3.x) or Clean Start (5); `uri`, when given, replaces the
+/// URI the client was created with (the relay's endpoint of this link).
 ///
 /// # Safety
 /// `hooks` must be the handle's context (valid until destroy). Not on a Paho thread.
@@ -386,10 +379,23 @@ pub(crate) unsafe fn connect(
     opts: &ConnectOptions,
     clean: bool,
     hooks: *const Hooks,
+    uri: Option<&CStr>,
 ) -> c_int {
     // A copy: its pointers still refer to `opts`, which outlives the handle.
     let mut raw = opts.raw;
     raw.context = hooks as *mut c_void;
+    let uris = uri.map(|u| [u.as_ptr().cast_mut()]);
+    // MQTTAsync_connect prints "checking <uri>" to stdout for a URI list given without SSL
+    // options (MQTTAsync.c, Paho C 1.3.16): empty SSL options stop it; they are not used
+    // for a tcp:// URI.
+    let mut unused_ssl = sys::MQTTAsync_SSLOptions::default();
+    if let Some(uris) = &uris {
+        raw.serverURIcount = 1;
+        raw.serverURIs = uris.as_ptr();
+        if raw.ssl.is_null() {
+            raw.ssl = &mut unused_ssl;
+        }
+    }
     if opts.v5 {
         raw.cleanstart = c_int::from(clean);
         raw.cleansession = 0;
@@ -782,6 +788,7 @@ unsafe fn failure3(data: *mut sys::MQTTAsync_failureData) -> Failure {
         Some(d) => Failure {
             code: d.code,
             reason: None,
+            v3_return_code: None,
             // SAFETY: a NUL-terminated string valid for the call, or null.
             message: unsafe { text(d.message) },
         },
@@ -805,6 +812,9 @@ unsafe fn failure5(data: *mut sys::MQTTAsync_failureData5) -> Failure {
             Failure {
                 code: d.code,
                 reason: u8::try_from(d.reasonCode).ok().filter(|&rc| rc >= 0x80),
+                v3_return_code: u8::try_from(d.reasonCode)
+                    .ok()
+                    .filter(|rc| (1..=5).contains(rc)),
                 message,
             }
         }

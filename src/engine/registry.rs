@@ -42,6 +42,9 @@ pub(crate) struct Failure {
     pub(crate) code: i32,
     /// The MQTT 5 reason code of a negative acknowledgement.
     pub(crate) reason: Option<u8>,
+    /// An MQTT 3 CONNACK return code (1 to 5) in answer to an MQTT 5 CONNECT: a broker
+    /// that speaks only 3.1.1 (no MQTT 5 CONNACK carries these).
+    pub(crate) v3_return_code: Option<u8>,
     /// Paho's text, when it gave one.
     pub(crate) message: Option<String>,
 }

@@ -1,17 +1,12 @@
-//! OpenSSL views of [`TlsParams`]: the key check `build()` runs, and the
-//! connector the failure probe uses to repeat Paho's handshake.
+//! The client-key check `build()` runs on [`TlsParams`].
 
 use openssl::pkey::{PKey, Private};
-use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 
-use crate::options::{CertRequirements, TlsParams};
+use crate::options::TlsParams;
 use crate::{Error, TlsErrorKind};
 
 fn bad_key(detail: String) -> Error {
-    Error::Tls {
-        kind: TlsErrorKind::BadKey,
-        detail,
-    }
+    Error::tls(TlsErrorKind::BadKey, detail)
 }
 
 /// Loads the client key (from `keyfile`, or from `certfile` when it holds the
@@ -51,37 +46,4 @@ pub(crate) fn load_key(params: &TlsParams) -> Result<Option<PKey<Private>>, Erro
             path.display()
         ))
     })
-}
-
-/// A connector configured as Paho configures its `SSL_CTX`.
-pub(crate) fn connector(params: &TlsParams) -> Result<SslConnector, Error> {
-    let setup = |e: openssl::error::ErrorStack| Error::Tls {
-        kind: TlsErrorKind::Handshake,
-        detail: e.to_string(),
-    };
-    let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(setup)?;
-    if let Some(ca) = &params.ca_certs {
-        b.set_ca_file(ca).map_err(setup)?;
-    }
-    if params.cert_reqs == CertRequirements::None {
-        b.set_verify(SslVerifyMode::NONE);
-    }
-    if let Some(cert) = &params.certfile {
-        b.set_certificate_chain_file(cert).map_err(setup)?;
-    }
-    if let Some(key) = load_key(params)? {
-        b.set_private_key(&key).map_err(setup)?;
-    }
-    if let Some(ciphers) = &params.ciphers {
-        b.set_cipher_list(ciphers).map_err(setup)?;
-    }
-    if !params.alpn_protocols.is_empty() {
-        let mut wire = Vec::new();
-        for p in &params.alpn_protocols {
-            wire.push(p.len() as u8); // checked to be 1..=255 by build()
-            wire.extend_from_slice(p.as_bytes());
-        }
-        b.set_alpn_protos(&wire).map_err(setup)?;
-    }
-    Ok(b.build())
 }

@@ -26,45 +26,16 @@ pub(crate) fn server_uri(o: &Options) -> String {
     }
 }
 
-/// The HTTP proxy URL Paho dials through, with percent-encoded Basic credentials.
-pub(crate) fn proxy_url(o: &Options) -> Option<String> {
-    let proxy = o.proxy.as_ref()?;
-    let mut url = String::from("http://");
-    if let (Some(user), Some(pass)) = (&proxy.username, &proxy.password) {
-        url.push_str(&percent_encode(user));
-        url.push(':');
-        url.push_str(&percent_encode(pass));
-        url.push('@');
-    }
-    url.push_str(&format!("{}:{}", proxy.host, proxy.port));
-    Some(url)
-}
-
 /// Whether Paho may hold its global mutex for long while this client connects: it
-/// resolves a host name on its own thread (ENGINE.md 11) and talks to an HTTP proxy
-/// with sleeps (21). An IP literal or a Unix socket connects without either.
+/// resolves a host name on its own thread (ENGINE.md 11). An IP literal connects
+/// without a lookup (proxies and Unix sockets go through the relay, which Paho reaches
+/// at 127.0.0.1).
 pub(crate) fn connect_may_stall(o: &Options) -> bool {
-    o.proxy.is_some()
-        || (o.transport != Transport::Unix
-            && o.hostname
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_err())
-}
-
-/// Paho's `Proxy_specialChars` decodes `%XX`; anything else but unreserved
-/// characters is encoded so `@`, `:` and `%` in credentials survive.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    o.hostname
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_err()
 }
 
 fn invalid(text: impl Into<String>) -> Error {
@@ -78,9 +49,11 @@ fn no_nul(what: &str, s: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Validates the transport, TLS and proxy options for `ClientBuilder::build`.
+/// Validates the transport, TLS, proxy and socket options for `ClientBuilder::build`;
+/// a combination that cannot work names both options.
 pub(crate) fn check_transport(o: &Options) -> Result<(), Error> {
     let ws = o.transport == Transport::WebSockets;
+    let unix = o.transport == Transport::Unix;
     if !ws && o.websocket_path.is_some() {
         return Err(invalid(
             "websocket_path needs transport(Transport::WebSockets)",
@@ -106,24 +79,37 @@ pub(crate) fn check_transport(o: &Options) -> Result<(), Error> {
             )));
         }
     }
-    if o.transport == Transport::Unix {
-        if o.proxy.is_some() {
-            return Err(invalid("a proxy cannot be used with a Unix socket"));
-        }
-        if o.tls_params.is_some() {
-            return Err(invalid("TLS cannot be used with a Unix socket"));
+    if unix {
+        let conflict = [
+            ("proxy", o.proxy.is_some()),
+            ("tls_params", o.tls_params.is_some()),
+            ("tls_context", o.tls_context.is_some()),
+            ("bind_address", o.bind_address.is_some()),
+            ("bind_port", o.bind_port.is_some()),
+            ("socket_options", !o.socket_options.is_empty()),
+        ];
+        if let Some((option, _)) = conflict.iter().find(|(_, set)| *set) {
+            return Err(invalid(format!(
+                "{option} cannot be used with transport(Transport::Unix)"
+            )));
         }
     }
-    if o.tls_insecure && o.tls_params.is_none() {
-        return Err(invalid("tls_insecure needs tls_params"));
+    if o.tls_params.is_some() && o.tls_context.is_some() {
+        return Err(invalid(
+            "tls_params and tls_context cannot both be set: the context holds the TLS settings",
+        ));
+    }
+    if o.tls_insecure && o.tls_params.is_none() && o.tls_context.is_none() {
+        return Err(invalid("tls_insecure needs tls_params or tls_context"));
+    }
+    if let Some(address) = &o.bind_address {
+        if address.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(format!(
+                "bind_address {address:?} is not an IP address"
+            )));
+        }
     }
     if let Some(tls) = &o.tls_params {
-        if tls.tls_version.is_some() {
-            return Err(Error::Unsupported {
-                option: "tls_params.tls_version",
-                reason: "Paho C uses TLS_client_method() with OpenSSL >= 1.1, so a pinned version has no effect (SSLSocket_createContext)",
-            });
-        }
         for (what, path) in [
             ("ca_certs", &tls.ca_certs),
             ("certfile", &tls.certfile),
@@ -159,18 +145,20 @@ pub(crate) fn check_transport(o: &Options) -> Result<(), Error> {
         }
     }
     if let Some(proxy) = &o.proxy {
-        if proxy.kind != ProxyKind::Http {
-            return Err(Error::Unsupported {
-                option: "proxy",
-                reason: "Paho C has no SOCKS client: Proxy.c speaks HTTP CONNECT only",
-            });
-        }
         no_nul("proxy host", &proxy.host)?;
         if proxy.host.is_empty() || proxy.host.contains(['@', '/']) {
             return Err(invalid("proxy host is not valid"));
         }
         for s in [&proxy.username, &proxy.password].into_iter().flatten() {
             no_nul("proxy credentials", s)?;
+            if s.len() > 255 && proxy.kind != ProxyKind::Http {
+                return Err(invalid("SOCKS credentials must be at most 255 bytes each"));
+            }
+        }
+        if proxy.kind == ProxyKind::Socks4 && proxy.password.is_some() {
+            return Err(invalid(
+                "a SOCKS 4 proxy takes a user id only: use ProxySettings::socks5 for a password",
+            ));
         }
     }
     no_nul("hostname", &o.hostname)?;

@@ -1000,13 +1000,19 @@ async fn test_mqtt_connect_error_int() {
             peer.abort();
         }
 
-        // The same refusal from Mosquitto: an empty client id without a clean session.
+        // Where a broker would refuse an empty client id without a clean session, the
+        // builder refuses first, as paho-python's constructor does for aiomqtt.
         let broker = Broker::start();
-        let err = build(builder(&broker).identifier("").clean_session(false))
-            .connect()
-            .await
-            .expect_err("refused");
-        assert_eq!(err.to_string(), "[code:133] Client identifier not valid");
+        let err = builder(&broker)
+            .identifier("")
+            .clean_session(false)
+            .build()
+            .expect_err("refused by build()");
+        assert!(
+            err.to_string()
+                .contains("clean_session(false) needs an identifier"),
+            "{err}"
+        );
     })
     .await;
 }

@@ -193,7 +193,9 @@ async fn refused_port_is_connection_refused_and_client_stays_reusable() {
         for _ in 0..2 {
             let err = c.connect().await.unwrap_err();
             match &err {
-                Error::ConnectionRefused { address, detail } => {
+                Error::ConnectionRefused {
+                    address, detail, ..
+                } => {
                     assert_eq!(address, &format!("127.0.0.1:{port}"));
                     assert!(detail.contains("refused"), "{detail}");
                 }

@@ -485,14 +485,6 @@ const NOTES: &[(Target, Feature, &str)] = &[
          version) and closes; this crate drops that code and reports a refused connection.",
     ),
     (
-        Target::Nats311,
-        Feature::ErrHugeClientIdentifier,
-        "The Paho engine writes the 70,000-byte identifier with its length wrapped to 16 bits \
-         (4,464); the other brokers drop that malformed CONNECT, NATS answers CONNACK 0 to a \
-         4,464-byte identifier (so `connect()` succeeds) and then closes on the leftover bytes \
-         (it logs `protocol 7 not supported`).",
-    ),
-    (
         Target::Rumqttd311,
         Feature::PublishQos0,
         "rumqttd delivers at the subscription's QoS (2), not at the lower QoS the message was \

@@ -79,8 +79,9 @@ async fn bounded_outgoing_queue_refuses_with_a_clear_error() {
             .unwrap();
         broker.pause();
         let topic = unique_topic("outgoing");
-        // Each call is handed to the engine when first polled, in order: 1 goes on the
-        // wire (window 1), 5 wait in the engine's queue, the rest are refused at once.
+        // Each call is handed to the engine when first polled, in order: 5 wait in the
+        // engine's queue and one more is on the wire (window 1) once the engine's thread
+        // has sent it; the rest are refused at once.
         let mut pending = Vec::new();
         let mut results = Vec::new();
         for i in 0..12 {
@@ -90,7 +91,8 @@ async fn bounded_outgoing_queue_refuses_with_a_clear_error() {
                 std::task::Poll::Pending => pending.push(call),
             }
         }
-        assert_eq!(pending.len(), 6, "accepted: {results:?}");
+        let accepted = pending.len();
+        assert!((5..=6).contains(&accepted), "accepted: {results:?}");
         broker.resume();
         for call in pending {
             results.push(call.await);
@@ -106,7 +108,7 @@ async fn bounded_outgoing_queue_refuses_with_a_clear_error() {
                 Err(e) => panic!("unexpected {e:?}"),
             }
         }
-        assert_eq!((ok, full), (6, 6));
+        assert_eq!((ok, full), (accepted, 12 - accepted));
         assert_eq!(
             Error::OutgoingQueueFull { limit: 5 }.to_string(),
             "Outgoing message queue is full (5 messages)"

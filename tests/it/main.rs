@@ -8,6 +8,7 @@ mod support;
 mod aiomqtt_suite;
 mod client;
 mod conformance;
+mod errors;
 mod fake_broker_selftest;
 mod flow;
 mod harness_selftest;

@@ -19,11 +19,6 @@ const TEST: Duration = Duration::from_secs(40);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 const FAST: Duration = Duration::from_secs(5);
 
-/// Paho C keeps WebSocket receive state in process-wide statics (see
-/// `tests/transports.rs`, `two_websocket_connections_at_once`): tests that open a WebSocket
-/// connection hold this lock.
-static WEBSOCKETS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 const USER: &str = "mqttuser";
 /// tinyproxy's `BasicAuth` accepts only `[-a-z0-9._]` in a password (anything else is a
 /// "Syntax error" in its config), so the special-character case uses [`AuthFront`].
@@ -105,7 +100,7 @@ async fn pub_sub(client: &Client, label: &str) {
     conn.disconnect().await.unwrap();
 }
 
-/// `connect()` fails well within the client's timeout with `ConnectionRefused` naming the
+/// `connect()` fails well within the client's timeout with `Error::Proxy` naming the
 /// proxy; returns the detail.
 async fn refused(client: &Client, proxy_port: u16) -> String {
     let started = Instant::now();
@@ -121,11 +116,11 @@ async fn refused(client: &Client, proxy_port: u16) -> String {
     );
     assert!(err.is_connect(), "{err:?}");
     match err {
-        Error::ConnectionRefused { address, detail } => {
-            assert_eq!(address, format!("127.0.0.1:{proxy_port}"));
+        Error::Proxy { proxy, detail, .. } => {
+            assert_eq!(proxy, format!("127.0.0.1:{proxy_port}"));
             detail
         }
-        other => panic!("expected ConnectionRefused, got {other:?} ({other})"),
+        other => panic!("expected Error::Proxy, got {other:?} ({other})"),
     }
 }
 
@@ -179,20 +174,16 @@ async fn credentials_case(kind: Kind) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn credentials_tcp() {
-    let _engine = ENGINE.read().await;
     with_timeout(TEST, credentials_case(Kind::Tcp)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn credentials_tls() {
-    let _engine = ENGINE.read().await;
     with_timeout(TEST, credentials_case(Kind::Tls)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn credentials_websockets() {
-    let _engine = ENGINE.read().await;
-    let _ws = WEBSOCKETS.lock().await;
     with_timeout(TEST, credentials_case(Kind::Ws)).await;
 }
 
@@ -212,26 +203,21 @@ async fn forbidden_port_case(kind: Kind) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forbidden_port_tcp() {
-    let _engine = ENGINE.read().await;
     with_timeout(TEST, forbidden_port_case(Kind::Tcp)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forbidden_port_tls() {
-    let _engine = ENGINE.read().await;
     with_timeout(TEST, forbidden_port_case(Kind::Tls)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forbidden_port_websockets() {
-    let _engine = ENGINE.read().await;
-    let _ws = WEBSOCKETS.lock().await;
     with_timeout(TEST, forbidden_port_case(Kind::Ws)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn proxy_not_listening_is_refused_at_once() {
-    let _engine = ENGINE.read().await;
     with_timeout(TEST, async {
         let broker = Broker::start();
         let dead = free_port();
@@ -239,8 +225,19 @@ async fn proxy_not_listening_is_refused_at_once() {
             .proxy(ProxySettings::http("127.0.0.1", dead))
             .build()
             .unwrap();
-        let detail = refused(&client, dead).await;
-        assert!(detail.to_lowercase().contains("refused"), "{detail}");
+        let started = Instant::now();
+        let err = client.connect().await.unwrap_err();
+        assert!(started.elapsed() < FAST, "{:?}", started.elapsed());
+        // The proxy's own port refused the connection: a refused TCP connection to it.
+        match err {
+            Error::ConnectionRefused {
+                address, detail, ..
+            } => {
+                assert_eq!(address, format!("127.0.0.1:{dead}"));
+                assert!(detail.to_lowercase().contains("refused"), "{detail}");
+            }
+            other => panic!("expected ConnectionRefused, got {other:?}"),
+        }
     })
     .await;
 }
@@ -364,20 +361,16 @@ async fn special_password_case(kind: Kind) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn special_characters_in_password_tcp() {
-    let _engine = ENGINE.read().await;
     with_timeout(TEST, special_password_case(Kind::Tcp)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn special_characters_in_password_tls() {
-    let _engine = ENGINE.read().await;
     with_timeout(TEST, special_password_case(Kind::Tls)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn special_characters_in_password_websockets() {
-    let _engine = ENGINE.read().await;
-    let _ws = WEBSOCKETS.lock().await;
     with_timeout(TEST, special_password_case(Kind::Ws)).await;
 }
 
@@ -418,25 +411,8 @@ impl Drop for SilentProxy {
     }
 }
 
-/// Paho C waits for the proxy's answer in `Proxy_connect` (Proxy.c) with `usleep(250 ms)`
-/// for up to 10 s while holding its process-wide mutex, so a silent proxy stalls every
-/// client of the process. Such a test takes this lock exclusively (every other test takes it
-/// shared) and holds it until the engine is free again.
-static ENGINE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-/// Returns once Paho's global mutex is free (a plain TCP connect goes through).
-async fn wait_for_engine(broker: &Broker) {
-    let client = Client::builder("127.0.0.1")
-        .port(broker.port())
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
-    client.connect().await.unwrap().disconnect().await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn silent_proxy_times_out_instead_of_hanging() {
-    let _engine = ENGINE.write().await;
     with_timeout(TEST, async {
         let broker = Broker::start();
         let silent = SilentProxy::start().await;
@@ -446,115 +422,79 @@ async fn silent_proxy_times_out_instead_of_hanging() {
             .proxy(ProxySettings::http("127.0.0.1", silent.port))
             .build()
             .unwrap();
-        let started = Instant::now();
-        let err = client.connect().await.unwrap_err();
-        let elapsed = started.elapsed();
-        assert!(matches!(err, Error::Timeout), "{err:?}");
-        assert!(
-            elapsed >= timeout && elapsed < timeout + Duration::from_secs(1),
-            "{elapsed:?}"
-        );
-        assert_eq!(
-            *silent.accepted.lock().unwrap(),
-            1,
-            "Paho dialled the proxy"
-        );
-        wait_for_engine(&broker).await;
-    })
-    .await;
-}
-
-/// After a first `connect()` timed out at a silent proxy, the next one blocks (outside its
-/// timeout) until Paho's `Proxy_connect` gives up 10 s after the first attempt began.
-#[tokio::test(flavor = "multi_thread")]
-async fn silent_proxy_every_connect_respects_its_timeout() {
-    let _engine = ENGINE.write().await;
-    with_timeout(TEST, async {
-        let broker = Broker::start();
-        let silent = SilentProxy::start().await;
-        let timeout = Duration::from_secs(2);
-        let client = builder_for(Kind::Tcp, &broker)
-            .timeout(timeout)
-            .proxy(ProxySettings::http("127.0.0.1", silent.port))
-            .build()
-            .unwrap();
-        let mut took = Vec::new();
         for _ in 0..2 {
             let started = Instant::now();
             let err = client.connect().await.unwrap_err();
+            let elapsed = started.elapsed();
             assert!(matches!(err, Error::Timeout), "{err:?}");
-            took.push(started.elapsed());
-        }
-        wait_for_engine(&broker).await;
-        for elapsed in &took {
             assert!(
-                *elapsed < timeout + Duration::from_secs(1),
-                "connects took {took:?}"
+                elapsed >= timeout && elapsed < timeout + Duration::from_secs(1),
+                "{elapsed:?}"
             );
         }
+        assert_eq!(*silent.accepted.lock().unwrap(), 2, "one dial per connect");
     })
     .await;
 }
 
-/// While one client's connect waits for a silent proxy, Paho C's `Proxy_connect` sleeps
-/// 250 ms at a time for up to 10 s holding its process-wide mutex, so no other client of the
-/// process can reach the engine meanwhile (an engine limit: only a relay that owns the
-/// socket can lift it). What the facade guarantees: no runtime worker is blocked, and an
-/// unrelated call still ends within its own timeout (before the fix: `Err(Timeout)` after
-/// 10.5 s), then works once the stall is over.
+/// Paho C's own HTTP proxy support (`Proxy_connect`) sleeps 250 ms at a time for up to
+/// 10 s under its process-wide mutex, so one silent proxy stalled every client of the
+/// process. Through the relay a proxy is dialled by the facade: many clients waiting on one
+/// silent proxy stall nothing else — another connection's round trips and a new direct
+/// connect go on at full speed, and each waiting client times out on its own.
 #[tokio::test(flavor = "multi_thread")]
-async fn silent_proxy_stall_is_bounded_by_each_call_timeout() {
-    let _engine = ENGINE.write().await;
+async fn many_clients_behind_a_silent_proxy_stall_nothing_else() {
     with_timeout(TEST, async {
         let broker = Broker::start();
         let other = Client::builder("127.0.0.1")
             .port(broker.port())
             .build()
+            .unwrap()
+            .connect()
+            .await
             .unwrap();
-        let other = other.connect().await.unwrap();
         let silent = SilentProxy::start().await;
-        let client = builder_for(Kind::Tcp, &broker)
-            .timeout(Duration::from_secs(2))
-            .proxy(ProxySettings::http("127.0.0.1", silent.port))
-            .build()
-            .unwrap();
-        let stuck = tokio::spawn(async move { client.connect().await.map(drop) });
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        // The runtime stays responsive while the engine is stalled.
-        let tick = Instant::now();
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let stuck: Vec<_> = (0..8)
+            .map(|_| {
+                let client = builder_for(Kind::Tcp, &broker)
+                    .timeout(Duration::from_secs(3))
+                    .proxy(ProxySettings::http("127.0.0.1", silent.port))
+                    .build()
+                    .unwrap();
+                tokio::spawn(async move { client.connect().await.map(drop) })
+            })
+            .collect();
+        // Every one of them is waiting at the proxy.
         assert!(
-            tick.elapsed() < Duration::from_millis(500),
-            "{:?}",
-            tick.elapsed()
+            wait_until_async(Duration::from_secs(5), || *silent.accepted.lock().unwrap()
+                == 8)
+            .await
         );
         let started = Instant::now();
-        let published = other
-            .publish(unique_topic("stall"), "x")
-            .qos(QoS::AtLeastOnce)
-            .timeout(Duration::from_secs(3))
-            .await;
-        let elapsed = started.elapsed();
-        assert!(
-            elapsed < Duration::from_millis(3500),
-            "an unrelated QoS 1 publish took {elapsed:?}: {published:?}"
-        );
-        assert!(
-            matches!(
-                published,
-                Ok(()) | Err(Error::Timeout | Error::Unacknowledged)
-            ),
-            "{published:?}"
-        );
-        let _ = stuck.await;
-        wait_for_engine(&broker).await;
-        // Once Paho gives the proxy up, the other connection works again.
-        other
-            .publish(unique_topic("stall"), "after")
-            .qos(QoS::AtLeastOnce)
-            .timeout(Duration::from_secs(15))
+        for i in 0..20 {
+            other
+                .publish(unique_topic("beside_silent_proxy"), i)
+                .qos(QoS::AtLeastOnce)
+                .await
+                .unwrap();
+        }
+        let fresh = Client::builder("127.0.0.1")
+            .port(broker.port())
+            .build()
+            .unwrap()
+            .connect()
             .await
-            .expect("publish after the stall");
+            .unwrap();
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(1),
+            "20 round trips and a connect beside the silent proxy took {took:?}"
+        );
+        for task in stuck {
+            let result = task.await.unwrap();
+            assert!(matches!(result, Err(Error::Timeout)), "{result:?}");
+        }
+        fresh.disconnect().await.unwrap();
     })
     .await;
 }

@@ -256,10 +256,8 @@ async fn calls_while_reconnecting_are_queued_in_order_and_bounded() {
 
         proxy.refuse(true);
         proxy.cut();
-        assert!(matches!(
-            next_event(&mut events).await,
-            ConnectionEvent::Lost { .. }
-        ));
+        let lost = next_event(&mut events).await;
+        assert!(matches!(lost, ConnectionEvent::Lost { .. }), "{lost:?}");
         // Each call is polled once, in order: the first two are queued, the third refused.
         let mut first = conn.publish(&t, "1").qos(QoS::AtLeastOnce).into_future();
         let mut second = conn.publish(&t, "2").qos(QoS::AtLeastOnce).into_future();

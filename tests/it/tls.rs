@@ -175,6 +175,7 @@ async fn wrong_key_password_fails_at_build() {
             Error::Tls {
                 kind: TlsErrorKind::BadKey,
                 detail,
+                ..
             } => {
                 assert!(detail.contains("client.enc.key"), "{detail}");
                 assert!(!detail.contains("not-the-passphrase"), "{detail}");

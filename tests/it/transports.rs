@@ -23,13 +23,6 @@ const TEST: Duration = Duration::from_secs(40);
 /// The bound of one wait for a message.
 const RECV: Duration = Duration::from_secs(10);
 
-/// Paho C 1.3.16 keeps its WebSocket receive state in process-wide statics (`WebSocket.c`:
-/// `in_frames`, `last_frame`, `frame_buffer`), so two WebSocket connections alive at once in
-/// one process corrupt each other (see `two_websocket_connections_at_once`, ignored). Every
-/// test of this file that opens a ws/wss connection holds this lock (outside its timeout;
-/// each holder is bounded by its own).
-static WEBSOCKETS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 // ---------------------------------------------------------------------------------------------
 // The core suite.
 
@@ -266,7 +259,6 @@ async fn round_trip_mutual_tls_encrypted_key() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn round_trip_ws_v311() {
-    let _ws = WEBSOCKETS.lock().await;
     with_timeout(TEST, async {
         let broker = Broker::builder().websockets().start();
         round_trip(ws_builder(&broker), ProtocolVersion::V311, "ws_v311").await;
@@ -276,7 +268,6 @@ async fn round_trip_ws_v311() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn round_trip_ws_v5() {
-    let _ws = WEBSOCKETS.lock().await;
     with_timeout(TEST, async {
         let broker = Broker::builder().websockets().start();
         round_trip(ws_builder(&broker), ProtocolVersion::V5, "ws_v5").await;
@@ -286,7 +277,6 @@ async fn round_trip_ws_v5() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn round_trip_wss_v311() {
-    let _ws = WEBSOCKETS.lock().await;
     with_timeout(TEST, async {
         let broker = Broker::builder().wss().start();
         round_trip(wss_builder(&broker), ProtocolVersion::V311, "wss_v311").await;
@@ -296,7 +286,6 @@ async fn round_trip_wss_v311() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn round_trip_wss_v5() {
-    let _ws = WEBSOCKETS.lock().await;
     with_timeout(TEST, async {
         let broker = Broker::builder().wss().start();
         round_trip(wss_builder(&broker), ProtocolVersion::V5, "wss_v5").await;
@@ -366,7 +355,6 @@ async fn round_trip_tls_v5_through_http_proxy() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn round_trip_ws_through_http_proxy() {
-    let _ws = WEBSOCKETS.lock().await;
     with_timeout(TEST, async {
         let broker = Broker::builder().websockets().start();
         let proxy = HttpProxy::start(&[broker.ws_port()]);
@@ -380,7 +368,6 @@ async fn round_trip_ws_through_http_proxy() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn round_trip_wss_through_http_proxy() {
-    let _ws = WEBSOCKETS.lock().await;
     with_timeout(TEST, async {
         let broker = Broker::builder().wss().start();
         let proxy = HttpProxy::start(&[broker.wss_port()]);
@@ -525,7 +512,6 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn websocket_path_and_headers_reach_the_server() {
-    let _ws = WEBSOCKETS.lock().await;
     with_timeout(TEST, async {
         let broker = Broker::builder().websockets().start();
         let relay = RecordingRelay::start(broker.ws_port()).await;
@@ -568,7 +554,6 @@ async fn websocket_path_and_headers_reach_the_server() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn websocket_default_path_is_mqtt_without_extra_headers() {
-    let _ws = WEBSOCKETS.lock().await;
     with_timeout(TEST, async {
         let broker = Broker::builder().websockets().start();
         let relay = RecordingRelay::start(broker.ws_port()).await;
@@ -592,7 +577,6 @@ async fn websocket_default_path_is_mqtt_without_extra_headers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn websocket_over_tls_with_path_and_headers() {
-    let _ws = WEBSOCKETS.lock().await;
     with_timeout(TEST, async {
         let broker = Broker::builder().wss().start();
         let relay = RecordingRelay::start(broker.wss_port()).await;
@@ -658,7 +642,6 @@ async fn exchange(conns: Vec<aiomqtt::Connection>, base: &str) {
 /// The control for the next test: one WebSocket and one TCP connection at once are fine.
 #[tokio::test(flavor = "multi_thread")]
 async fn one_websocket_and_one_tcp_connection_at_once() {
-    let _ws = WEBSOCKETS.lock().await;
     with_timeout(TEST, async {
         let broker = Broker::builder().websockets().start();
         let ws = ws_builder(&broker).build().unwrap();
@@ -675,41 +658,92 @@ async fn one_websocket_and_one_tcp_connection_at_once() {
     .await;
 }
 
-/// Paho C keeps WebSocket receive state in process-wide statics (WebSocket.c), so two
-/// WebSocket connections alive at once corrupt each other's frames within a few messages.
-/// The facade refuses the second one with an error naming the cause, and WebSockets work
-/// again as soon as the first connection has ended.
+/// A payload that says where it came from: connection `n`, message `i`, `len` bytes of a
+/// pattern of both, so any corruption or mix-up of frames shows.
+fn stamped(n: usize, i: usize, len: usize) -> Vec<u8> {
+    let mut p = Vec::with_capacity(len + 8);
+    p.extend_from_slice(&(n as u32).to_be_bytes());
+    p.extend_from_slice(&(i as u32).to_be_bytes());
+    p.extend((0..len).map(|j| (n * 31 + i * 7 + j) as u8));
+    p
+}
+
+/// Paho C keeps WebSocket frame state in process-wide statics, so two of its WebSocket
+/// connections at once corrupt each other within a few messages; through the relay each
+/// connection has its own. Four at once, every one publishing several-kB messages that
+/// all four receive interleaved: every message arrives exactly as sent.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_second_websocket_connection_at_once_is_refused() {
-    let _ws = WEBSOCKETS.lock().await;
+async fn several_websocket_connections_at_once_keep_their_frames_intact() {
     with_timeout(TEST, async {
         let broker = Broker::builder().websockets().start();
-        let first = ws_builder(&broker)
-            .build()
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let second = ws_builder(&broker).build().unwrap();
-        match second.connect().await {
-            Err(Error::Unsupported { option, reason }) => {
-                assert_eq!(option, "transport");
-                assert!(reason.contains("WebSocket.c"), "{reason}");
-            }
-            other => panic!("expected Unsupported, got {other:?}"),
+        let base = unique_topic("ws_many");
+        const CONNS: usize = 4;
+        const MSGS: usize = 25;
+        let mut conns = Vec::new();
+        for _ in 0..CONNS {
+            let conn = ws_builder(&broker)
+                .build()
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            conn.subscribe((format!("{base}/#").as_str(), QoS::AtLeastOnce))
+                .await
+                .unwrap();
+            conns.push(conn);
         }
-        // A TCP connection beside it is fine.
-        let tcp = Client::builder("127.0.0.1")
-            .port(broker.port())
-            .build()
-            .unwrap();
-        let tcp = tcp.connect().await.unwrap();
-        first.disconnect().await.unwrap();
-        let second = second
-            .connect()
-            .await
-            .expect("WebSockets again once the first ended");
-        exchange(vec![second, tcp], &unique_topic("ws_after_ws")).await;
+        let tasks: Vec<_> = conns
+            .into_iter()
+            .enumerate()
+            .map(|(n, conn)| {
+                let base = base.clone();
+                tokio::spawn(async move {
+                    let mut messages = conn.messages();
+                    let publishing = {
+                        let conn = conn.clone();
+                        let base = base.clone();
+                        tokio::spawn(async move {
+                            for i in 0..MSGS {
+                                conn.publish(format!("{base}/{n}"), stamped(n, i, 2000 + 173 * i))
+                                    .qos(QoS::AtLeastOnce)
+                                    .await
+                                    .map_err(|e| format!("connection {n} publish {i}: {e}"))?;
+                            }
+                            Ok::<_, String>(())
+                        })
+                    };
+                    let mut seen = std::collections::BTreeSet::new();
+                    while seen.len() < CONNS * MSGS {
+                        let m = match tokio::time::timeout(Duration::from_secs(15), messages.next())
+                            .await
+                        {
+                            Ok(Some(Ok(m))) => m,
+                            other => {
+                                return Err(format!(
+                                    "connection {n} after {}: {other:?}",
+                                    seen.len()
+                                ));
+                            }
+                        };
+                        let from = u32::from_be_bytes(m.payload[..4].try_into().unwrap()) as usize;
+                        let i = u32::from_be_bytes(m.payload[4..8].try_into().unwrap()) as usize;
+                        if m.payload != stamped(from, i, 2000 + 173 * i)
+                            || m.topic.as_str() != format!("{base}/{from}")
+                        {
+                            return Err(format!("connection {n}: message {from}/{i} corrupted"));
+                        }
+                        if !seen.insert((from, i)) {
+                            return Err(format!("connection {n}: message {from}/{i} twice"));
+                        }
+                    }
+                    publishing.await.unwrap()?;
+                    conn.disconnect().await.map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
     })
     .await;
 }

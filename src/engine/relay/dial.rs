@@ -1,0 +1,501 @@
+//! Dialling the broker the way the options ask, before Paho is involved, so that every
+//! failure is reported precisely: a bind failure, a refused port, a proxy's or a SOCKS
+//! server's refusal, a TLS verification failure, a refused WebSocket upgrade.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use openssl::ssl::{Ssl, SslConnector, SslContext, SslMethod, SslVerifyMode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream, UnixStream};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::options::{CertRequirements, Options, ProxyKind, TlsParams};
+use crate::{Error, TlsErrorKind, TlsVersion, Transport};
+
+/// A byte stream to the broker.
+pub(crate) trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ByteStream for T {}
+
+/// The link to the broker, ready for MQTT.
+pub(crate) enum Upstream {
+    /// MQTT bytes as they are.
+    Bytes(Box<dyn ByteStream>),
+    /// MQTT bytes in binary WebSocket messages.
+    Ws(Box<WebSocketStream<Box<dyn ByteStream>>>),
+}
+
+/// Dials the broker: TCP (bound, with socket options) or a Unix socket, through a proxy
+/// if there is one, then TLS and the WebSocket upgrade as configured.
+pub(crate) async fn dial(o: &Options) -> Result<Upstream, Error> {
+    let host = o
+        .hostname
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let stream: Box<dyn ByteStream> = if o.transport == Transport::Unix {
+        let s = UnixStream::connect(&o.hostname)
+            .await
+            .map_err(|e| Error::refused(o.hostname.clone(), e.to_string()))?;
+        Box::new(s)
+    } else {
+        match &o.proxy {
+            None => Box::new(tcp(o, &host, o.port).await?),
+            Some(proxy) => {
+                let first = tcp(o, &proxy.host, proxy.port).await?;
+                let name = format!("{}:{}", proxy.host, proxy.port);
+                match proxy.kind {
+                    ProxyKind::Http => Box::new(
+                        http_connect(first, &name, &host, o.port, proxy_credentials(o)).await?,
+                    ),
+                    ProxyKind::Socks5 => Box::new(socks5(first, &name, &host, o.port, o).await?),
+                    ProxyKind::Socks4 => Box::new(socks4(first, &name, &host, o.port, o).await?),
+                }
+            }
+        }
+    };
+    let stream = if o.tls_params.is_some() || o.tls_context.is_some() {
+        Box::new(tls(o, &host, stream).await?) as Box<dyn ByteStream>
+    } else {
+        stream
+    };
+    if o.transport == Transport::WebSockets {
+        return websocket(o, &host, stream).await;
+    }
+    Ok(Upstream::Bytes(stream))
+}
+
+fn proxy_credentials(o: &Options) -> Option<(&str, &str)> {
+    let p = o.proxy.as_ref()?;
+    Some((p.username.as_deref()?, p.password.as_deref()?))
+}
+
+/// The local address to bind, if any (`bind_address`, `bind_port`), for `family`.
+fn local_addr(o: &Options, target: &SocketAddr) -> Result<Option<SocketAddr>, Error> {
+    if o.bind_address.is_none() && o.bind_port.is_none() {
+        return Ok(None);
+    }
+    let ip = match &o.bind_address {
+        Some(a) => a.parse::<IpAddr>().map_err(|_| {
+            Error::InvalidArgument(format!("bind_address {a:?} is not an IP address"))
+        })?,
+        None if target.is_ipv4() => IpAddr::from([0, 0, 0, 0]),
+        None => IpAddr::from([0u16; 8]),
+    };
+    Ok(Some(SocketAddr::new(ip, o.bind_port.unwrap_or(0))))
+}
+
+/// A TCP connection to `host:port`, bound and with the socket options applied.
+async fn tcp(o: &Options, host: &str, port: u16) -> Result<TcpStream, Error> {
+    let address = format!("{host}:{port}");
+    let targets: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| Error::Dns {
+            host: host.to_owned(),
+            detail: e.to_string(),
+        })?
+        .collect();
+    if targets.is_empty() {
+        return Err(Error::Dns {
+            host: host.to_owned(),
+            detail: "no addresses found".to_owned(),
+        });
+    }
+    let mut last = None;
+    for target in targets {
+        let local = local_addr(o, &target)?;
+        if local.is_some_and(|l| l.is_ipv4() != target.is_ipv4()) {
+            continue;
+        }
+        let socket = if target.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(Error::Io)?;
+        if let Some(local) = local {
+            if o.bind_port.is_some() {
+                socket.set_reuseaddr(true).map_err(Error::Io)?;
+            }
+            socket.bind(local).map_err(|e| Error::Bind {
+                address: local.to_string(),
+                detail: e.to_string(),
+            })?;
+        }
+        for opt in &o.socket_options {
+            super::sockopt::set(&socket, opt)?;
+        }
+        match socket.connect(target).await {
+            Ok(stream) => {
+                // As Paho does on its own connections.
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let detail = match last {
+        Some(e) => e.to_string(),
+        None => "no address of the family of bind_address".to_owned(),
+    };
+    Err(Error::refused(address, detail))
+}
+
+/// A stream whose first bytes were already read (after a proxy's answer).
+struct Prefixed<S> {
+    prefix: Vec<u8>,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The largest proxy answer head we read.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Opens a tunnel through an HTTP proxy (`CONNECT`, Basic credentials).
+async fn http_connect(
+    mut stream: TcpStream,
+    proxy: &str,
+    host: &str,
+    port: u16,
+    credentials: Option<(&str, &str)>,
+) -> Result<Prefixed<TcpStream>, Error> {
+    let target = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let mut request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+    if let Some((user, pass)) = credentials {
+        let token = openssl::base64::encode_block(format!("{user}:{pass}").as_bytes());
+        request.push_str(&format!("Proxy-Authorization: Basic {token}\r\n"));
+    }
+    request.push_str("\r\n");
+    let refused = |detail: String| Error::Proxy {
+        proxy: proxy.to_owned(),
+        detail,
+    };
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| refused(format!("the proxy closed the connection: {e}")))?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| refused(format!("the proxy closed the connection: {e}")))?;
+        if n == 0 {
+            return Err(refused(
+                "the proxy closed the connection without answering".to_owned(),
+            ));
+        }
+        head.extend_from_slice(&buf[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        match response.parse(&head) {
+            Ok(httparse::Status::Complete(len)) => {
+                let code = response.code.unwrap_or(0);
+                if (200..300).contains(&code) {
+                    return Ok(Prefixed {
+                        prefix: head[len..].to_vec(),
+                        inner: stream,
+                    });
+                }
+                return Err(refused(format!(
+                    "the proxy refused the tunnel to {target}: HTTP {code} {}",
+                    response.reason.unwrap_or("")
+                )));
+            }
+            Ok(httparse::Status::Partial) if head.len() < MAX_HEAD => continue,
+            Ok(httparse::Status::Partial) => {
+                return Err(refused("the proxy's answer is too long".to_owned()));
+            }
+            Err(e) => return Err(refused(format!("the proxy's answer is not HTTP: {e}"))),
+        }
+    }
+}
+
+fn socks_error(proxy: &str, e: tokio_socks::Error) -> Error {
+    Error::Proxy {
+        proxy: proxy.to_owned(),
+        detail: format!("SOCKS: {e}"),
+    }
+}
+
+/// A tunnel through a SOCKS 5 proxy; a host name is resolved by the proxy.
+async fn socks5(
+    stream: TcpStream,
+    proxy: &str,
+    host: &str,
+    port: u16,
+    o: &Options,
+) -> Result<TcpStream, Error> {
+    let target = (host, port);
+    let s = match proxy_credentials(o) {
+        Some((user, pass)) => {
+            tokio_socks::tcp::Socks5Stream::connect_with_password_and_socket(
+                stream, target, user, pass,
+            )
+            .await
+        }
+        None => tokio_socks::tcp::Socks5Stream::connect_with_socket(stream, target).await,
+    };
+    s.map(tokio_socks::tcp::Socks5Stream::into_inner)
+        .map_err(|e| socks_error(proxy, e))
+}
+
+/// A tunnel through a SOCKS 4 proxy (4a for a host name: the proxy resolves it); the
+/// proxy username, if any, is the SOCKS 4 user id.
+async fn socks4(
+    stream: TcpStream,
+    proxy: &str,
+    host: &str,
+    port: u16,
+    o: &Options,
+) -> Result<TcpStream, Error> {
+    let target = (host, port);
+    let s = match o.proxy.as_ref().and_then(|p| p.username.as_deref()) {
+        Some(user) => {
+            tokio_socks::tcp::Socks4Stream::connect_with_userid_and_socket(stream, target, user)
+                .await
+        }
+        None => tokio_socks::tcp::Socks4Stream::connect_with_socket(stream, target).await,
+    };
+    s.map(tokio_socks::tcp::Socks4Stream::into_inner)
+        .map_err(|e| socks_error(proxy, e))
+}
+
+fn tls_setup(e: openssl::error::ErrorStack) -> Error {
+    Error::tls(TlsErrorKind::Handshake, e.to_string())
+}
+
+/// An OpenSSL context from `TlsParams` (files), as Paho would build it, plus the TLS
+/// version bound Paho cannot apply.
+fn context_from_params(params: &TlsParams) -> Result<SslContext, Error> {
+    let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(tls_setup)?;
+    if let Some(ca) = &params.ca_certs {
+        b.set_ca_file(ca).map_err(tls_setup)?;
+    }
+    if params.cert_reqs == CertRequirements::None {
+        b.set_verify(SslVerifyMode::NONE);
+    }
+    if let Some(cert) = &params.certfile {
+        b.set_certificate_chain_file(cert).map_err(tls_setup)?;
+    }
+    if let Some(key) = super::super::tls_config::load_key(params)? {
+        b.set_private_key(&key).map_err(tls_setup)?;
+    }
+    if let Some(ciphers) = &params.ciphers {
+        b.set_cipher_list(ciphers).map_err(tls_setup)?;
+    }
+    if !params.alpn_protocols.is_empty() {
+        let mut wire = Vec::new();
+        for p in &params.alpn_protocols {
+            wire.push(p.len() as u8); // 1..=255, checked by build()
+            wire.extend_from_slice(p.as_bytes());
+        }
+        b.set_alpn_protos(&wire).map_err(tls_setup)?;
+    }
+    if let Some(version) = params.tls_version {
+        let v = match version {
+            TlsVersion::Tls12 => openssl::ssl::SslVersion::TLS1_2,
+            TlsVersion::Tls13 => openssl::ssl::SslVersion::TLS1_3,
+        };
+        b.set_min_proto_version(Some(v)).map_err(tls_setup)?;
+        b.set_max_proto_version(Some(v)).map_err(tls_setup)?;
+    }
+    Ok(b.build().into_context())
+}
+
+/// The TLS handshake over `stream`: the user's context, or one built from `tls_params`;
+/// the host name is sent (SNI) and verified unless `tls_insecure` or verification is off.
+async fn tls(
+    o: &Options,
+    host: &str,
+    stream: Box<dyn ByteStream>,
+) -> Result<tokio_openssl::SslStream<Box<dyn ByteStream>>, Error> {
+    let context = match (&o.tls_context, &o.tls_params) {
+        (Some(ctx), _) => ctx.0.clone(),
+        (None, Some(params)) => context_from_params(params)?,
+        (None, None) => return Err(Error::InvalidArgument("no TLS settings".to_owned())),
+    };
+    let verify = context.verify_mode() != SslVerifyMode::NONE;
+    let mut ssl = Ssl::new(&context).map_err(tls_setup)?;
+    if host.parse::<IpAddr>().is_err() {
+        ssl.set_hostname(host).map_err(tls_setup)?;
+    }
+    if verify && !o.tls_insecure {
+        let param = ssl.param_mut();
+        match host.parse::<IpAddr>() {
+            Ok(ip) => param.set_ip(ip).map_err(tls_setup)?,
+            Err(_) => param.set_host(host).map_err(tls_setup)?,
+        }
+    }
+    let mut tls = tokio_openssl::SslStream::new(ssl, stream).map_err(tls_setup)?;
+    if let Err(e) = Pin::new(&mut tls).connect().await {
+        let addr = format!("{host}:{}", o.port);
+        let verify = tls.ssl().verify_result();
+        if verify.as_raw() != 0 {
+            return Err(Error::tls(
+                super::super::diagnose::verify_kind(verify.as_raw()),
+                format!("{addr}: {}", verify.error_string()),
+            ));
+        }
+        let codes: Vec<u64> = e
+            .ssl_error()
+            .map(|s| s.errors().iter().map(|e| e.code()).collect())
+            .unwrap_or_default();
+        let kind = codes
+            .iter()
+            .find_map(|&c| super::super::diagnose::kind_of(c))
+            .unwrap_or(if tls.ssl().peer_certificate().is_some() {
+                TlsErrorKind::ClientCertificateRejected
+            } else {
+                TlsErrorKind::NotTls
+            });
+        return Err(Error::tls(kind, format!("{addr}: {e}")));
+    }
+    Ok(tls)
+}
+
+/// The WebSocket upgrade (subprotocol `mqtt`, the configured path and headers).
+///
+/// The handshake is written here and its answer parsed with `httparse`; the WebSocket
+/// crate only frames afterwards. Its own handshake logs the whole request at TRACE,
+/// header values included, and `websocket_headers` often carry credentials.
+async fn websocket(
+    o: &Options,
+    host: &str,
+    mut stream: Box<dyn ByteStream>,
+) -> Result<Upstream, Error> {
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let authority = if host.contains(':') {
+        format!("[{host}]:{}", o.port)
+    } else {
+        format!("{host}:{}", o.port)
+    };
+    let path = o.websocket_path.as_deref().unwrap_or("/mqtt");
+    let failed = |status: Option<u16>, detail: String| Error::WebSocket { status, detail };
+    let mut nonce = [0u8; 16];
+    openssl::rand::rand_bytes(&mut nonce).map_err(|e| failed(None, e.to_string()))?;
+    let key = openssl::base64::encode_block(&nonce);
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: mqtt\r\n"
+    );
+    for (name, value) in &o.websocket_headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| failed(None, format!("the server closed the connection: {e}")))?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let leftover = loop {
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| failed(None, format!("the server closed the connection: {e}")))?;
+        if n == 0 {
+            return Err(failed(
+                None,
+                "the server closed the connection without answering the upgrade".to_owned(),
+            ));
+        }
+        head.extend_from_slice(&buf[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        match response.parse(&head) {
+            Ok(httparse::Status::Complete(len)) => {
+                let code = response.code.unwrap_or(0);
+                if code != 101 {
+                    return Err(failed(Some(code), response.reason.unwrap_or("").to_owned()));
+                }
+                let accept = response
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("Sec-WebSocket-Accept"))
+                    .map(|h| h.value.to_vec());
+                let expected = accept_key(&key);
+                if accept.as_deref() != Some(expected.as_bytes()) {
+                    return Err(failed(
+                        Some(code),
+                        "the server's Sec-WebSocket-Accept does not match the key".to_owned(),
+                    ));
+                }
+                break head[len..].to_vec();
+            }
+            Ok(httparse::Status::Partial) if head.len() < MAX_HEAD => continue,
+            Ok(httparse::Status::Partial) => {
+                return Err(failed(None, "the upgrade answer is too long".to_owned()));
+            }
+            Err(e) => return Err(failed(None, format!("the upgrade answer is not HTTP: {e}"))),
+        }
+    };
+    let stream: Box<dyn ByteStream> = if leftover.is_empty() {
+        stream
+    } else {
+        Box::new(Prefixed {
+            prefix: leftover,
+            inner: stream,
+        })
+    };
+    let ws = WebSocketStream::from_raw_socket(stream, Role::Client, None).await;
+    Ok(Upstream::Ws(Box::new(ws)))
+}
+
+/// `Sec-WebSocket-Accept` for `key` (RFC 6455 §4.2.2).
+fn accept_key(key: &str) -> String {
+    const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let digest = openssl::sha::sha1(format!("{key}{GUID}").as_bytes());
+    openssl::base64::encode_block(&digest)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn accept_key_of_rfc_6455() {
+        // The example of RFC 6455 §1.3.
+        assert_eq!(
+            super::accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiAxwlmxpL0Ce+lHgs+Mo="
+        );
+    }
+}

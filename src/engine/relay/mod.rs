@@ -1,0 +1,143 @@
+//! The relay: for the transports and options Paho C cannot do well or at all, the facade
+//! owns the socket. It dials the broker itself — bound to `bind_address`/`bind_port`, with
+//! `socket_options`, through an HTTP or SOCKS proxy, over a Unix socket, with its own
+//! OpenSSL context (`tls_context`, a pinned `tls_version`), as a WebSocket — and Paho
+//! speaks plain MQTT to a private endpoint of this process that the relay joins to that
+//! link, both ways.
+//!
+//! In play when any of these is used: WebSockets (Paho C keeps WebSocket frame state in
+//! process-wide statics, so two connections corrupt each other), a proxy (Paho's
+//! `Proxy_connect` sleeps under its global mutex), a Unix socket (Paho connects in ~1 s),
+//! `bind_address`, `bind_port`, `socket_options`, `tls_context`, `tls_version`. Plain TCP
+//! and TLS without them go direct.
+//!
+//! Every failure of the dial is reported before Paho is involved, precisely; how the link
+//! ended is known exactly (the broker closed it, it was reset, or the engine closed it:
+//! a keep-alive timeout).
+
+mod dial;
+mod endpoint;
+mod pipe;
+mod runtime;
+mod sockopt;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+pub(crate) use pipe::LinkEnd;
+
+use crate::options::Options;
+use crate::{Error, Transport};
+
+/// Whether `o` needs the relay.
+pub(crate) fn needed(o: &Options) -> bool {
+    o.transport != Transport::Tcp
+        || o.proxy.is_some()
+        || o.bind_address.is_some()
+        || o.bind_port.is_some()
+        || !o.socket_options.is_empty()
+        || o.tls_context.is_some()
+        || o.tls_params
+            .as_ref()
+            .is_some_and(|t| t.tls_version.is_some())
+}
+
+/// The options Paho sees when the relay carries the link: plain MQTT over TCP to the
+/// private endpoint (everything else is the relay's job).
+pub(crate) fn engine_view(o: &Options) -> Options {
+    let mut view = o.clone();
+    view.transport = Transport::Tcp;
+    view.tls_params = None;
+    view.tls_context = None;
+    view.tls_insecure = false;
+    view.proxy = None;
+    view.websocket_headers.clear();
+    view.websocket_path = None;
+    view.bind_address = None;
+    view.bind_port = None;
+    view.socket_options.clear();
+    view
+}
+
+/// One engine's relay. Each link gets its own private endpoint: a loopback port that
+/// joins exactly one connection — the engine's, from this process — to the link, refuses
+/// any other, and closes as soon as it has joined it (or when the connect's deadline
+/// passes without it).
+#[derive(Default)]
+pub(crate) struct Relay {
+    /// How the current (or last) link ended.
+    current: Mutex<Option<pipe::EndSlot>>,
+}
+
+fn lock(m: &Mutex<Option<pipe::EndSlot>>) -> MutexGuard<'_, Option<pipe::EndSlot>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Relay {
+    pub(crate) fn new() -> Relay {
+        Relay::default()
+    }
+
+    /// Dials the broker within `deadline` and opens the link's private endpoint; returns
+    /// the URI the engine connects to.
+    pub(crate) async fn dial(
+        &self,
+        options: Arc<Options>,
+        deadline: Instant,
+    ) -> Result<String, Error> {
+        let opened = runtime::run(async move {
+            let upstream = match tokio::time::timeout_at(deadline, dial::dial(&options)).await {
+                Ok(result) => result?,
+                Err(_) => return Err(Error::Timeout),
+            };
+            let listener = TcpListener::bind("127.0.0.1:0").await.map_err(Error::Io)?;
+            let port = listener.local_addr().map_err(Error::Io)?.port();
+            let end = pipe::EndSlot::default();
+            tokio::spawn(serve_once(listener, upstream, end.clone(), deadline));
+            Ok((port, end))
+        });
+        let (port, end) = match tokio::time::timeout_at(deadline, opened).await {
+            Ok(result) => result??,
+            Err(_) => return Err(Error::Timeout),
+        };
+        *lock(&self.current) = Some(end);
+        Ok(format!("tcp://127.0.0.1:{port}"))
+    }
+
+    /// How the current link ended, if it did.
+    pub(crate) fn link_end(&self) -> Option<LinkEnd> {
+        let slot = lock(&self.current).clone()?;
+        slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Serves one link: the first connection of this process is joined to `upstream`; the
+/// endpoint closes then, or at `deadline`.
+async fn serve_once(
+    listener: TcpListener,
+    upstream: dial::Upstream,
+    end: pipe::EndSlot,
+    deadline: Instant,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = tokio::time::sleep_until(deadline) => return,
+        };
+        let Ok((stream, peer)) = accepted else {
+            continue;
+        };
+        if !endpoint::peer_is_this_process(&stream) {
+            log::warn!(
+                target: "aiomqtt::engine",
+                "refused a connection to a private relay endpoint from {peer}: not this process"
+            );
+            continue;
+        }
+        drop(listener);
+        pipe::run(stream, upstream, end).await;
+        return;
+    }
+}

@@ -1,0 +1,191 @@
+//! Errors that name their cause: each situation a user meets (a broker that speaks only
+//! MQTT 3.1.1, an identifier MQTT cannot carry, a URL where a host name belongs, …) and
+//! the error it must produce, fast. The conformance suite (`conformance.rs`) shows the
+//! same situations on real foreign brokers; here the fake broker and Mosquitto make each
+//! one happen on purpose.
+
+use std::time::{Duration, Instant};
+
+use aiomqtt::{Client, Error, ProtocolVersion, Transport};
+
+use crate::support::*;
+
+/// A refusal the broker states must come back well within the client's timeout.
+const FAST: Duration = Duration::from_secs(2);
+const BODY: Duration = Duration::from_secs(20);
+const TIMEOUT: Duration = Duration::from_secs(8);
+
+fn v5_client(fb: &FakeBroker) -> Client {
+    Client::builder("127.0.0.1")
+        .port(fb.port())
+        .protocol(ProtocolVersion::V5)
+        .identifier("errors-v5")
+        .timeout(TIMEOUT)
+        .build()
+        .unwrap()
+}
+
+/// A broker that answers an MQTT 5 CONNECT with an MQTT 3.1.1 CONNACK, return code 1
+/// (NATS does): the error says MQTT 5 is not accepted and keeps the refusal as `source()`.
+#[tokio::test(flavor = "multi_thread")]
+async fn v3_connack_to_a_v5_connect_is_unsupported_protocol() {
+    with_timeout(BODY, async {
+        let fb = FakeBroker::start().await;
+        let client = v5_client(&fb);
+        let started = Instant::now();
+        let (r, _fc) = tokio::join!(client.connect(), async {
+            let fc = fb.accept().await;
+            // CONNACK, remaining length 2: no session, return code 1.
+            fc.send(&[0x20, 0x02, 0x00, 0x01]).await.unwrap();
+            fc.close_fin().await;
+            fc
+        });
+        let err = r.expect_err("refused");
+        assert!(started.elapsed() < FAST, "took {:?}", started.elapsed());
+        assert!(
+            matches!(
+                &err,
+                Error::UnsupportedProtocol {
+                    protocol: ProtocolVersion::V5,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains("does not accept MQTT 5"), "{text}");
+        assert!(text.contains("ProtocolVersion::V311"), "{text}");
+        let source = std::error::Error::source(&err).expect("the refusal as source()");
+        assert!(source.to_string().contains("protocol version"), "{source}");
+    })
+    .await;
+}
+
+/// A broker that closes on an MQTT 5 CONNECT but answers a 3.1.1 one (RabbitMQ, rumqttd's
+/// v4 listener): found by the failure's diagnosis, one bare 3.1.1 CONNECT with an empty
+/// identifier (so it can take over no session).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_closing_on_v5_but_answering_v311_is_unsupported_protocol() {
+    with_timeout(BODY, async {
+        let fb = FakeBroker::start().await;
+        let client = v5_client(&fb);
+        let broker = async {
+            let first = fb.accept().await;
+            assert!(first.v5());
+            first.close_fin().await;
+            let probe = fb.accept().await;
+            assert!(!probe.v5(), "the probe speaks 3.1.1");
+            probe.send_connack(false, 0).await.unwrap();
+            (first, probe)
+        };
+        let (r, (_first, probe)) = tokio::join!(client.connect(), broker);
+        let err = r.expect_err("refused");
+        assert!(
+            matches!(
+                &err,
+                Error::UnsupportedProtocol {
+                    protocol: ProtocolVersion::V5,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("answers an MQTT 3.1.1 one"),
+            "{err}"
+        );
+        assert_eq!(
+            probe.connect.client_id, "",
+            "the probe must not reuse the client's identifier"
+        );
+        assert!(std::error::Error::source(&err).is_some(), "{err:?}");
+    })
+    .await;
+}
+
+/// Identifiers, user names and passwords are MQTT strings: at most 65,535 bytes.
+#[test]
+fn strings_longer_than_mqtt_allows_are_refused_by_build() {
+    let long = "x".repeat(70_000);
+    let builders = [
+        ("identifier", Client::builder("localhost").identifier(&long)),
+        ("username", Client::builder("localhost").username(&long)),
+        (
+            "password",
+            Client::builder("localhost").username("u").password(&long),
+        ),
+    ];
+    for (name, b) in builders {
+        let err = b.build().expect_err(name);
+        assert!(matches!(err, Error::InvalidArgument(_)), "{name}: {err:?}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("Invalid argument: {name} is 70000 bytes long")),
+            "{text}"
+        );
+        assert!(text.contains("65,535"), "{text}");
+    }
+    // The limit itself is fine.
+    Client::builder("localhost")
+        .identifier("x".repeat(65_535))
+        .build()
+        .unwrap();
+}
+
+/// A persistent session needs an identifier on 3.1.1 (the broker would refuse with
+/// CONNACK 2), as paho-python's constructor insists for aiomqtt.
+#[test]
+fn a_persistent_session_without_an_identifier_is_refused_by_build() {
+    for b in [
+        Client::builder("localhost").clean_session(false),
+        Client::builder("localhost")
+            .identifier("")
+            .clean_session(false),
+    ] {
+        let err = b.build().expect_err("refused");
+        assert!(
+            err.to_string()
+                .contains("clean_session(false) needs an identifier"),
+            "{err}"
+        );
+    }
+    Client::builder("localhost")
+        .identifier("kept")
+        .clean_session(false)
+        .build()
+        .unwrap();
+    // MQTT 3.1 gets a generated identifier when none is set.
+    Client::builder("localhost")
+        .protocol(ProtocolVersion::V31)
+        .clean_session(false)
+        .build()
+        .unwrap();
+}
+
+/// A URL or `host:port` where the host name belongs gets a hint, not a DNS error.
+#[test]
+fn a_url_or_host_port_as_the_hostname_gets_a_hint() {
+    let err = Client::builder("tcp://broker.example:1883")
+        .build()
+        .expect_err("a URL");
+    let text = err.to_string();
+    assert!(text.contains("is a URL"), "{text}");
+    assert!(text.contains(".transport()"), "{text}");
+
+    let err = Client::builder("broker.example:1883")
+        .build()
+        .expect_err("host:port");
+    let text = err.to_string();
+    assert!(
+        text.contains(r#"Client::builder("broker.example").port(1883)"#),
+        "{text}"
+    );
+
+    // IPv6 literals and Unix socket paths are not mistaken for either.
+    Client::builder("::1").build().unwrap();
+    Client::builder("fe80::1:1883").build().unwrap();
+    Client::builder("/run/mqtt:1.sock")
+        .transport(Transport::Unix)
+        .build()
+        .unwrap();
+}
