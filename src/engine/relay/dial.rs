@@ -495,7 +495,7 @@ mod tests {
         // The example of RFC 6455 §1.3.
         assert_eq!(
             super::accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiAxwlmxpL0Ce+lHgs+Mo="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 }
