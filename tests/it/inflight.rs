@@ -399,9 +399,15 @@ fn original(proxy: &FaultProxy, dir: Direction, topic: &str) -> (u16, usize) {
 
 #[track_caller]
 fn wait_fired(proxy: &FaultProxy) -> impl Future<Output = ()> + '_ {
+    wait_fired_n(proxy, 1)
+}
+
+/// Waits until `cut_on` rules have fired `n` times in all.
+#[track_caller]
+fn wait_fired_n(proxy: &FaultProxy, n: usize) -> impl Future<Output = ()> + '_ {
     let loc = std::panic::Location::caller();
     async move {
-        if !wait_until_async(WAIT, || proxy.rule_fired() >= 1).await {
+        if !wait_until_async(WAIT, || proxy.rule_fired() >= n).await {
             panic!(
                 "the cut rule did not fire within {WAIT:?} (at {loc}); trace:\n{}",
                 proxy.trace()
@@ -662,6 +668,54 @@ async fn qos1_stream_out(protocol: ProtocolVersion, style: Style) {
     );
 }
 
+/// Scenario 3's outgoing stream, cut again and again (automatic reconnects): each round
+/// hands STREAM QoS 1 publishes to the engine and cuts the link (RST) at the broker's PUBACK
+/// number STREAM/2. The PUBACKs forwarded just before the RST free window slots, and Paho's
+/// send thread then often writes the next PUBLISH into the link that the RST has already
+/// reset. Every call must still complete `Ok` and every number arrive: a write that fails
+/// at a loss is an ordinary part of one, and the message stays Paho's to resend.
+async fn qos1_stream_out_repeated_cuts(protocol: ProtocolVersion) {
+    const ROUNDS: usize = 8;
+    init_logging();
+    let broker = Broker::start();
+    let proxy = FaultProxy::start(broker.port()).await;
+    let base = unique_topic("repeated_cuts");
+    let mut witness = Witness::start(broker.port(), protocol, &format!("{base}/#")).await;
+    let mut ours = Ours::connect(persistent(proxy.port(), protocol, "cuts"), Auto).await;
+    for round in 0..ROUNDS {
+        let topic = format!("{base}/round{round}");
+        proxy.cut_on(B2C, PacketType::Puback, STREAM / 2, CutMode::Rst);
+        let calls = (0..STREAM)
+            .map(|i| {
+                ours.conn
+                    .publish(&topic, i.to_string())
+                    .qos(QoS::AtLeastOnce)
+                    .into_future()
+            })
+            .collect();
+        let all = start_all(calls).await;
+        wait_fired_n(&proxy, round + 1).await;
+        ours.lost().await;
+        assert!(
+            ours.resumed().await,
+            "round {round}: the broker kept the session"
+        );
+        let results = within!(CALL_WAIT, all).expect("calls");
+        let failed: Vec<(usize, &Error)> = results
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.as_ref().err().map(|e| (i, e)))
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "round {round}: {} of {STREAM} calls failed: {failed:?}\ntrace:\n{}",
+            failed.len(),
+            proxy.trace()
+        );
+        witness.every_number(&topic, STREAM, &proxy).await;
+    }
+}
+
 /// A publisher sends 0..STREAM at QoS 1 to our client; our PUBACK number STREAM/2 is cut.
 async fn qos1_stream_in(protocol: ProtocolVersion, style: Style) {
     init_logging();
@@ -900,6 +954,80 @@ async fn clean_session_loss(protocol: ProtocolVersion) {
     );
 }
 
+/// A clean session's QoS 1 stream cut in the middle, in rounds (loop style): every call
+/// resolves at the loss, `Ok` (acknowledged, so delivered) or `ConnectionLost`; nothing of
+/// a lost connection goes out on a later one; and the process survives the engine's
+/// teardown (a PUBLISH whose write failed at the cut must not be freed twice).
+async fn clean_session_stream_loss(protocol: ProtocolVersion) {
+    const ROUNDS: usize = 4;
+    init_logging();
+    let broker = Broker::start();
+    let proxy = FaultProxy::start(broker.port()).await;
+    let base = unique_topic("clean_stream");
+    let mut witness = Witness::start(broker.port(), protocol, &format!("{base}/#")).await;
+    let clean = match protocol {
+        V5 => builder(proxy.port(), protocol).clean_start(CleanStart::Always),
+        _ => builder(proxy.port(), protocol).clean_session(true),
+    };
+    let mut ours = Ours::connect(clean.identifier(client_id("cleans")), Loop).await;
+    for round in 0..ROUNDS {
+        let (topic, marker) = (
+            format!("{base}/round{round}"),
+            format!("{base}/marker{round}"),
+        );
+        proxy.cut_on(B2C, PacketType::Puback, STREAM / 2, CutMode::Rst);
+        let calls = (0..STREAM)
+            .map(|i| {
+                ours.conn
+                    .publish(&topic, i.to_string())
+                    .qos(QoS::AtLeastOnce)
+                    .into_future()
+            })
+            .collect();
+        let all = start_all(calls).await;
+        wait_fired_n(&proxy, round + 1).await;
+        let cut_conn = proxy.connections();
+        // At the loss, well before the calls' own timeout.
+        let results = within!(WAIT, all).expect("calls");
+        let unexpected: Vec<(usize, &Error)> = results
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.as_ref().err().map(|e| (i, e)))
+            .filter(|(_, e)| !matches!(e, Error::ConnectionLost { rc: None, .. }))
+            .collect();
+        assert!(
+            unexpected.is_empty(),
+            "round {round}: calls pending at the loss must fail with ConnectionLost: {unexpected:?}"
+        );
+        ours.lost().await;
+        assert!(!ours.resumed().await, "a clean session is not resumed");
+        within!(
+            WAIT,
+            ours.conn.publish(&marker, "marker").qos(QoS::AtLeastOnce)
+        )
+        .expect("marker");
+        let before = witness.before_marker(&marker).await;
+        let delivered = numbers(&before, &topic);
+        let acknowledged_lost: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| r.is_ok() && !delivered.contains_key(i))
+            .map(|(i, _)| i)
+            .collect();
+        assert!(
+            acknowledged_lost.is_empty(),
+            "round {round}: acknowledged but not delivered: {acknowledged_lost:?}"
+        );
+        let trace = proxy.trace();
+        assert!(
+            publishes(&proxy, C2B, &topic)
+                .iter()
+                .all(|p| p.conn <= cut_conn),
+            "round {round}: a PUBLISH of the lost connection went out on a later one:\n{trace}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. Packet ids after a resume with an id in flight at the broker
 
@@ -1064,6 +1192,7 @@ const CHILD: Duration = Duration::from_secs(120);
 
 /// Every test runs alone in a child process: Paho C 1.3.16 was seen corrupting the heap
 /// when a link breaks while its send thread writes a PUBLISH (see
+/// `qos1_stream_out_repeated_cuts`), and a crash must fail that test, not the whole binary.
 macro_rules! tests {
     ($($(#[$doc:meta])* $name:ident => $body:expr;)*) => {$(
         $(#[$doc])*
@@ -1120,6 +1249,9 @@ tests! {
     qos1_stream_out_v311_auto => qos1_stream_out(V311, Auto);
     qos1_stream_out_v5_loop => qos1_stream_out(V5, Loop);
     qos1_stream_out_v5_auto => qos1_stream_out(V5, Auto);
+    /// The outgoing stream cut in eight rounds (see the function).
+    qos1_stream_out_repeated_cuts_v311 => qos1_stream_out_repeated_cuts(V311);
+    qos1_stream_out_repeated_cuts_v5 => qos1_stream_out_repeated_cuts(V5);
     qos1_stream_in_v311_loop => qos1_stream_in(V311, Loop);
     qos1_stream_in_v311_auto => qos1_stream_in(V311, Auto);
     qos1_stream_in_v5_loop => qos1_stream_in(V5, Loop);
@@ -1132,6 +1264,9 @@ tests! {
     // 5. Clean session, loop style.
     clean_session_loss_fails_at_once_v311 => clean_session_loss(V311);
     clean_session_loss_fails_at_once_v5 => clean_session_loss(V5);
+    /// A QoS 1 stream, cut in four rounds.
+    clean_session_stream_loss_v311 => clean_session_stream_loss(V311);
+    clean_session_stream_loss_v5 => clean_session_stream_loss(V5);
 
     // 6. Packet ids after a resume.
     packet_ids_after_resume_v311_loop => packet_ids_after_resume(V311, Loop);
