@@ -13,6 +13,7 @@ mod fake_broker_selftest;
 mod flow;
 mod harness_selftest;
 mod hostile;
+mod inflight;
 mod interop;
 mod messages;
 mod operations;
