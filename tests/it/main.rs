@@ -8,6 +8,7 @@ mod support;
 mod aiomqtt_suite;
 mod client;
 mod fake_broker_selftest;
+mod faults;
 mod flow;
 mod harness_selftest;
 mod hostile;
