@@ -10,6 +10,7 @@ mod client;
 mod conformance;
 mod errors;
 mod fake_broker_selftest;
+mod faults;
 mod flow;
 mod harness_selftest;
 mod hostile;

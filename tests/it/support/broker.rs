@@ -671,9 +671,15 @@ impl Broker {
 
     /// SIGKILL and reap. The ports are free until `start_again()`/`restart()`.
     pub fn kill(&mut self) {
+        // SIGKILL first and the watchdog disarmed after: a test process that crashes in
+        // between (the fault tests provoke such crashes, often while unwinding through this
+        // drop) still takes its broker with it. Until it is reaped the PID cannot be reused,
+        // so a late watchdog cannot hit another process.
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+        }
         self.watchdog = None;
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
             let _ = c.wait();
         }
         self.paused = false;
