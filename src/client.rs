@@ -67,10 +67,20 @@ impl ClientShared {
         &self.identifier
     }
 
-    /// Frees the client after the connection of `generation` ended. With `retire`,
-    /// that engine is not reused: the next `connect()` makes a new one.
-    pub(crate) fn release(&self, generation: u64, retire: Option<&Driven>) {
+    /// Ends the connection of `generation` if `begin` says it is the first to: frees
+    /// the client under its lock, so that whoever sees the end begun and then calls
+    /// `connect()` finds the client free. With `retire`, that engine is not reused: the
+    /// next `connect()` makes a new one. `begin` must be quick and take no lock.
+    pub(crate) fn end_connection(
+        &self,
+        generation: u64,
+        retire: Option<&Driven>,
+        begin: impl FnOnce() -> bool,
+    ) -> bool {
         let mut state = self.lock();
+        if !begin() {
+            return false;
+        }
         let retired = match (retire, &state.slot) {
             (Some(engine), Some(slot)) if Arc::ptr_eq(engine, &slot.engine) => state.slot.take(),
             _ => None,
@@ -81,6 +91,12 @@ impl ClientShared {
         drop(state);
         // Dropped outside the lock; dropping an engine only queues its destruction.
         drop(retired);
+        true
+    }
+
+    /// Frees the client after the connection of `generation` ended.
+    pub(crate) fn release(&self, generation: u64, retire: Option<&Driven>) {
+        self.end_connection(generation, retire, || true);
     }
 }
 

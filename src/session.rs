@@ -144,9 +144,13 @@ impl Session {
         self.end.is_ended()
     }
 
-    /// `Err(NotConnected)` once the connection has ended.
+    pub(crate) fn is_ending(&self) -> bool {
+        self.end.is_ending()
+    }
+
+    /// `Err(NotConnected)` for a call made once the connection has ended (or is ending).
     pub(crate) fn check_live(&self) -> Result<(), Error> {
-        if self.end.is_ended() || self.end.is_ending() {
+        if self.end.is_ending() {
             Err(Error::NotConnected)
         } else {
             Ok(())
@@ -301,7 +305,24 @@ impl Session {
     /// may still hold commands of this connection that nobody should see completed
     /// later: a clean session that ended by a loss, or was closed with calls pending.
     pub(crate) fn end(&self, cause: EndCause) -> bool {
-        if !self.end.begin() {
+        let clean = !self.options.keeps_session();
+        let retire = clean
+            && match cause {
+                EndCause::Closed => self.pending_calls() > 0,
+                _ => true,
+            };
+        // The end begins and the client is freed in one step (under the client's lock):
+        // an application that sees this connection ending — a call failed with the loss,
+        // or its handles' drop found the end begun — can connect again at once.
+        let begun = match self.client.upgrade() {
+            Some(client) => {
+                client.end_connection(self.generation, retire.then_some(&self.engine), || {
+                    self.end.begin()
+                })
+            }
+            None => self.end.begin(),
+        };
+        if !begun {
             return false;
         }
         self.link.send_modify(|link| {
@@ -309,15 +330,6 @@ impl Session {
             link.epoch += 1;
         });
         self.router.detach(self);
-        let clean = !self.options.keeps_session();
-        let retire = clean
-            && match cause {
-                EndCause::Closed => self.pending_calls() > 0,
-                _ => true,
-            };
-        if let Some(client) = self.client.upgrade() {
-            client.release(self.generation, retire.then_some(&self.engine));
-        }
         self.queue.close(cause.to_stream_error());
         self.end.finish(cause);
         true

@@ -13,6 +13,9 @@ pub(crate) const MAX_BUFFERED: i32 = -12;
 /// `MQTTASYNC_COMMAND_IGNORED`: a CONNECT while the same client's DISCONNECT is queued
 /// (`MQTTAsync_addCommand`), or the reverse.
 pub(crate) const COMMAND_IGNORED: i32 = -18;
+/// Not Paho's: the facade's code for a publish whose write failed as the link broke,
+/// on a session that ends with the link.
+pub(crate) const WRITE_FAILED: i32 = -1001;
 /// `MQTT_BAD_SUBSCRIBE`: a refused filter in an MQTT 3 SUBACK.
 pub(crate) const BAD_SUBSCRIBE: i32 = 0x80;
 
@@ -70,7 +73,16 @@ pub(crate) fn from_failure(f: Failure) -> Error {
             rc: None,
             detail: "the session ended before the broker acknowledged the operation".to_owned(),
         },
-        DISCONNECTED => Error::NotConnected,
+        // A command accepted while connected, failed as the link went before it was
+        // written (Paho's MQTTASYNC_DISCONNECTED).
+        DISCONNECTED => Error::ConnectionLost {
+            rc: None,
+            detail: "the connection was lost before the command was sent".to_owned(),
+        },
+        WRITE_FAILED => Error::ConnectionLost {
+            rc: None,
+            detail: "the connection broke while the PUBLISH was being written".to_owned(),
+        },
         code => Error::Engine {
             code,
             message: f.message.unwrap_or_else(|| describe(code).to_owned()),

@@ -91,6 +91,8 @@ struct Attempt {
 const TLS_LINES: usize = 8;
 
 pub(crate) struct Hooks {
+    /// The engine's id (as the registry knows it).
+    pub(crate) id: u64,
     pub(crate) v5: bool,
     pub(crate) logger: Arc<str>,
     events: Arc<dyn Events>,
@@ -108,8 +110,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hooks {
-    pub(crate) fn new(v5: bool, logger: Arc<str>, events: Arc<dyn Events>) -> Hooks {
+    pub(crate) fn new(id: u64, v5: bool, logger: Arc<str>, events: Arc<dyn Events>) -> Hooks {
         Hooks {
+            id,
             v5,
             logger,
             events,

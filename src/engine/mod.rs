@@ -229,7 +229,13 @@ impl Engine {
             send_while_disconnected: options.keeps_session() || options.reconnect.is_some(),
         };
         let connect_options = Arc::new(paho::ConnectOptions::new(options)?);
-        let hooks = Arc::new(Hooks::new(v5, Arc::from(options.logger.as_str()), events));
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let hooks = Arc::new(Hooks::new(
+            id,
+            v5,
+            Arc::from(options.logger.as_str()),
+            events,
+        ));
         // build() checked that the keepalive is 1..=65535 whole seconds.
         let keepalive = u16::try_from(options.keepalive.as_secs()).unwrap_or(u16::MAX);
         let slow_connect = relay.is_none() && transport::connect_may_stall(options);
@@ -243,7 +249,7 @@ impl Engine {
             handle.map(|handle| {
                 // Built here, so that a result nobody receives any more is destroyed.
                 Arc::new(Inner {
-                    id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                    id,
                     handle,
                     uri,
                     hooks,
@@ -294,11 +300,23 @@ impl Engine {
             None => self.connect_inner(clean, deadline, None).await,
         };
         match &result {
-            Ok(info) => log::debug!(
-                target: &self.0.hooks.logger,
-                "Connected (session present: {})",
-                info.session_present
-            ),
+            Ok(info) => {
+                log::debug!(
+                    target: &self.0.hooks.logger,
+                    "Connected (session present: {})",
+                    info.session_present
+                );
+                // Paho dropped its session state: nothing parked will be resent.
+                if !info.session_present {
+                    registry::fail_parked(self.0.id, || {
+                        Reply::Failed(Failure {
+                            code: errors::OPERATION_INCOMPLETE,
+                            message: Some("the broker kept no session to resume".to_owned()),
+                            ..Failure::default()
+                        })
+                    });
+                }
+            }
             Err(e) => log::debug!(target: &self.0.hooks.logger, "Connect failed: {e}"),
         }
         result
@@ -448,17 +466,37 @@ impl Engine {
         props: Option<CProps>,
     ) -> Call {
         self.call(move |inner| {
-            Engine::one(inner, |key| {
-                let m = paho::Outgoing {
-                    topic: topic.as_str(),
-                    payload: &payload,
-                    qos,
-                    retain,
-                    props: props.as_ref(),
-                };
-                paho::publish(inner.handle, inner.v5, m, key)
-            })
-            .map(|rx| vec![rx])
+            // A QoS 1/2 publish whose write fails at a loss is resent on resume when the
+            // session outlives the link: its call then waits for that (see registry).
+            let resumable = qos != QoS::AtMostOnce && inner.client_options.keeps_session();
+            let (key, rx) = if qos == QoS::AtMostOnce {
+                registry::register(inner.id)
+            } else {
+                registry::register_publish(inner.id, payload.len(), resumable)
+            };
+            let m = paho::Outgoing {
+                topic: topic.as_str(),
+                payload: &payload,
+                qos,
+                retain,
+                props: props.as_ref(),
+            };
+            match paho::publish(inner.handle, inner.v5, m, key) {
+                Ok((0, packet_id)) => {
+                    if resumable {
+                        registry::sent(key, packet_id);
+                    }
+                    Ok(vec![rx])
+                }
+                Ok((rc, _)) => {
+                    registry::cancel(key);
+                    Err(errors::from_rc(rc, inner.outgoing_limit))
+                }
+                Err(e) => {
+                    registry::cancel(key);
+                    Err(e)
+                }
+            }
         })
     }
 

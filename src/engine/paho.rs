@@ -29,7 +29,8 @@ use paho_mqtt_sys as sys;
 
 use super::cprops::{self, CProps};
 use super::hooks::{Hooks, Incoming};
-use super::registry::{self, Failure, Key, Reply, Response};
+use super::registry::{self, Failure, Key, Reply, Response, WriteFailed};
+use super::{errors, shim};
 use crate::options::{CertRequirements, Options};
 use crate::{Error, ProtocolVersion, QoS, RetainHandling, SubscribeOptions};
 
@@ -158,7 +159,13 @@ pub(crate) unsafe fn create(spec: &CreateSpec, hooks: *const Hooks) -> Result<Ha
     let ctx = hooks as *mut c_void;
     // SAFETY: a fresh handle; the caller keeps `hooks` alive until destroy.
     let rc = unsafe {
-        let rc = sys::MQTTAsync_setCallbacks(handle, ctx, Some(on_lost), Some(on_message), None);
+        let rc = sys::MQTTAsync_setCallbacks(
+            handle,
+            ctx,
+            Some(on_lost),
+            Some(on_message),
+            Some(on_delivered),
+        );
         if rc == 0 {
             sys::MQTTAsync_setDisconnected(handle, ctx, Some(on_disconnected))
         } else {
@@ -466,8 +473,14 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) props: Option<&'a CProps>,
 }
 
-/// Queues a PUBLISH. Paho copies the topic, payload and properties.
-pub(crate) fn publish(handle: Handle, v5: bool, m: Outgoing<'_>, key: Key) -> Result<c_int, Error> {
+/// Queues a PUBLISH: Paho's return code and the packet id it gave the message (QoS 1/2).
+/// Paho copies the topic, payload and properties.
+pub(crate) fn publish(
+    handle: Handle,
+    v5: bool,
+    m: Outgoing<'_>,
+    key: Key,
+) -> Result<(c_int, c_int), Error> {
     let Outgoing {
         topic,
         payload,
@@ -480,10 +493,15 @@ pub(crate) fn publish(handle: Handle, v5: bool, m: Outgoing<'_>, key: Key) -> Re
         limit: c_int::MAX as usize,
     })?;
     let mut r = response(key, v5, Some(on_ok5));
+    if v5 {
+        r.onFailure5 = Some(on_pub_fail5);
+    } else {
+        r.onFailure = Some(on_pub_fail);
+    }
     if let Some(p) = props {
         r.properties = p.raw();
     }
-    with_c_str(topic, |t| {
+    let rc = with_c_str(topic, |t| {
         // SAFETY: a live handle; the topic is NUL-terminated, the payload `len` bytes;
         // Paho copies both (MQTTStrdup, malloc + memcpy) and the properties
         // (MQTTProperties_copy) before returning.
@@ -498,7 +516,8 @@ pub(crate) fn publish(handle: Handle, v5: bool, m: Outgoing<'_>, key: Key) -> Re
                 &mut r,
             )
         }
-    })
+    })?;
+    Ok((rc, r.token))
 }
 
 /// Queues a SUBSCRIBE for `filters` (one packet).
@@ -528,6 +547,9 @@ pub(crate) fn subscribe(
         })
         .collect();
     let mut r = response(key, v5, Some(on_sub_ok5));
+    if !v5 {
+        r.onSuccess = Some(on_sub_ok);
+    }
     if v5 {
         if let Some(p) = props {
             r.properties = p.raw();
@@ -801,6 +823,12 @@ unsafe fn failure3(data: *mut sys::MQTTAsync_failureData) -> Failure {
 unsafe fn failure5(data: *mut sys::MQTTAsync_failureData5) -> Failure {
     // SAFETY: per the contract.
     match unsafe { data.as_ref() } {
+        // A failed continuation of a partly written PUBLISH (`MQTTAsync_writeComplete`)
+        // sets only token, code, message (NULL) and packet type: the other members are
+        // uninitialised stack memory there.
+        Some(d) if d.code == SOCKET_ERROR && d.packet_type == PUBLISH_PACKET => {
+            Failure::code(d.code)
+        }
         Some(d) => {
             // SAFETY: the failure's properties, valid for the call.
             let props = unsafe { cprops::read(&d.properties) };
@@ -829,16 +857,114 @@ unsafe fn text(s: *const c_char) -> Option<String> {
     (!s.is_null()).then(|| unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned())
 }
 
+/// Success of a command on MQTT 3 (`alt` is not read: for a publish Paho leaves parts
+/// of it uninitialised).
 unsafe extern "C" fn on_ok(ctx: *mut c_void, data: *mut sys::MQTTAsync_successData) {
     fenced("success", || {
-        // MQTT 3 subscribes are sent one filter per packet (see `Engine::subscribe`), so
-        // the answer is the single granted QoS; for any other command it is unused.
-        // SAFETY: Paho passes the response, valid for the call.
+        let _ = data;
+        registry::complete(ctx as Key, Reply::Done(Response::default()));
+    });
+}
+
+/// Success of a subscribe on MQTT 3. Subscribes are sent one filter per packet (see
+/// `Engine::subscribe`), so the answer is the single granted QoS.
+unsafe extern "C" fn on_sub_ok(ctx: *mut c_void, data: *mut sys::MQTTAsync_successData) {
+    fenced("subscribe success", || {
+        // SAFETY: Paho passes the SUBACK's data, valid for the call; `alt.qos` is the
+        // member it fills for a single-filter subscribe.
         let code = unsafe { data.as_ref() }.map(|d| unsafe { d.alt.qos });
         let codes = code
             .map(|c| vec![u8::try_from(c).unwrap_or(0xFF)])
             .unwrap_or_default();
         registry::complete(ctx as Key, Reply::Done(Response { codes }));
+    });
+}
+
+/// Paho's return code for a failed socket write (`SOCKET_ERROR`).
+const SOCKET_ERROR: c_int = -1;
+/// The MQTT packet type of PUBLISH, as Paho puts it in `packet_type`.
+const PUBLISH_PACKET: c_int = 3;
+
+/// Failure of a publish on MQTT 3.
+unsafe extern "C" fn on_pub_fail(ctx: *mut c_void, data: *mut sys::MQTTAsync_failureData) {
+    fenced("publish failure", || {
+        // SAFETY: Paho passes the failure, valid for the call.
+        let failure = unsafe { failure3(data) };
+        // SAFETY: as above.
+        let token = unsafe { data.as_ref() }.map_or(0, |d| d.token);
+        // SAFETY: Paho's failure callback of a publish.
+        unsafe { publish_failed(ctx as Key, failure, token) };
+    });
+}
+
+/// Failure of a publish on MQTT 5.
+unsafe extern "C" fn on_pub_fail5(ctx: *mut c_void, data: *mut sys::MQTTAsync_failureData5) {
+    fenced("publish failure", || {
+        // SAFETY: Paho passes the failure, valid for the call.
+        let failure = unsafe { failure5(data) };
+        // SAFETY: as above.
+        let token = unsafe { data.as_ref() }.map_or(0, |d| d.token);
+        // SAFETY: Paho's failure callback of a publish.
+        unsafe { publish_failed(ctx as Key, failure, token) };
+    });
+}
+
+/// A publish failed. When its write failed (the link broke under it), Paho has stored
+/// a QoS 1/2 message for a resend on resume and reports the command as failed:
+/// - from `MQTTAsync_processCommand` (token 0), the stored message shares the command's
+///   buffers, which Paho frees right after this callback: the shim gives it copies first
+///   (Paho C 1.3.16 would otherwise resend freed memory and free it twice);
+/// - from `MQTTAsync_writeComplete` (the packet id as token), the message owns its
+///   buffers.
+///
+/// Either way the call is not over if the session outlives the link (the resumed
+/// exchange completes it, see `registry::write_failed`); otherwise it failed with the
+/// connection.
+///
+/// # Safety
+/// Only from Paho's failure callback of a publish, with `failure` and `token` from it.
+unsafe fn publish_failed(key: Key, failure: Failure, token: c_int) {
+    if failure.code != SOCKET_ERROR {
+        registry::complete(key, Reply::Failed(failure));
+        return;
+    }
+    let outcome = registry::write_failed(key, token);
+    let payload_len = match outcome {
+        WriteFailed::Fail { payload_len } | WriteFailed::Parked { payload_len } => {
+            Some(payload_len)
+        }
+        WriteFailed::Unknown => None,
+    };
+    if let (Some(len), 0) = (payload_len, token) {
+        // SAFETY: per the contract, in the failure callback of a failed write in
+        // `MQTTAsync_processCommand` (token 0), before Paho frees the command.
+        let detached = unsafe { shim::detach_last_publication(len) };
+        if detached != shim::Detach::Done {
+            log::error!(
+                target: "aiomqtt::engine",
+                "a QoS 1/2 PUBLISH failed mid-write and its stored copy could not be \
+                 repaired ({detached:?}): Paho C may resend freed memory or free it twice"
+            );
+        }
+    }
+    if !matches!(outcome, WriteFailed::Parked { .. }) {
+        registry::complete(
+            key,
+            Reply::Failed(Failure {
+                code: errors::WRITE_FAILED,
+                ..Failure::default()
+            }),
+        );
+    }
+}
+
+/// Paho's delivery-complete callback: the acknowledgement of a QoS 1/2 message arrived.
+unsafe extern "C" fn on_delivered(ctx: *mut c_void, token: sys::MQTTAsync_token) {
+    fenced("delivery complete", || {
+        // SAFETY: the handle's context.
+        if let Some(h) = unsafe { hooks(ctx) } {
+            registry::delivered(h.id, token);
+        }
     });
 }
 

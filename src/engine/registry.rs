@@ -61,6 +61,20 @@ impl Failure {
 struct Entry {
     engine: u64,
     tx: oneshot::Sender<Reply>,
+    /// Set for a QoS 1/2 publish.
+    publish: Option<Publish>,
+}
+
+/// What a QoS 1/2 publish's failure callback needs to know (see [`write_failed`]).
+#[derive(Debug, Clone, Copy)]
+struct Publish {
+    payload_len: usize,
+    /// The session outlives a lost link (Paho resends the message on resume).
+    resumable: bool,
+    /// The packet id, once the sender knows it (0 before).
+    packet_id: i32,
+    /// The write failed; the call waits for the resumed exchange.
+    parked: bool,
 }
 
 /// Keys are unique already; the hasher only spreads them.
@@ -100,6 +114,28 @@ fn shard(
 
 /// Registers a command of `engine` before it is handed to Paho.
 pub(crate) fn register(engine: u64) -> (Key, oneshot::Receiver<Reply>) {
+    insert(engine, None)
+}
+
+/// Registers a QoS 1/2 publish of `engine` before it is handed to Paho; `resumable`
+/// when its session outlives a lost link.
+pub(crate) fn register_publish(
+    engine: u64,
+    payload_len: usize,
+    resumable: bool,
+) -> (Key, oneshot::Receiver<Reply>) {
+    insert(
+        engine,
+        Some(Publish {
+            payload_len,
+            resumable,
+            packet_id: 0,
+            parked: false,
+        }),
+    )
+}
+
+fn insert(engine: u64, publish: Option<Publish>) -> (Key, oneshot::Receiver<Reply>) {
     let (tx, rx) = oneshot::channel();
     let key = loop {
         let key = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -107,7 +143,14 @@ pub(crate) fn register(engine: u64) -> (Key, oneshot::Receiver<Reply>) {
             break key;
         }
     };
-    shard(key).insert(key, Entry { engine, tx });
+    shard(key).insert(
+        key,
+        Entry {
+            engine,
+            tx,
+            publish,
+        },
+    );
     (key, rx)
 }
 
@@ -126,9 +169,138 @@ pub(crate) fn complete(key: Key, reply: Reply) {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Publishes whose write failed at a loss.
+//
+// When the link breaks while Paho writes a QoS 1/2 PUBLISH, Paho reports the command as
+// failed (code -1) and frees it, but keeps the message for a resend on resume. On a
+// session that outlives the loss, the call then waits here — "parked" — until Paho's
+// delivery-complete callback reports that packet id acknowledged on a later link, or the
+// session is gone (the broker kept none, the engine is destroyed).
+
+/// Parked calls by (engine, packet id); `PARKED` counts them, so the delivery-complete
+/// callback of every acknowledgement costs one atomic load while none is parked.
+static PARKED_IDS: Mutex<Vec<(u64, i32, Key)>> = Mutex::new(Vec::new());
+static PARKED: AtomicUsize = AtomicUsize::new(0);
+
+/// What the failure callback of a publish whose write failed learns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteFailed {
+    /// Not a registered QoS 1/2 publish (QoS 0, or already completed): fail it.
+    Unknown,
+    /// A QoS 1/2 publish of a session that ends with the link: fail it.
+    Fail { payload_len: usize },
+    /// A QoS 1/2 publish of a session that outlives the link: it now waits for the
+    /// resumed exchange.
+    Parked { payload_len: usize },
+}
+
+fn lock_ids() -> std::sync::MutexGuard<'static, Vec<(u64, i32, Key)>> {
+    PARKED_IDS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Records the packet id Paho gave a resumable publish (after `MQTTAsync_send`).
+pub(crate) fn sent(key: Key, packet_id: i32) {
+    let parked_engine = {
+        let mut map = shard(key);
+        match map
+            .get_mut(&key)
+            .and_then(|e| e.publish.as_mut().map(|p| (e.engine, p)))
+        {
+            Some((engine, p)) => {
+                p.packet_id = packet_id;
+                p.parked.then_some(engine)
+            }
+            None => None,
+        }
+    };
+    // The write failed before the id was known here: index it now.
+    if let Some(engine) = parked_engine {
+        lock_ids().push((engine, packet_id, key));
+    }
+}
+
+/// A publish's write failed (Paho code -1, `packet_id` as Paho reported it, 0 if it did
+/// not): parks it if its session outlives the link.
+pub(crate) fn write_failed(key: Key, packet_id: i32) -> WriteFailed {
+    let (engine, publish) = {
+        let mut map = shard(key);
+        let Some(entry) = map.get_mut(&key) else {
+            return WriteFailed::Unknown;
+        };
+        let Some(p) = entry.publish.as_mut() else {
+            return WriteFailed::Unknown;
+        };
+        if !p.resumable {
+            return WriteFailed::Fail {
+                payload_len: p.payload_len,
+            };
+        }
+        if packet_id != 0 {
+            p.packet_id = packet_id;
+        }
+        p.parked = true;
+        (entry.engine, *p)
+    };
+    PARKED.fetch_add(1, Ordering::SeqCst);
+    if publish.packet_id != 0 {
+        lock_ids().push((engine, publish.packet_id, key));
+    }
+    WriteFailed::Parked {
+        payload_len: publish.payload_len,
+    }
+}
+
+/// Paho's delivery-complete callback: `packet_id` of `engine` was acknowledged.
+pub(crate) fn delivered(engine: u64, packet_id: i32) {
+    if PARKED.load(Ordering::SeqCst) == 0 {
+        return;
+    }
+    let key = {
+        let mut ids = lock_ids();
+        match ids
+            .iter()
+            .position(|&(e, id, _)| e == engine && id == packet_id)
+        {
+            Some(i) => ids.swap_remove(i).2,
+            None => return,
+        }
+    };
+    PARKED.fetch_sub(1, Ordering::SeqCst);
+    complete(key, Reply::Done(Response::default()));
+}
+
+/// Fails the parked publishes of `engine`: their session is gone.
+pub(crate) fn fail_parked(engine: u64, reply: impl Fn() -> Reply) {
+    if PARKED.load(Ordering::SeqCst) == 0 {
+        return;
+    }
+    unpark(engine);
+    for shard in &TABLE {
+        let failed: Vec<Entry> = {
+            let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let keys: Vec<Key> = map
+                .iter()
+                .filter(|(_, e)| e.engine == engine && e.publish.is_some_and(|p| p.parked))
+                .map(|(k, _)| *k)
+                .collect();
+            keys.iter().filter_map(|k| map.remove(k)).collect()
+        };
+        for entry in failed {
+            PARKED.fetch_sub(1, Ordering::SeqCst);
+            let _ = entry.tx.send(reply());
+        }
+    }
+}
+
+fn unpark(engine: u64) {
+    lock_ids().retain(|&(e, _, _)| e != engine);
+}
+
 /// Fails every command of `engine` still registered: called once its Paho client is
 /// destroyed, when no callback can come any more.
 pub(crate) fn sweep(engine: u64, reply: impl Fn() -> Reply) {
+    fail_parked(engine, &reply);
     for shard in &TABLE {
         let swept: Vec<Entry> = {
             let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());

@@ -11,6 +11,7 @@ pub(crate) const KNOWN_PAHO: &str = "1.3.16";
 unsafe extern "C" {
     fn aiomqtt_set_retry_loop_interval(keepalive: std::os::raw::c_int) -> std::os::raw::c_int;
     fn aiomqtt_socket_interrupt() -> std::os::raw::c_int;
+    fn aiomqtt_detach_last_publication(payloadlen: std::os::raw::c_int) -> std::os::raw::c_int;
 }
 
 /// `true` when the linked Paho C is the one the shim was written for.
@@ -57,6 +58,42 @@ pub(crate) fn socket_interrupt() -> bool {
     // on a socket pair Paho created at its initialisation; `send` is thread-safe and the
     // function takes no lock. Without the symbol the shim returns 0.
     unsafe { aiomqtt_socket_interrupt() != 0 }
+}
+
+/// What [`detach_last_publication`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Detach {
+    /// The stored publication now owns copies of its topic and payload.
+    Done,
+    /// The last stored publication was not the expected one (or memory ran out).
+    NotFound,
+    /// Not on this engine (another Paho C version, or the symbol is missing).
+    Unavailable,
+}
+
+/// Repairs the publication Paho C stored for a QoS 1/2 PUBLISH whose write just failed,
+/// before Paho frees the buffers it shares with its command (see `csrc/paho_shim.c`).
+///
+/// # Safety
+/// Only from a publish's failure callback that Paho C's `MQTTAsync_processCommand` made
+/// for a failed write (failure code -1, token 0): Paho's send thread, holding Paho's
+/// global mutex, with the command's buffers not yet freed.
+#[allow(unsafe_code)]
+pub(crate) unsafe fn detach_last_publication(payload_len: usize) -> Detach {
+    if !known_engine() {
+        return Detach::Unavailable;
+    }
+    let Ok(len) = std::os::raw::c_int::try_from(payload_len) else {
+        return Detach::NotFound;
+    };
+    // SAFETY: per the contract, Paho's list of publications is not changing under us and
+    // its last element was stored by the failed command; the shim checks the length and
+    // reference count before it replaces two pointers with its own copies.
+    match unsafe { aiomqtt_detach_last_publication(len) } {
+        1 => Detach::Done,
+        0 => Detach::NotFound,
+        _ => Detach::Unavailable,
+    }
 }
 
 #[cfg(test)]

@@ -48,14 +48,22 @@ pub(crate) async fn run<T>(
     session.check_live()?;
     let deadline = crate::deadline::after(timeout.unwrap_or(session.options.timeout));
     let _slot = match &session.calls.slots {
-        Some(slots) => match tokio::time::timeout_at(deadline, slots.acquire()).await {
-            Ok(Ok(permit)) => Some(permit),
-            Ok(Err(_)) => return Err(Error::NotConnected),
-            Err(_) => return Err(Error::Timeout),
+        Some(slots) => tokio::select! {
+            permit = tokio::time::timeout_at(deadline, slots.acquire()) => match permit {
+                Ok(Ok(permit)) => Some(permit),
+                // The semaphore is never closed.
+                Ok(Err(_)) => return Err(Error::NotConnected),
+                Err(_) => return Err(Error::Timeout),
+            },
+            cause = session.ended() => return Err(cause),
         },
         None => None,
     };
-    session.check_live()?;
+    // A call that was made before the end and waited for a slot fails as its
+    // connection did (an end in progress finishes without waiting on anything).
+    if session.is_ending() {
+        return Err(session.ended().await);
+    }
     let _pending = session.enter_call();
     if session.reconnects() && !session.is_up() && kind != Kind::Publish {
         wait_for_link(session, deadline).await?;
@@ -82,6 +90,14 @@ pub(crate) async fn run<T>(
     match result {
         Err(e) if fail_at_end && session.is_ended() && !matches!(e, Error::Code(_)) => {
             Err(session.end_error())
+        }
+        // Paho learnt that the link was gone before the loss reached this session: the
+        // session's end is on its way, and says why.
+        Err(Error::NotConnected) if fail_at_end => {
+            match tokio::time::timeout_at(deadline, session.ended()).await {
+                Ok(cause) => Err(cause),
+                Err(_) => Err(Error::NotConnected),
+            }
         }
         result => result,
     }
