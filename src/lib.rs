@@ -11,6 +11,7 @@ mod error;
 #[cfg(test)]
 mod facade_tests;
 mod incoming;
+mod limits;
 mod message;
 mod ops;
 mod options;

@@ -78,6 +78,10 @@ pub(crate) struct Session {
     last: Mutex<Option<Arc<Established>>>,
     /// When the link last came up.
     up_since: Mutex<Instant>,
+    /// The broker's limits of the current link (MQTT 5 CONNACK).
+    pub(crate) limits: crate::limits::LimitCell,
+    /// A QoS 2 publish completed on this connection (the broker has QoS 2).
+    pub(crate) qos2_confirmed: std::sync::atomic::AtomicBool,
     events: broadcast::Sender<ConnectionEvent>,
     subscriptions: Mutex<Vec<Subscription>>,
     client: Weak<ClientShared>,
@@ -120,6 +124,8 @@ impl Session {
             link: watch::Sender::new(Link::default()),
             last: Mutex::new(None),
             up_since: Mutex::new(Instant::now()),
+            limits: crate::limits::LimitCell::new(),
+            qos2_confirmed: std::sync::atomic::AtomicBool::new(false),
             events: broadcast::Sender::new(EVENTS),
             subscriptions: Mutex::new(Vec::new()),
             client,
@@ -192,6 +198,11 @@ impl Session {
             .and_then(|p| p.assigned_client_identifier.clone())
             .or_else(|| self.client.upgrade().map(|c| c.identifier().to_owned()))
             .unwrap_or_default();
+        // Set before the link is up: no call sees the link without its limits.
+        self.limits.set(info.properties.as_ref().map_or(
+            crate::limits::Limits::NONE,
+            crate::limits::Limits::from_connack,
+        ));
         let established = Arc::new(Established {
             identifier,
             session_present: info.session_present,

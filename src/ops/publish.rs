@@ -78,14 +78,50 @@ impl Publish {
             super::check_v5(&session, "PUBLISH properties")?;
             props.check(PacketKind::Publish)?;
         }
-        super::run(
+        session.limits.get().check_publish(
+            topic.as_str(),
+            payload.0.len(),
+            qos,
+            retain,
+            properties.as_deref(),
+            session.options.protocol == crate::ProtocolVersion::V5,
+        )?;
+        let result = super::run(
             &session,
             timeout,
             Kind::Publish,
             move |engine| engine.publish(topic, payload.0, qos, retain, properties.as_deref()),
             crate::engine::publish_result,
         )
-        .await
+        .await;
+        if qos == QoS::ExactlyOnce {
+            return qos2_outcome(&session, result);
+        }
+        result
+    }
+}
+
+/// A QoS 2 PUBLISH lost with the connection before any QoS 2 exchange completed on it
+/// says that the broker may lack QoS 2: such brokers close the connection on it (NATS)
+/// or answer PUBACK, which ends the link too (RabbitMQ).
+fn qos2_outcome(session: &Session, result: Result<(), Error>) -> Result<(), Error> {
+    use std::sync::atomic::Ordering;
+    match result {
+        Ok(()) => {
+            session.qos2_confirmed.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(Error::ConnectionLost { rc, mut detail })
+            if !session.qos2_confirmed.load(Ordering::Relaxed) =>
+        {
+            detail.push_str(
+                "; no QoS 2 exchange had completed on this connection: a broker without \
+                 QoS 2 (RabbitMQ and NATS, for example) ends the connection on a QoS 2 \
+                 PUBLISH, so publish at QoS 1 there",
+            );
+            Err(Error::ConnectionLost { rc, detail })
+        }
+        result => result,
     }
 }
 

@@ -245,6 +245,10 @@ impl Subscribe {
             super::check_v5(&self.session, "SUBSCRIBE properties")?;
             props.check(PacketKind::Subscribe)?;
         }
+        self.session.limits.get().check_subscribe(
+            filters.iter().map(|(f, _)| f.as_str()),
+            self.properties.as_ref(),
+        )?;
         let session = self.session;
         let record = Subscription {
             filters: filters.clone(),

@@ -452,14 +452,16 @@ const NOTES: &[(Target, Feature, &str)] = &[
         Target::RabbitMq311,
         Feature::ErrQos2PublishWithoutQos2,
         "On the wire: PUBLISH (QoS 2), RabbitMQ's PUBACK, then the Paho engine sends \
-         DISCONNECT and closes, so the call fails with ConnectionLost although the message was \
-         delivered.",
+         DISCONNECT and closes: the call fails with ConnectionLost although the message was \
+         delivered (at QoS 1); as no QoS 2 exchange had completed on the connection, the error \
+         says the broker may lack QoS 2.",
     ),
     (
         Target::RabbitMq311,
         Feature::ErrV5ConnectToV3Listener,
         "RabbitMQ logs `MQTT cannot parse a frame ... unparseable payload` and closes without \
-         a CONNACK, which this crate reports as a refused connection.",
+         a CONNACK; the failure's diagnosis finds that it answers a bare MQTT 3.1.1 CONNECT \
+         and says MQTT 5 is not accepted.",
     ),
     (
         Target::Nats311,
@@ -475,14 +477,15 @@ const NOTES: &[(Target, Feature, &str)] = &[
     (
         Target::Nats311,
         Feature::ErrQos2PublishWithoutQos2,
-        "NATS closes the connection on the QoS 2 PUBLISH, so the pending call fails with \
-         ConnectionLost.",
+        "NATS closes the connection on the QoS 2 PUBLISH: the pending call fails with \
+         ConnectionLost, whose text says the broker may lack QoS 2 (no QoS 2 exchange had \
+         completed on the connection).",
     ),
     (
         Target::Nats311,
         Feature::ErrV5ConnectToV3Listener,
         "NATS answers with a 3.1.1 CONNACK carrying return code 1 (unacceptable protocol \
-         version) and closes; this crate drops that code and reports a refused connection.",
+         version) and closes; this crate reads that code as the refusal of MQTT 5.",
     ),
     (
         Target::Rumqttd311,
@@ -499,8 +502,9 @@ const NOTES: &[(Target, Feature, &str)] = &[
     (
         Target::Rumqttd311,
         Feature::ErrV5ConnectToV3Listener,
-        "rumqttd's v4 listener logs `InvalidProtocolLevel(5)` and closes without a CONNACK, \
-         which this crate reports as a refused connection.",
+        "rumqttd's v4 listener logs `InvalidProtocolLevel(5)` and closes without a CONNACK; \
+         the failure's diagnosis finds that it answers a bare MQTT 3.1.1 CONNECT and says MQTT \
+         5 is not accepted.",
     ),
     (
         Target::Rumqttd5,

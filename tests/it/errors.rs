@@ -6,13 +6,15 @@
 
 use std::time::{Duration, Instant};
 
-use aiomqtt::{Client, Error, ProtocolVersion, Transport};
+use aiomqtt::{Client, Error, Properties, ProtocolVersion, QoS, Transport};
 
 use crate::support::*;
 
 /// A refusal the broker states must come back well within the client's timeout.
 const FAST: Duration = Duration::from_secs(2);
 const BODY: Duration = Duration::from_secs(20);
+/// One expected packet or reply.
+const EVENT: Duration = Duration::from_secs(3);
 const TIMEOUT: Duration = Duration::from_secs(8);
 
 fn v5_client(fb: &FakeBroker) -> Client {
@@ -188,4 +190,165 @@ fn a_url_or_host_port_as_the_hostname_gets_a_hint() {
         .transport(Transport::Unix)
         .build()
         .unwrap();
+}
+
+/// CONNACK properties of a broker with every MQTT 5 limit: Maximum QoS 1, Retain Available
+/// 0, Maximum Packet Size 100, no wildcard, subscription identifier or shared
+/// subscriptions.
+fn limiting_connack_props() -> Vec<u8> {
+    let mut p = vec![0x24, 1, 0x25, 0, 0x27];
+    p.extend_from_slice(&100u32.to_be_bytes());
+    p.extend_from_slice(&[0x28, 0, 0x29, 0, 0x2A, 0]);
+    p
+}
+
+/// The limits a v5 broker announces in CONNACK refuse a call before anything is sent,
+/// each with its own message, and the connection stays up.
+#[tokio::test(flavor = "multi_thread")]
+async fn v5_connack_limits_are_enforced_before_sending() {
+    with_timeout(BODY, async {
+        let fb = FakeBroker::start().await;
+        let client = v5_client(&fb);
+        let props = limiting_connack_props();
+        let (conn, mut fc) = tokio::join!(client.connect(), async {
+            let fc = fb.accept().await;
+            fc.send_connack_props(false, 0, &props).await.unwrap();
+            fc
+        });
+        let conn = conn.expect("connected");
+
+        let refusals = [
+            (
+                conn.publish("t", "x").qos(QoS::ExactlyOnce).await,
+                "Maximum QoS is 1",
+            ),
+            (
+                conn.publish("t", "x").retain(true).await,
+                "does not support retained messages",
+            ),
+            (
+                conn.publish("t", vec![0u8; 93]).qos(QoS::AtLeastOnce).await,
+                "Maximum Packet Size of 100 bytes",
+            ),
+        ];
+        for (r, text) in refusals {
+            let err = r.expect_err(text);
+            assert!(matches!(err, Error::BrokerLimit(_)), "{err:?}");
+            assert!(err.to_string().contains(text), "{err}");
+        }
+        for (filter, props, text) in [
+            ("a/+", None, "wildcard subscriptions"),
+            ("$share/g/a", None, "shared subscriptions"),
+            (
+                "a",
+                Some(Properties::new().subscription_identifier(7)),
+                "Subscription Identifiers",
+            ),
+        ] {
+            let mut call = conn.subscribe(filter);
+            if let Some(p) = props {
+                call = call.properties(p);
+            }
+            let err = call.await.expect_err(text);
+            assert!(matches!(err, Error::BrokerLimit(_)), "{err:?}");
+            assert!(err.to_string().contains(text), "{err}");
+        }
+        assert!(
+            fc.recv_packet(Duration::from_millis(200)).await.is_none(),
+            "nothing may be sent: {}",
+            fc.trace()
+        );
+
+        // Within the limits: sent, acknowledged, and the connection is still up.
+        let (r, _) = tokio::join!(
+            conn.publish("t", vec![0u8; 92]).qos(QoS::AtLeastOnce),
+            async {
+                let p = fc.expect(PacketType::Publish, EVENT).await;
+                let id = p.packet_id().unwrap();
+                fc.send(&packets::puback(id, Some((0, &[])))).await.unwrap();
+            }
+        );
+        r.expect("a publish within the limits");
+        assert!(conn.is_connected());
+    })
+    .await;
+}
+
+/// A payload over what MQTT's Remaining Length can carry is refused locally, on any broker.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_payload_over_the_protocol_maximum_is_refused_locally() {
+    with_timeout(BODY, async {
+        let broker = Broker::start();
+        let client = Client::builder("127.0.0.1")
+            .port(broker.port())
+            .build()
+            .unwrap();
+        let conn = client.connect().await.unwrap();
+        let size = 268_435_456;
+        let err = conn
+            .publish("big", vec![0u8; size])
+            .await
+            .expect_err("over MQTT's maximum");
+        assert!(
+            matches!(err, Error::PayloadTooLarge { size: s, limit } if s == size && limit == 268_435_455 - 5),
+            "{err:?}"
+        );
+        conn.publish("small", "x").qos(QoS::AtLeastOnce).await.unwrap();
+    })
+    .await;
+}
+
+/// A broker without QoS 2 closes the connection on a QoS 2 PUBLISH (NATS does; RabbitMQ's
+/// PUBACK ends it too): the call's error says so, as long as no QoS 2 exchange completed on
+/// the connection — after one did, a loss is just a loss.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_qos2_publish_ended_by_the_broker_says_the_broker_may_lack_qos2() {
+    with_timeout(BODY, async {
+        let fb = FakeBroker::start().await;
+        let client = Client::builder("127.0.0.1")
+            .port(fb.port())
+            .timeout(TIMEOUT)
+            .build()
+            .unwrap();
+        let hint = "a broker without QoS 2";
+
+        // No QoS 2 support: the broker closes on the PUBLISH.
+        let (conn, mut fc) = tokio::join!(client.connect(), async {
+            let fc = fb.accept().await;
+            fc.send_connack(false, 0).await.unwrap();
+            fc
+        });
+        let conn = conn.unwrap();
+        let (r, _) = tokio::join!(conn.publish("t", "x").qos(QoS::ExactlyOnce), async {
+            fc.expect(PacketType::Publish, EVENT).await;
+            fc.close_fin().await;
+        });
+        let err = r.expect_err("the broker closed");
+        assert!(matches!(err, Error::ConnectionLost { .. }), "{err:?}");
+        assert!(err.to_string().contains(hint), "{err}");
+        drop(conn);
+
+        // QoS 2 works, then the link goes: no hint.
+        let (conn, mut fc) = tokio::join!(client.connect(), async {
+            let fc = fb.accept().await;
+            fc.send_connack(false, 0).await.unwrap();
+            fc
+        });
+        let conn = conn.unwrap();
+        let (r, _) = tokio::join!(conn.publish("t", "1").qos(QoS::ExactlyOnce), async {
+            let p = fc.expect(PacketType::Publish, EVENT).await;
+            let id = p.packet_id().unwrap();
+            fc.send(&packets::pubrec(id, None)).await.unwrap();
+            fc.expect(PacketType::Pubrel, EVENT).await;
+            fc.send(&packets::pubcomp(id, None)).await.unwrap();
+        });
+        r.expect("a QoS 2 exchange");
+        let (r, _) = tokio::join!(conn.publish("t", "2").qos(QoS::ExactlyOnce), async {
+            fc.expect(PacketType::Publish, EVENT).await;
+            fc.close_fin().await;
+        });
+        let err = r.expect_err("the broker closed");
+        assert!(!err.to_string().contains(hint), "{err}");
+    })
+    .await;
 }
