@@ -240,9 +240,10 @@ pub(crate) fn write_failed(key: Key, packet_id: i32) -> WriteFailed {
             p.packet_id = packet_id;
         }
         p.parked = true;
+        // Counted under the shard's lock, as every removal of a parked entry is.
+        PARKED.fetch_add(1, Ordering::SeqCst);
         (entry.engine, *p)
     };
-    PARKED.fetch_add(1, Ordering::SeqCst);
     if publish.packet_id != 0 {
         lock_ids().push((engine, publish.packet_id, key));
     }
@@ -266,8 +267,19 @@ pub(crate) fn delivered(engine: u64, packet_id: i32) {
             None => return,
         }
     };
-    PARKED.fetch_sub(1, Ordering::SeqCst);
-    complete(key, Reply::Done(Response::default()));
+    // Removed (and uncounted) under its shard's lock, so that a concurrent
+    // `fail_parked` cannot take it as well.
+    let entry = {
+        let mut map = shard(key);
+        match map.get(&key) {
+            Some(e) if e.publish.is_some_and(|p| p.parked) => map.remove(&key),
+            _ => None,
+        }
+    };
+    if let Some(entry) = entry {
+        PARKED.fetch_sub(1, Ordering::SeqCst);
+        let _ = entry.tx.send(Reply::Done(Response::default()));
+    }
 }
 
 /// Fails the parked publishes of `engine`: their session is gone.
@@ -284,10 +296,11 @@ pub(crate) fn fail_parked(engine: u64, reply: impl Fn() -> Reply) {
                 .filter(|(_, e)| e.engine == engine && e.publish.is_some_and(|p| p.parked))
                 .map(|(k, _)| *k)
                 .collect();
-            keys.iter().filter_map(|k| map.remove(k)).collect()
+            let failed: Vec<Entry> = keys.iter().filter_map(|k| map.remove(k)).collect();
+            PARKED.fetch_sub(failed.len(), Ordering::SeqCst);
+            failed
         };
         for entry in failed {
-            PARKED.fetch_sub(1, Ordering::SeqCst);
             let _ = entry.tx.send(reply());
         }
     }
@@ -328,6 +341,35 @@ mod tests {
         assert!(matches!(rx.try_recv(), Ok(Reply::Done(_))));
         // A second callback for the same key is ignored.
         complete(key, Reply::Failed(Failure::code(-1)));
+    }
+
+    #[test]
+    fn a_parked_publish_completes_on_delivery_or_fails_with_its_session() {
+        // The write fails before the sender knows the packet id, then learns it.
+        let (a, mut a_rx) = register_publish(10, 5, true);
+        assert_eq!(write_failed(a, 0), WriteFailed::Parked { payload_len: 5 });
+        sent(a, 7);
+        // The write fails with the packet id known.
+        let (b, mut b_rx) = register_publish(10, 6, true);
+        sent(b, 8);
+        assert_eq!(write_failed(b, 8), WriteFailed::Parked { payload_len: 6 });
+        assert!(a_rx.try_recv().is_err() && b_rx.try_recv().is_err());
+
+        delivered(10, 7);
+        assert!(matches!(a_rx.try_recv(), Ok(Reply::Done(_))));
+        delivered(11, 8); // another engine's packet id 8
+        assert!(b_rx.try_recv().is_err());
+        fail_parked(10, || Reply::Failed(Failure::code(-11)));
+        assert!(matches!(b_rx.try_recv(), Ok(Reply::Failed(f)) if f.code == -11));
+        delivered(10, 8); // too late: nothing left
+    }
+
+    #[test]
+    fn a_publish_of_a_clean_session_is_not_parked() {
+        let (key, _rx) = register_publish(12, 3, false);
+        assert_eq!(write_failed(key, 0), WriteFailed::Fail { payload_len: 3 });
+        let (qos0, _rx0) = register(12);
+        assert_eq!(write_failed(qos0, 0), WriteFailed::Unknown);
     }
 
     #[test]
