@@ -301,6 +301,15 @@ async fn start_all(calls: Vec<Call>) -> tokio::task::JoinHandle<Vec<Result<(), E
     )))
 }
 
+/// Whether `proxy` saw a PUBLISH going `dir` with DUP set on a connection after the first
+/// (a resend on a resumed session).
+fn resent_with_dup(proxy: &FaultProxy, dir: Direction) -> bool {
+    proxy
+        .packets(dir, PacketType::Publish)
+        .iter()
+        .any(|p| p.conn > 1 && p.dup())
+}
+
 #[track_caller]
 fn all_ok(results: &[Result<(), Error>], trace: &str) {
     let failed: Vec<(usize, &Error)> = results
@@ -660,10 +669,7 @@ async fn qos1_stream_out(protocol: ProtocolVersion, style: Style) {
     witness.every_number(&topic, STREAM, &proxy).await;
     let trace = proxy.trace();
     assert!(
-        proxy
-            .packets(C2B, PacketType::Publish)
-            .iter()
-            .any(|p| p.conn > 1 && p.dup()),
+        resent_with_dup(&proxy, C2B),
         "no PUBLISH resent with DUP after the cut:\n{trace}"
     );
 }
@@ -754,10 +760,7 @@ async fn qos1_stream_in(protocol: ProtocolVersion, style: Style) {
     all_ok(&results, "(the publisher is not behind the proxy)");
     let trace = proxy.trace();
     assert!(
-        proxy
-            .packets(B2C, PacketType::Publish)
-            .iter()
-            .any(|p| p.conn > 1 && p.dup()),
+        resent_with_dup(&proxy, B2C),
         "the broker resent nothing with DUP after the cut:\n{trace}"
     );
 }
@@ -872,18 +875,12 @@ async fn broker_restart(protocol: ProtocolVersion) {
     // The restart met exchanges in flight on both sides: the publisher resent with DUP,
     // and the broker resent to the subscriber with DUP.
     assert!(
-        pub_proxy
-            .packets(C2B, PacketType::Publish)
-            .iter()
-            .any(|p| p.conn > 1 && p.dup()),
+        resent_with_dup(&pub_proxy, C2B),
         "the publisher resent nothing after the restart\n{}",
         context()
     );
     assert!(
-        sub_proxy
-            .packets(B2C, PacketType::Publish)
-            .iter()
-            .any(|p| p.conn > 1 && p.dup()),
+        resent_with_dup(&sub_proxy, B2C),
         "the broker resent nothing to the subscriber after the restart\n{}",
         context()
     );
