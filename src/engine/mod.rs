@@ -30,6 +30,12 @@
 //!   (`MQTTASYNC_COMMAND_IGNORED`) is retried within the caller's deadline.
 //! - **A connect whose caller gave up** cannot be cancelled in Paho; the next one waits
 //!   for it to finish, and a late success is closed ([`hooks::Hooks::connect_done`]).
+//! - **A QoS 1/2 PUBLISH whose write fails at a loss.** Paho C 1.3.16 frees the failed
+//!   command's topic and payload while the copy it keeps for the resend still points at
+//!   them (a resend of freed memory, then a double free). The publish's failure callback
+//!   first gives that copy buffers of its own (`paho::publish_failed`, through the
+//!   [shim]); on a session that outlives the link the call then waits for the resend's
+//!   acknowledgement, reported by Paho's delivery-complete callback ([registry]).
 //! - Per-command completions go through the [registry], which tolerates any pattern of
 //!   callbacks.
 
