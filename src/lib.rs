@@ -47,10 +47,20 @@ pub use will::Will;
 
 /// Guides: how the client behaves, with examples. Each example compiles.
 pub mod guide {
-    #[doc = include_str!("../docs/guide/guarantees.md")]
-    pub mod guarantees {}
+    #[doc = include_str!("../docs/guide/migrating.md")]
+    pub mod migrating {}
+    #[doc = include_str!("../docs/guide/tls_and_proxies.md")]
+    pub mod tls_and_proxies {}
+    #[doc = include_str!("../docs/guide/backpressure.md")]
+    pub mod backpressure {}
+    #[doc = include_str!("../docs/guide/consumers.md")]
+    pub mod consumers {}
+    #[doc = include_str!("../docs/guide/v5_properties.md")]
+    pub mod v5_properties {}
     #[doc = include_str!("../docs/guide/reconnection.md")]
     pub mod reconnection {}
+    #[doc = include_str!("../docs/guide/guarantees.md")]
+    pub mod guarantees {}
 }
 
 /// The version of the Paho C engine this crate runs on (`"1.3.16"`), as the engine

@@ -14,8 +14,7 @@ pub struct Message {
     pub qos: QoS,
     /// Whether it came from the broker's retained store.
     pub retain: bool,
-    /// The packet identifier. The Paho engine does not expose it
-    /// (`MQTTAsync_message.msgid` is not surfaced by paho-mqtt), so it is always 0.
+    /// The packet identifier of the PUBLISH (0 for QoS 0), as aiomqtt's `mid`.
     pub mid: u16,
     /// The MQTT 5 properties; `None` on MQTT 3.x. Boxed so a queued 3.x message
     /// stays small.

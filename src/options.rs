@@ -560,7 +560,9 @@ impl ClientBuilder {
         self.options.timeout = timeout;
         self
     }
-    /// The keep-alive interval, in whole seconds from 1 to 65,535 (default 60 s).
+    /// The keep-alive interval, in whole seconds up to 65,535 (default 60 s). Zero turns
+    /// keep-alive off: no PINGREQ is sent, and the broker does not time the connection out
+    /// (a dead link is then noticed only when a write fails).
     pub fn keepalive(mut self, keepalive: Duration) -> Self {
         self.options.keepalive = keepalive;
         self
@@ -600,9 +602,8 @@ impl ClientBuilder {
     /// The window of unacknowledged QoS 1/2 messages (default 20, Mosquitto's own default).
     ///
     /// On MQTT 3.1.1 keep it at or below the broker's window: beyond it the broker
-    /// loses QoS 2 messages of a burst or drops the connection (and Paho C was seen
-    /// aborting the process while cleaning such a connection up). On MQTT 5 Paho
-    /// lowers it to the broker's Receive Maximum.
+    /// loses QoS 2 messages of a burst or drops the connection. On MQTT 5 Paho lowers
+    /// it to the broker's Receive Maximum.
     pub fn max_inflight_messages(mut self, max: u16) -> Self {
         self.options.max_inflight_messages = max;
         self
@@ -743,15 +744,9 @@ impl ClientBuilder {
             }
         }
         let keepalive = o.keepalive;
-        if keepalive.is_zero() {
-            return Err(Error::Unsupported {
-                option: "keepalive",
-                reason: "0 (no keep-alive) is impossible on the Paho engine: paho-mqtt turns 0 into 1 s",
-            });
-        }
         if keepalive.subsec_nanos() != 0 || keepalive.as_secs() > u64::from(u16::MAX) {
             return Err(invalid(
-                "keepalive must be a whole number of seconds from 1 to 65535",
+                "keepalive must be a whole number of seconds from 0 (off) to 65535",
             ));
         }
         if o.timeout.is_zero() {

@@ -442,7 +442,7 @@ impl Properties {
     /// reaches the engine.
     ///
     /// * A property MQTT 5 does not allow a client to send in that packet (table 2-4), a
-    ///   string containing U+0000 (which would also make paho-mqtt panic), a string or
+    ///   string containing U+0000 (C strings cannot carry it), a string or
     ///   binary value over 65,535 bytes, a zero Receive Maximum, Maximum Packet Size, Topic
     ///   Alias or Subscription Identifier, a Subscription Identifier above 268,435,455, more
     ///   than one on SUBSCRIBE, or a Response Topic that is empty or has wildcards:

@@ -20,7 +20,10 @@
 //!      credentials (does it accept only 3.1.1?). A plain port is never sent a TLS
 //!      ClientHello otherwise.
 //!
-//! The engine's own report stays the classified error's `source()`.
+//! Connections carried by the relay (proxies, WebSockets, Unix sockets, bound addresses,
+//! socket options, `tls_context`) are never probed: the relay's own dial already named
+//! its failures, and a probe would bypass the proxy, the bound address and the socket
+//! options. The engine's own report stays the classified error's `source()`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream as StdTcpStream;
@@ -33,7 +36,6 @@ use crate::options::{CertRequirements, Options};
 use crate::{Error, ProtocolVersion, TlsErrorKind, Transport};
 
 /// Paho C 1.3.16's failure messages (`nextOrClose` in MQTTAsyncUtils.c), by stage.
-const CONNECTING: &str = "TCP/TLS connect failure";
 const AFTER_CONNECT: [&str; 2] = ["TCP connect completion failure", "socket error"];
 
 /// The host and port the engine dials.
@@ -102,14 +104,23 @@ pub(crate) async fn diagnose(o: &Options, report: Report, deadline: Instant) -> 
 }
 
 async fn classify(o: &Options, report: &Report, deadline: Instant) -> Error {
-    if o.transport == Transport::Unix {
-        let detail = match tokio::net::UnixStream::connect(&o.hostname).await {
-            Err(e) => e.to_string(),
-            Ok(_) => "the engine could not connect to the socket".to_owned(),
-        };
-        return Error::refused(o.hostname.clone(), detail);
-    }
     let (host, port) = address(o);
+    if super::relay::needed(o) {
+        // The relay reached the broker (its own failures are precise errors already) and
+        // the engine's CONNECT went unanswered. No probe: one would bypass the proxy, the
+        // bound address and the socket options, or speak raw MQTT to a WebSocket port.
+        return Error::ConnectionClosed {
+            address: if o.transport == Transport::Unix {
+                o.hostname.clone()
+            } else {
+                format!("{host}:{port}")
+            },
+            detail: "no CONNACK came (is it an MQTT broker, and does it accept this \
+                     protocol version?)"
+                .to_owned(),
+            engine: None,
+        };
+    }
     let addr = format!("{host}:{port}");
     // 1. The OpenSSL error codes the engine reported.
     let codes = tls_codes(&report.tls_lines);
@@ -169,13 +180,6 @@ async fn classify(o: &Options, report: &Report, deadline: Instant) -> Error {
         return Error::ConnectionClosed {
             address: addr,
             detail: "no CONNACK came (is it an MQTT broker, on this port?)".to_owned(),
-            engine: None,
-        };
-    }
-    if message == CONNECTING && o.transport == Transport::WebSockets {
-        return Error::ConnectionClosed {
-            address: addr,
-            detail: "the WebSocket upgrade failed (the server did not switch protocols)".to_owned(),
             engine: None,
         };
     }

@@ -18,18 +18,23 @@ fn lock() -> MutexGuard<'static, Vec<u16>> {
     LIVE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One engine's keepalive, counted while alive.
+/// One engine's keepalive, counted while alive; 0 (keep-alive off) is not counted.
 pub(crate) struct Registration(u16);
 
 impl Registration {
     pub(crate) fn new(keepalive: u16) -> Registration {
-        lock().push(keepalive);
+        if keepalive != 0 {
+            lock().push(keepalive);
+        }
         Registration(keepalive)
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        if self.0 == 0 {
+            return;
+        }
         let mut live = lock();
         if let Some(i) = live.iter().position(|&k| k == self.0) {
             live.swap_remove(i);

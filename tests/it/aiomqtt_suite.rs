@@ -9,7 +9,7 @@
 //!
 //! Not ported:
 //! - `test_client_tls_context`, `test_client_tls_params`: TLS is covered by the TLS suite
-//!   (and `tls_context` is rejected by `build()` on this engine).
+//!   and the relay's tests (`tls_context`, cargo feature `tls-context`).
 //! - `test_mqtt_code_error_int`, `test_mqtt_code_error_none`: they format paho-python's
 //!   integer `MQTT_ERR_*` codes and a `None` code; our errors carry MQTT reason codes only
 //!   (`Error::Engine` keeps Paho C's numbers, which are not paho-python's).
@@ -1418,97 +1418,101 @@ async fn messages_keeps_connection_open() {
 }
 
 /// Error texts of a connection the broker ends. On MQTT 5 the broker's DISCONNECT reason
-/// reaches the user: a PUBLISH over the broker's Maximum Packet Size (1000 here, announced
-/// in CONNACK) makes Mosquitto send DISCONNECT 0x95; the pending publish fails with
-/// `ConnectionLost` carrying the code, and `Messages` yields `Disconnected` whose cause
-/// reads `[code:149] Packet too large`. Repeated with fresh clients: the publish's error
-/// once lost the code when Paho failed the call before the end was seen (fixed in
-/// `ops::run`), about one time in three under load. On 3.1.1 the broker just closes the socket: no code.
-/// (Mosquitto 2.0.11 sends no DISCONNECT on a session takeover or on SIGTERM, so those cannot
-/// show a code.)
+/// reaches the user: the fake broker answers a PUBLISH with DISCONNECT 0x95 (what Mosquitto
+/// does with a packet over its Maximum Packet Size); the pending publish fails with
+/// `ConnectionLost` carrying the code, and `Messages` yields `Disconnected` whose cause reads
+/// `[code:149] Packet too large`. Repeated with fresh clients: the publish's error once lost
+/// the code when Paho failed the call before the end was seen (fixed in `ops::run`). Against
+/// Mosquitto itself an MQTT 5 client never sends that packet (the Maximum Packet Size of its
+/// CONNACK is checked first, the connection stays up); on 3.1.1, which announces no limit,
+/// the broker just closes the socket: no code.
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_disconnect_reason_code_error_text() {
     with_timeout(BODY, async {
+        let fb = FakeBroker::start().await;
+        for _ in 0..5 {
+            let client = build(
+                Client::builder("127.0.0.1")
+                    .port(fb.port())
+                    .protocol(ProtocolVersion::V5),
+            );
+            let (conn, mut fc) = fb.connect(&client).await;
+            let mut messages = conn.messages();
+            let (err, _) = tokio::join!(
+                conn.publish("t", vec![b'x'; 2000]).qos(QoS::AtLeastOnce),
+                async {
+                    fc.expect(PacketType::Publish, RECV).await;
+                    fc.send(&packets::disconnect_v5(0x95, &[])).await.unwrap();
+                }
+            );
+            let err = err.expect_err("the broker ended the connection");
+            let item = tokio::time::timeout(RECV, messages.next()).await;
+            let Ok(Some(Err(ended))) = item else {
+                panic!("expected an error, got {item:?}");
+            };
+            let Error::Disconnected(cause) = &ended else {
+                panic!("{ended:?}");
+            };
+            assert!(ended.is_connection_lost());
+            for e in [&err, &**cause] {
+                assert!(
+                    matches!(e, Error::ConnectionLost { rc: Some(rc), .. }
+                        if *rc == ReasonCode::PACKET_TOO_LARGE),
+                    "{e:?}"
+                );
+                assert_eq!(e.to_string(), "[code:149] Packet too large");
+            }
+            assert_eq!(ended.rc(), Some(ReasonCode::PACKET_TOO_LARGE));
+            assert!(!conn.is_connected());
+        }
+
         let broker = Broker::builder()
             .extra_config("max_packet_size 1000")
             .start();
         let topic = unique_topic("packet_too_large");
-        // A fresh client each time (reconnecting the same one after such a DISCONNECT
-        // crashes: see `reconnect_after_broker_disconnect_v5_does_not_crash`).
-        let protocols = [ProtocolVersion::V5; 5]
-            .into_iter()
-            .chain([ProtocolVersion::V311]);
-        for protocol in protocols {
-            let (_c, conn) = connect(builder(&broker).protocol(protocol)).await;
-            let mut messages = conn.messages();
-            if protocol == ProtocolVersion::V5 {
-                assert_eq!(
-                    conn.connack_properties()
-                        .and_then(|p| p.maximum_packet_size),
-                    Some(1000)
-                );
-            }
-            conn.publish(&topic, vec![b'x'; 500])
-                .qos(QoS::AtLeastOnce)
-                .await
-                .expect("within the limit");
-            let err = conn
-                .publish(&topic, vec![b'x'; 2000])
-                .qos(QoS::AtLeastOnce)
-                .await
-                .expect_err("over the limit");
-            let item = tokio::time::timeout(RECV, messages.next()).await;
-            let Ok(Some(Err(ended))) = item else {
-                panic!("{protocol:?}: expected an error, got {item:?}");
-            };
-            let Error::Disconnected(cause) = &ended else {
-                panic!("{protocol:?}: {ended:?}");
-            };
-            assert!(ended.is_connection_lost());
-            match protocol {
-                ProtocolVersion::V5 => {
-                    assert!(
-                        matches!(**cause, Error::ConnectionLost { rc: Some(rc), .. }
-                            if rc == ReasonCode::PACKET_TOO_LARGE),
-                        "{cause:?}"
-                    );
-                    assert_eq!(cause.to_string(), "[code:149] Packet too large");
-                    assert_eq!(ended.rc(), Some(ReasonCode::PACKET_TOO_LARGE));
-                    // The pending publish fails with the same cause, code included.
-                    assert!(
-                        matches!(err, Error::ConnectionLost { rc: Some(rc), .. }
-                            if rc == ReasonCode::PACKET_TOO_LARGE),
-                        "{err:?}"
-                    );
-                    assert_eq!(err.to_string(), "[code:149] Packet too large");
-                }
-                _ => {
-                    for e in [&err, &**cause] {
-                        assert!(matches!(e, Error::ConnectionLost { rc: None, .. }), "{e:?}");
-                        assert!(e.to_string().starts_with("Connection lost"), "{e}");
-                    }
-                    assert_eq!(ended.rc(), None);
-                }
-            }
-            assert!(!conn.is_connected());
+        let (_c, conn) = connect(builder(&broker).protocol(ProtocolVersion::V5)).await;
+        assert_eq!(
+            conn.connack_properties()
+                .and_then(|p| p.maximum_packet_size),
+            Some(1000)
+        );
+        let err = conn
+            .publish(&topic, vec![b'x'; 2000])
+            .qos(QoS::AtLeastOnce)
+            .await
+            .expect_err("over the limit");
+        assert!(matches!(err, Error::BrokerLimit(_)), "{err:?}");
+        conn.publish(&topic, vec![b'x'; 500])
+            .qos(QoS::AtLeastOnce)
+            .await
+            .expect("the connection stays up");
+
+        let (_c, conn) = connect(builder(&broker).protocol(ProtocolVersion::V311)).await;
+        let mut messages = conn.messages();
+        let err = conn
+            .publish(&topic, vec![b'x'; 2000])
+            .qos(QoS::AtLeastOnce)
+            .await
+            .expect_err("over the limit");
+        let item = tokio::time::timeout(RECV, messages.next()).await;
+        let Ok(Some(Err(Error::Disconnected(cause)))) = item else {
+            panic!("expected Disconnected, got {item:?}");
+        };
+        for e in [&err, &*cause] {
+            assert!(matches!(e, Error::ConnectionLost { rc: None, .. }), "{e:?}");
+            assert!(e.to_string().starts_with("Connection lost"), "{e}");
         }
     })
     .await;
 }
 
-/// BUG (memory safety, engine reuse in src/client.rs `Client::connect`/`slot`): when the
-/// broker ends an MQTT 5 connection with a DISCONNECT carrying a reason code (here 0x95,
-/// Packet too large) and the *same* `Client` connects again — which reuses its Paho handle —
-/// the process dies with SIGSEGV (sometimes SIGABRT from the allocator) on Paho's
-/// `MQTTAsync_rcv` thread, jumping to a garbage address. Measured: 9 of 10 runs of 200
-/// connect → oversized publish → DISCONNECT cycles crash; the same with a QoS 0 publish; none
-/// with a new `Client` per cycle, none on 3.1.1 (no DISCONNECT packet), none when the TCP
-/// link is cut instead, and none when the client waits 20 ms before reconnecting — a race
-/// between Paho's teardown of the handle after the DISCONNECT (the disconnected callback,
-/// which already frees the client for `connect()`, runs before `nextOrClose` and the
-/// connection-lost callback) and the next CONNECT on that handle. It should never crash: a client must survive any broker DISCONNECT
-/// and reconnect (the reconnect loop around `client.connect()` is the documented way).
-/// The loop runs in a child process so a crash fails this test instead of the whole binary.
+/// Regression (memory safety): when the broker ended an MQTT 5 connection with a DISCONNECT
+/// carrying a reason code and the *same* `Client` connected again at once, the process died
+/// with SIGSEGV on Paho's `MQTTAsync_rcv` thread (9 of 10 runs of 200 cycles, with the
+/// paho-mqtt based engine): a race between Paho's teardown after the DISCONNECT and the next
+/// CONNECT. A client must survive any broker DISCONNECT and reconnect (the loop around
+/// `client.connect()` is the documented way). The fake broker sends DISCONNECT 0x95 on each
+/// PUBLISH. Runs in a child process so a crash fails this test instead of the whole binary.
 #[tokio::test(flavor = "multi_thread")]
 async fn reconnect_after_broker_disconnect_v5_does_not_crash() {
     if let Some(child) = isolated(
@@ -1519,22 +1523,20 @@ async fn reconnect_after_broker_disconnect_v5_does_not_crash() {
         return;
     }
     with_timeout(Duration::from_secs(50), async {
-        let broker = Broker::builder()
-            .extra_config("max_packet_size 1000")
-            .start();
-        let topic = unique_topic("reconnect_after_broker_disconnect");
-        let client = build(builder(&broker).protocol(ProtocolVersion::V5));
+        let fb = FakeBroker::start().await;
+        let client = build(
+            Client::builder("127.0.0.1")
+                .port(fb.port())
+                .protocol(ProtocolVersion::V5),
+        );
         for cycle in 0..200 {
-            let conn = client
-                .connect()
-                .await
-                .unwrap_or_else(|e| panic!("connect {cycle}: {e:?}"));
-            let err = conn
-                .publish(&topic, vec![b'x'; 2000])
-                .qos(QoS::AtLeastOnce)
-                .await
-                .expect_err("over the limit");
-            assert!(err.is_connection_lost(), "{err:?}");
+            let (conn, mut fc) = fb.connect(&client).await;
+            let (err, _) = tokio::join!(conn.publish("t", "x").qos(QoS::AtLeastOnce), async {
+                fc.expect(PacketType::Publish, RECV).await;
+                fc.send(&packets::disconnect_v5(0x95, &[])).await.unwrap();
+            });
+            let err = err.expect_err("the broker ended the connection");
+            assert!(err.is_connection_lost(), "cycle {cycle}: {err:?}");
         }
     })
     .await;

@@ -248,8 +248,8 @@ async fn connack_timeout_then_reusable() {
             "{took:?}"
         );
 
-        // The link works again: the same client connects (on a fresh engine,
-        // while Paho finishes the abandoned attempt on the reaper thread).
+        // The link works again: the same client connects (on a fresh engine, while
+        // Paho finishes the abandoned attempt of the retired one).
         proxy.blackhole(false);
         let conn = c.connect().await.unwrap();
         conn.publish("t", "x").qos(QoS::AtLeastOnce).await.unwrap();
@@ -572,6 +572,30 @@ async fn timeouts_of_any_length_are_accepted() {
                 .unwrap();
             conn.subscribe(&t).timeout(Duration::MAX).await.unwrap();
             conn.disconnect().await.unwrap();
+        }
+    })
+    .await;
+}
+
+/// `keepalive(Duration::ZERO)` turns keep-alive off: CONNECT carries 0 and no PINGREQ is
+/// sent while the connection is idle; with 1 s a PINGREQ comes within the same window.
+#[tokio::test(flavor = "multi_thread")]
+async fn keepalive_zero_sends_no_pings() {
+    with_timeout(T, async {
+        let fb = FakeBroker::start().await;
+        for (secs, pings) in [(0, false), (1, true)] {
+            let client = Client::builder("127.0.0.1")
+                .port(fb.port())
+                .keepalive(Duration::from_secs(secs))
+                .build()
+                .unwrap();
+            let (conn, fc) = fb.connect(&client).await;
+            assert_eq!(fc.connect.keepalive, secs as u16);
+            // Absence is what is asserted: the window is 2.5 keep-alives of the 1 s case.
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            let sent = !fc.received(PacketType::Pingreq).is_empty();
+            assert_eq!(sent, pings, "keepalive {secs} s: {}", fc.trace());
+            drop(conn);
         }
     })
     .await;

@@ -352,3 +352,31 @@ async fn a_qos2_publish_ended_by_the_broker_says_the_broker_may_lack_qos2() {
     })
     .await;
 }
+
+/// A relayed connection (here only because of `bind_address`) whose CONNECT goes
+/// unanswered is `ConnectionClosed`, and no diagnosis probe bypasses the relay: the server
+/// sees exactly one TCP connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relayed_connection_closed_after_connect_is_not_probed() {
+    with_timeout(BODY, async {
+        let fb = FakeBroker::start().await;
+        let client = Client::builder("127.0.0.1")
+            .port(fb.port())
+            .protocol(ProtocolVersion::V5)
+            .bind_address("127.0.0.1")
+            .timeout(TIMEOUT)
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let (r, _fc) = tokio::join!(client.connect(), async {
+            let fc = fb.accept().await;
+            fc.close_fin().await;
+            fc
+        });
+        let err = r.expect_err("closed after CONNECT");
+        assert!(started.elapsed() < FAST, "took {:?}", started.elapsed());
+        assert!(matches!(err, Error::ConnectionClosed { .. }), "{err:?}");
+        assert_eq!(fb.accepted(), 1, "a probe reached the server directly");
+    })
+    .await;
+}

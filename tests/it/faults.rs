@@ -2314,8 +2314,8 @@ async fn churn_keeps_threads_and_fds_flat() {
 
         drop(many);
         drop(one);
-        // Paho clients are destroyed on the engine thread; Paho stops its threads with the
-        // last one.
+        // Paho clients are destroyed on the engine thread; Paho's own threads stay (an idle
+        // Paho client is kept for the process, see `paho::init`).
         wait_until_async(Duration::from_secs(10), || {
             task_count() <= t0 + 4 && fd_count() <= f0 + 4
         })

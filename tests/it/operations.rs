@@ -1463,22 +1463,28 @@ async fn v5_refused_unsubscribe_is_a_code_error() {
     .await
 }
 
+/// A call pending when the broker sends DISCONNECT fails with the broker's reason code
+/// (here 0x95). Paho fails the call and reports the end from one thread, the task sees them
+/// in either order: 20 rounds show that the code is never lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_call_fails_with_the_broker_disconnect_reason_code() {
     with_timeout(T, async {
-        // Mosquitto answers a v5 packet above `max_packet_size` with DISCONNECT 0x95.
-        let broker = Broker::builder()
-            .extra_config("max_packet_size 200")
-            .start();
-        let t = unique_topic("disconnect_rc_of_pending_call");
-        // The outcome is a race between Paho's thread and the task; 20 rounds show it.
+        let fb = FakeBroker::start().await;
         let mut outcomes = Vec::new();
         for _ in 0..20 {
-            let conn = connect(broker.port(), ProtocolVersion::V5).await;
-            let result = conn
-                .publish(format!("{t}/x"), vec![b'x'; 500])
-                .qos(QoS::AtLeastOnce)
-                .await;
+            let client = aiomqtt::Client::builder("127.0.0.1")
+                .port(fb.port())
+                .protocol(ProtocolVersion::V5)
+                .build()
+                .unwrap();
+            let (conn, mut fc) = fb.connect(&client).await;
+            let (result, _) = tokio::join!(
+                conn.publish("t/x", vec![b'x'; 500]).qos(QoS::AtLeastOnce),
+                async {
+                    fc.expect(PacketType::Publish, Duration::from_secs(5)).await;
+                    fc.send(&packets::disconnect_v5(0x95, &[])).await.unwrap();
+                }
+            );
             outcomes.push(result.map_err(|e| (e.rc(), e.to_string())));
         }
         let wrong: Vec<_> = outcomes

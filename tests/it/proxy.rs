@@ -337,8 +337,8 @@ async fn special_password_case(kind: Kind) {
         .build()
         .unwrap();
     pub_sub(&client, &label).await;
-    // Paho sent exactly `user:p@ss:w%rd` (the facade's percent-encoding was undone by
-    // Paho's Proxy_specialChars), and the tunnel went through tinyproxy.
+    // The relay sent exactly `user:p@ss:w%rd` as Basic credentials, and the tunnel went
+    // through tinyproxy.
     assert_eq!(front.seen(), [Some(format!("{USER}:{SPECIAL_PASS}"))]);
     assert_eq!(connects_in_log(&proxy.log(), &target(kind, port)), 1);
 

@@ -115,6 +115,16 @@ impl FakeBroker {
         }
     }
 
+    /// Connects `client`, answering its CONNECT with CONNACK 0 (no session present).
+    pub async fn connect(&self, client: &aiomqtt::Client) -> (aiomqtt::Connection, FakeConn) {
+        let (conn, fc) = tokio::join!(client.connect(), async {
+            let fc = self.accept().await;
+            fc.send_connack(false, 0).await.expect("send CONNACK");
+            fc
+        });
+        (conn.expect("connect to the fake broker"), fc)
+    }
+
     /// Like [`Self::accept`], `None` if no client connects and sends a CONNECT within `dur`.
     pub async fn try_accept(&self, dur: Duration) -> Option<FakeConn> {
         let mut queue = self.queue.lock().await;
