@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks (and, as root on Debian/Ubuntu, installs) what building and testing need:
 # cmake, a C compiler, make, pkg-config and OpenSSL headers to build Paho C from
-# source; Mosquitto (+ its CLI clients) and tinyproxy for the test suite.
+# source; Mosquitto (+ its CLI clients), tinyproxy, Dante and microsocks (SOCKS) for the
+# test suite, which also uses setpriv, unshare and mkfifo (util-linux, coreutils).
 # Usage: scripts/deps.sh build|test
 set -euo pipefail
 want=${1:-build}
@@ -21,6 +22,10 @@ if [ "$want" = test ]; then
   have mosquitto_passwd || missing+=(mosquitto)
   have mosquitto_sub || missing+=(mosquitto-clients)
   have tinyproxy || [ -x /usr/bin/tinyproxy ] || [ -x /usr/sbin/tinyproxy ] || missing+=(tinyproxy)
+  [ -x /usr/sbin/danted ] || missing+=(dante-server)
+  [ -x /usr/bin/microsocks ] || missing+=(microsocks)
+  { have setpriv && have unshare; } || missing+=(util-linux)
+  have mkfifo || missing+=(coreutils)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
@@ -31,7 +36,8 @@ if [ "$(id -u)" = 0 ] && have apt-get; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq "${pkgs[@]}" >/dev/null
-  # Debian starts a mosquitto service on :1883 after install; the tests never use it.
+  # Debian starts a mosquitto service on :1883 (and a danted one, if its default
+  # configuration lets it) after install; the tests never use them.
   exit 0
 fi
 echo "Missing: ${pkgs[*]}" >&2

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, the integration suite (each test starts its own
 # Mosquitto; the conformance suite also runs RabbitMQ, NATS and rumqttd, prepared by
-# scripts/brokers.sh), doc tests, and every example and benchmark built. Ends with one
-# line: "N passed, M failed" over every test binary.
+# scripts/brokers.sh), the tests of the tls-context feature, doc tests, and every example
+# and benchmark built. Ends with one line: "N passed, M failed" over every test binary.
 #
 # Set AIOMQTT_REQUIRE_ALL_BROKERS=1 to fail (not skip) when a foreign broker is missing.
 set -uo pipefail
@@ -31,7 +31,10 @@ step 4/5 "tests (unit, integration, examples; about 3 minutes)"
 status=0
 cargo test --all-targets --no-fail-fast 2>&1 | tee -a "$log" || status=1
 
-step 5/5 "doc tests"
+step 5/5 "tests of the tls-context feature, doc tests"
+# The tests of `tls_context` exist only with its feature (it makes openssl part of the
+# API); the rest of the suite does not change with it.
+cargo test --features tls-context --test it --no-fail-fast -- tls_context 2>&1 | tee -a "$log" || status=1
 cargo test --doc 2>&1 | tee -a "$log" || status=1
 
 # One total over every "test result:" line of every binary.

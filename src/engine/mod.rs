@@ -298,7 +298,11 @@ impl Engine {
             // The facade dials the broker first: its failures are precise.
             Some(relay) => match relay.dial(self.0.client_options.clone(), deadline).await {
                 Ok(uri) => match CString::new(uri) {
-                    Ok(uri) => self.connect_inner(clean, deadline, Some(uri)).await,
+                    // A link that fails before the CONNACK: the relay knows why.
+                    Ok(uri) => self
+                        .connect_inner(clean, deadline, Some(uri))
+                        .await
+                        .map_err(|e| relay.explain(e)),
                     Err(_) => Err(Error::InvalidArgument("endpoint URI".to_owned())),
                 },
                 Err(e) => Err(e),

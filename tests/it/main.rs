@@ -21,6 +21,7 @@ mod operations;
 mod options;
 mod proxy;
 mod reconnect;
+mod relay;
 mod secrets;
 mod tls;
 mod topic;

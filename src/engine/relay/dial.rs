@@ -123,23 +123,38 @@ async fn tcp(o: &Options, host: &str, port: u16) -> Result<TcpStream, Error> {
                 detail: e.to_string(),
             })?;
         }
+        // TCP_NODELAY as Paho sets it on its own connections, before the user's
+        // socket_options: an explicit TCP_NODELAY among them wins (in aiomqtt too the
+        // user's options are applied last).
+        let _ = socket.set_nodelay(true);
         for opt in &o.socket_options {
             super::sockopt::set(&socket, opt)?;
         }
         match socket.connect(target).await {
-            Ok(stream) => {
-                // As Paho does on its own connections.
-                let _ = stream.set_nodelay(true);
-                return Ok(stream);
+            Ok(stream) => return Ok(stream),
+            Err(e) => {
+                last = Some(match local {
+                    // With a fixed local port, connect() fails so when that address
+                    // already has a connection to this target: one still in TIME_WAIT
+                    // after a close, for a minute. The bind is what cannot be honoured.
+                    Some(local)
+                        if o.bind_port.is_some()
+                            && e.raw_os_error() == Some(libc::EADDRNOTAVAIL) =>
+                    {
+                        Error::Bind {
+                            address: local.to_string(),
+                            detail: format!(
+                                "{e}: it already has a connection to {target} (perhaps one \
+                                 still in TIME_WAIT after an earlier close)"
+                            ),
+                        }
+                    }
+                    _ => Error::refused(address.clone(), e.to_string()),
+                });
             }
-            Err(e) => last = Some(e),
         }
     }
-    let detail = match last {
-        Some(e) => e.to_string(),
-        None => "no address of the family of bind_address".to_owned(),
-    };
-    Err(Error::refused(address, detail))
+    Err(last.unwrap_or_else(|| Error::refused(address, "no address of the family of bind_address")))
 }
 
 /// A stream whose first bytes were already read (after a proxy's answer).
@@ -248,10 +263,28 @@ async fn http_connect(
     }
 }
 
-fn socks_error(proxy: &str, e: tokio_socks::Error) -> Error {
+/// The proxy's refusal, in words that say who refused what (tokio-socks names SOCKS 4's
+/// one refusal code "General SOCKS server failure", and a refused password by its code).
+fn socks_error(proxy: &str, version: u8, e: tokio_socks::Error) -> Error {
+    use tokio_socks::Error as E;
+    let detail = match e {
+        E::PasswordAuthFailure(status) => format!(
+            "SOCKS {version}: the proxy refused the username and password (status {status})"
+        ),
+        E::NoAcceptableAuthMethods => format!(
+            "SOCKS {version}: the proxy accepts none of the offered authentication methods \
+             (it may need a username and password)"
+        ),
+        E::GeneralSocksServerFailure if version == 4 => {
+            "SOCKS 4: the proxy rejected the request or could not connect to the broker \
+             (code 91)"
+                .to_owned()
+        }
+        other => format!("SOCKS {version}: {other}"),
+    };
     Error::Proxy {
         proxy: proxy.to_owned(),
-        detail: format!("SOCKS: {e}"),
+        detail,
     }
 }
 
@@ -274,7 +307,7 @@ async fn socks5(
         None => tokio_socks::tcp::Socks5Stream::connect_with_socket(stream, target).await,
     };
     s.map(tokio_socks::tcp::Socks5Stream::into_inner)
-        .map_err(|e| socks_error(proxy, e))
+        .map_err(|e| socks_error(proxy, 5, e))
 }
 
 /// A tunnel through a SOCKS 4 proxy (4a for a host name: the proxy resolves it); the
@@ -295,7 +328,7 @@ async fn socks4(
         None => tokio_socks::tcp::Socks4Stream::connect_with_socket(stream, target).await,
     };
     s.map(tokio_socks::tcp::Socks4Stream::into_inner)
-        .map_err(|e| socks_error(proxy, e))
+        .map_err(|e| socks_error(proxy, 4, e))
 }
 
 fn tls_setup(e: openssl::error::ErrorStack) -> Error {

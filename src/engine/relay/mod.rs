@@ -67,11 +67,20 @@ pub(crate) fn engine_view(o: &Options) -> Options {
 /// passes without it).
 #[derive(Default)]
 pub(crate) struct Relay {
-    /// How the current (or last) link ended.
-    current: Mutex<Option<pipe::EndSlot>>,
+    /// The current (or last) link.
+    current: Mutex<Option<Link>>,
 }
 
-fn lock(m: &Mutex<Option<pipe::EndSlot>>) -> MutexGuard<'_, Option<pipe::EndSlot>> {
+/// What the relay keeps of a link.
+#[derive(Clone)]
+struct Link {
+    /// What was dialled (`host:port`, or the socket path), for error messages.
+    address: String,
+    /// How it ended.
+    end: pipe::EndSlot,
+}
+
+fn lock(m: &Mutex<Option<Link>>) -> MutexGuard<'_, Option<Link>> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -87,6 +96,10 @@ impl Relay {
         options: Arc<Options>,
         deadline: Instant,
     ) -> Result<String, Error> {
+        let address = match options.transport {
+            Transport::Unix => options.hostname.clone(),
+            _ => format!("{}:{}", options.hostname, options.port),
+        };
         let opened = runtime::run(async move {
             let upstream = match tokio::time::timeout_at(deadline, dial::dial(&options)).await {
                 Ok(result) => result?,
@@ -102,14 +115,39 @@ impl Relay {
             Ok(result) => result??,
             Err(_) => return Err(Error::Timeout),
         };
-        *lock(&self.current) = Some(end);
+        *lock(&self.current) = Some(Link { address, end });
         Ok(format!("tcp://127.0.0.1:{port}"))
+    }
+
+    /// The error of a connect whose link failed after the dial, before the CONNACK. The
+    /// engine only saw its connection to the endpoint close; the relay saw why. A failure
+    /// of the TLS layer is that TLS error: TLS 1.3 servers refuse a client certificate
+    /// after the handshake, with an alert the relay reads at its first read. (The
+    /// facade's diagnosis would probe the broker directly, without the relay's TLS
+    /// context or proxy, and misname it.) Anything else stays the engine's report.
+    pub(crate) fn explain(&self, engine: Error) -> Error {
+        if !matches!(engine, Error::Engine { .. }) {
+            return engine;
+        }
+        let Some(link) = lock(&self.current).clone() else {
+            return engine;
+        };
+        let end = link.end.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match end {
+            Some(LinkEnd::Failed(pipe::Failure {
+                tls: Some(kind),
+                detail,
+            })) => {
+                Error::tls(kind, format!("{}: {detail}", link.address)).with_engine(Some(engine))
+            }
+            _ => engine,
+        }
     }
 
     /// How the current link ended, if it did.
     pub(crate) fn link_end(&self) -> Option<LinkEnd> {
-        let slot = lock(&self.current).clone()?;
-        slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let link = lock(&self.current).clone()?;
+        link.end.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 

@@ -2,16 +2,24 @@
 //! both ways, and recording how the link ended: the broker's close and reset are passed
 //! on to Paho as a close and a reset, Paho's close (its keep-alive timeout, or a
 //! DISCONNECT) to the broker as a close.
+//!
+//! Once one direction has ended the other gets [`GRACE`] to end too, then the link is
+//! dropped: a peer that never answers a close (the broker behind a partition) must not
+//! hold the relay's sockets and task until TCP gives up on it, many minutes later.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 
 use super::dial::Upstream;
+use crate::TlsErrorKind;
 
 /// How a relayed link ended, first cause first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,9 +27,57 @@ pub(crate) enum LinkEnd {
     /// The broker (or something on the path) closed the connection.
     PeerClosed,
     /// The connection to the broker was reset or failed.
-    Failed(String),
+    Failed(Failure),
     /// The engine closed its side first: a keep-alive timeout, or a DISCONNECT.
     EngineClosed,
+}
+
+/// Why the connection to the broker failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Failure {
+    /// The operating system's or the TLS library's message.
+    pub(crate) detail: String,
+    /// The kind of a failure of the TLS layer: an alert from the broker, such as its
+    /// refusal of the client certificate, which TLS 1.3 sends only after the handshake,
+    /// at the first read.
+    pub(crate) tls: Option<TlsErrorKind>,
+}
+
+impl Failure {
+    fn of_io(e: &std::io::Error) -> Failure {
+        // OpenSSL's errors reach us wrapped in an io::Error (tokio-openssl); their packed
+        // codes say what failed.
+        let tls = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<openssl::ssl::Error>())
+            .and_then(openssl::ssl::Error::ssl_error)
+            .and_then(|stack| {
+                stack
+                    .errors()
+                    .iter()
+                    .find_map(|e| super::super::diagnose::kind_of(e.code()))
+            });
+        Failure {
+            detail: e.to_string(),
+            tls,
+        }
+    }
+
+    fn of_ws(e: &WsError) -> Failure {
+        match e {
+            WsError::Io(io) => Failure::of_io(io),
+            other => Failure {
+                detail: other.to_string(),
+                tls: None,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
 }
 
 /// Where a link records its end (one per link).
@@ -37,85 +93,141 @@ fn record(slot: &EndSlot, end: LinkEnd) {
 /// Buffer per direction.
 const CHUNK: usize = 64 * 1024;
 
-/// Relays until both directions are done.
+/// How long one direction may go on once the other has ended: a live peer answers a
+/// close within milliseconds, a dead one never does.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// How the broker-to-engine direction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Closed (or it could not write to Paho any more).
+    Closed,
+    /// The link to the broker failed: Paho's connection must be reset, now.
+    Reset,
+}
+
+/// Relays until both directions are done, or one is and the other's grace has passed.
 pub(crate) async fn run(paho: TcpStream, upstream: Upstream, end: EndSlot) {
     let _ = paho.set_nodelay(true);
     let (paho_read, paho_write) = paho.into_split();
     match upstream {
         Upstream::Bytes(stream) => {
             let (up_read, up_write) = tokio::io::split(stream);
-            tokio::join!(
+            both(
                 engine_to_broker(paho_read, up_write, &end),
                 broker_to_engine(up_read, paho_write, &end),
-            );
+                &end,
+            )
+            .await;
         }
         Upstream::Ws(ws) => {
             let (sink, stream) = (*ws).split();
-            tokio::join!(
+            both(
                 engine_to_ws(paho_read, sink, &end),
                 ws_to_engine(stream, paho_write, &end),
-            );
+                &end,
+            )
+            .await;
         }
     }
 }
 
-/// Resets Paho's connection (the broker's side was reset).
-fn reset(paho: OwnedWriteHalf) {
-    let _ = paho.as_ref().set_zero_linger();
-    drop(paho);
+/// Runs the two directions. When one ends the other gets [`GRACE`]; a reset ends both at
+/// once, so that Paho's socket, whose read half `to_broker` owns, is closed now and with
+/// the zero linger `to_engine` set on it: a reset, not a close.
+///
+/// A failed write to the broker is recorded only if the other direction recorded nothing:
+/// the broker's reason is in what is left to read. (A TLS 1.3 broker refuses a client
+/// certificate with an alert after the handshake and then closes; the CONNECT written
+/// meanwhile meets a reset, while the alert waits in the receive buffer.)
+async fn both(
+    to_broker: impl Future<Output = Option<Failure>>,
+    to_engine: impl Future<Output = Ended>,
+    end: &EndSlot,
+) {
+    tokio::pin!(to_broker, to_engine);
+    let write_failed = tokio::select! {
+        failed = &mut to_broker => {
+            let _ = tokio::time::timeout(GRACE, to_engine).await;
+            failed
+        }
+        ended = &mut to_engine => match ended {
+            Ended::Closed => tokio::time::timeout(GRACE, to_broker).await.ok().flatten(),
+            Ended::Reset => None,
+        },
+    };
+    if let Some(failure) = write_failed {
+        record(end, LinkEnd::Failed(failure));
+    }
 }
 
+/// Prepares a reset of Paho's connection (the broker's side was reset or failed): zero
+/// linger, and the write half given up without the shutdown (a FIN) its drop would send.
+/// The socket closes, with an RST, when its read half is dropped.
+fn reset(paho: OwnedWriteHalf) -> Ended {
+    let _ = paho.as_ref().set_zero_linger();
+    paho.forget();
+    Ended::Reset
+}
+
+/// Paho to the broker. Returns how writing to the broker failed, if it did; see [`both`].
 async fn engine_to_broker(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
     end: &EndSlot,
-) {
+) -> Option<Failure> {
     let mut buf = vec![0u8; CHUNK];
     loop {
         match from.read(&mut buf).await {
             Ok(0) | Err(_) => {
                 record(end, LinkEnd::EngineClosed);
                 let _ = to.shutdown().await;
-                return;
+                return None;
             }
             Ok(n) => {
                 if let Err(e) = to.write_all(&buf[..n]).await {
-                    record(end, LinkEnd::Failed(e.to_string()));
-                    return;
+                    return Some(Failure::of_io(&e));
                 }
             }
         }
     }
 }
 
-async fn broker_to_engine(mut from: impl AsyncRead + Unpin, mut to: OwnedWriteHalf, end: &EndSlot) {
+async fn broker_to_engine(
+    mut from: impl AsyncRead + Unpin,
+    mut to: OwnedWriteHalf,
+    end: &EndSlot,
+) -> Ended {
     let mut buf = vec![0u8; CHUNK];
     loop {
         match from.read(&mut buf).await {
             Ok(0) => {
                 record(end, LinkEnd::PeerClosed);
                 let _ = to.shutdown().await;
-                return;
+                return Ended::Closed;
             }
             Err(e) => {
-                record(end, LinkEnd::Failed(e.to_string()));
-                reset(to);
-                return;
+                record(end, LinkEnd::Failed(Failure::of_io(&e)));
+                return reset(to);
             }
             Ok(n) => {
                 if to.write_all(&buf[..n]).await.is_err() {
                     record(end, LinkEnd::EngineClosed);
-                    return;
+                    return Ended::Closed;
                 }
             }
         }
     }
 }
 
-async fn engine_to_ws<S>(mut from: impl AsyncRead + Unpin, mut to: S, end: &EndSlot)
+/// Paho to the broker over a WebSocket; returns as [`engine_to_broker`] does.
+async fn engine_to_ws<S>(
+    mut from: impl AsyncRead + Unpin,
+    mut to: S,
+    end: &EndSlot,
+) -> Option<Failure>
 where
-    S: futures_util::Sink<WsMessage> + Unpin,
-    S::Error: std::fmt::Display,
+    S: futures_util::Sink<WsMessage, Error = WsError> + Unpin,
 {
     let mut buf = vec![0u8; CHUNK];
     loop {
@@ -124,42 +236,137 @@ where
                 record(end, LinkEnd::EngineClosed);
                 let _ = to.send(WsMessage::Close(None)).await;
                 let _ = to.close().await;
-                return;
+                return None;
             }
             Ok(n) => {
                 let frame = WsMessage::Binary(buf[..n].to_vec().into());
                 if let Err(e) = to.send(frame).await {
-                    record(end, LinkEnd::Failed(e.to_string()));
-                    return;
+                    return Some(Failure::of_ws(&e));
                 }
             }
         }
     }
 }
 
-async fn ws_to_engine<S, E>(mut from: S, mut to: OwnedWriteHalf, end: &EndSlot)
+async fn ws_to_engine<S>(mut from: S, mut to: OwnedWriteHalf, end: &EndSlot) -> Ended
 where
-    S: futures_util::Stream<Item = Result<WsMessage, E>> + Unpin,
-    E: std::fmt::Display,
+    S: futures_util::Stream<Item = Result<WsMessage, WsError>> + Unpin,
 {
     while let Some(item) = from.next().await {
         match item {
             Ok(WsMessage::Binary(data)) => {
                 if to.write_all(&data).await.is_err() {
                     record(end, LinkEnd::EngineClosed);
-                    return;
+                    return Ended::Closed;
                 }
             }
             Ok(WsMessage::Close(_)) => break,
             // Pings are answered by the WebSocket layer; text frames carry no MQTT.
             Ok(_) => {}
+            // The TCP connection was closed without a Close frame: a close, as on a plain
+            // link (tungstenite calls it a reset, but no RST was received).
+            Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => break,
             Err(e) => {
-                record(end, LinkEnd::Failed(e.to_string()));
-                reset(to);
-                return;
+                record(end, LinkEnd::Failed(Failure::of_ws(&e)));
+                return reset(to);
             }
         }
     }
     record(end, LinkEnd::PeerClosed);
     let _ = to.shutdown().await;
+    Ended::Closed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A connected pair of TCP streams on loopback.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (far, _) = listener.accept().await.unwrap();
+        (near, far)
+    }
+
+    /// A relayed link: (Paho's end, the broker's end, the relay's task, its end slot).
+    async fn link() -> (TcpStream, TcpStream, tokio::task::JoinHandle<()>, EndSlot) {
+        let (paho, relay_paho) = pair().await;
+        let (relay_up, broker) = pair().await;
+        let end = EndSlot::default();
+        let task = tokio::spawn(run(
+            relay_paho,
+            Upstream::Bytes(Box::new(relay_up)),
+            end.clone(),
+        ));
+        (paho, broker, task, end)
+    }
+
+    fn end_of(slot: &EndSlot) -> Option<LinkEnd> {
+        slot.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn a_broker_reset_reaches_paho_as_a_reset() {
+        let (mut paho, broker, task, end) = link().await;
+        broker.set_zero_linger().unwrap();
+        drop(broker);
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), paho.read(&mut buf))
+            .await
+            .unwrap();
+        assert_eq!(
+            read.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionReset)
+        );
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(end_of(&end), Some(LinkEnd::Failed(Failure { ref detail, tls: None })) if detail.contains("reset")),
+            "{:?}",
+            end_of(&end)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broker_close_reaches_paho_as_a_close() {
+        let (mut paho, broker, task, end) = link().await;
+        drop(broker);
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), paho.read(&mut buf))
+            .await
+            .unwrap();
+        assert_eq!(read.unwrap(), 0);
+        drop(paho);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(end_of(&end), Some(LinkEnd::PeerClosed));
+    }
+
+    /// Paho closes; the broker reads the close but never closes its side (as behind a
+    /// partition): the relay lets go of the link after the grace.
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_close_is_dropped_after_the_grace() {
+        let (paho, mut broker, task, end) = link().await;
+        drop(paho);
+        let mut buf = [0u8; 16];
+        assert_eq!(broker.read(&mut buf).await.unwrap(), 0);
+        let started = tokio::time::Instant::now();
+        tokio::time::timeout(GRACE * 2, task)
+            .await
+            .expect("the relay held the link beyond its grace")
+            .unwrap();
+        assert!(started.elapsed() >= GRACE);
+        assert_eq!(end_of(&end), Some(LinkEnd::EngineClosed));
+        // The relay's socket is closed: the broker's next read ends.
+        let read = tokio::time::timeout(Duration::from_secs(5), broker.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    }
 }

@@ -25,6 +25,16 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// [`DEFAULT_REFUSED`] refuses (as the Paho interoperability suite's `test/nosubscribe`).
 pub const DEFAULT_REFUSED: &[&str] = &["nosubscribe/#", "test/nosubscribe"];
 
+/// An OpenSSL configuration whose default for every `SSL_CTX` is at most TLS 1.2.
+const TLS12_ONLY_OPENSSL_CONF: &str = "openssl_conf = default_conf
+[default_conf]
+ssl_conf = ssl_sect
+[ssl_sect]
+system_default = system_default_sect
+[system_default_sect]
+MaxProtocol = TLSv1.2
+";
+
 /// Without it Mosquitto 2.0.11 binds WebSockets listeners to every interface (IPv4 and
 /// IPv6) whatever the `listener` address says; with it they honour 127.0.0.1.
 const SOCKET_DOMAIN: &str = "socket_domain ipv4\n";
@@ -82,6 +92,8 @@ pub struct BrokerBuilder {
     extra: Vec<String>,
     listener_extra: Vec<String>,
     server_cert: ServerCert,
+    tls_version: Option<&'static str>,
+    tls12_only: bool,
 }
 
 impl BrokerBuilder {
@@ -179,6 +191,19 @@ impl BrokerBuilder {
     /// A config line repeated in every listener block (e.g. `max_topic_alias 0`).
     pub fn extra_listener_config(mut self, line: &str) -> Self {
         self.listener_extra.push(line.to_string());
+        self
+    }
+    /// `tls_version` of the TLS/mTLS/WSS listeners (default `tlsv1.2`). In Mosquitto 2.0
+    /// it is a *minimum*: `tlsv1.3` makes a TLS-1.3-only listener, `tlsv1.2` still speaks 1.3.
+    pub fn tls_version(mut self, version: &'static str) -> Self {
+        self.tls_version = Some(version);
+        self
+    }
+    /// Caps the TLS/mTLS/WSS listeners at TLS 1.2: Mosquitto has no option for a maximum,
+    /// so it runs with an OpenSSL configuration (`OPENSSL_CONF`, `MaxProtocol = TLSv1.2`)
+    /// that its OpenSSL applies to every context.
+    pub fn tls12_only(mut self) -> Self {
+        self.tls12_only = true;
         self
     }
     /// Which certificate the TLS/mTLS/WSS listeners present.
@@ -421,7 +446,7 @@ impl Broker {
                 certs.server_cert_for(c.server_cert).display()
             );
             let _ = writeln!(s, "keyfile {}", certs.server_key.display());
-            s.push_str("tls_version tlsv1.2\n");
+            let _ = writeln!(s, "tls_version {}", c.tls_version.unwrap_or("tlsv1.2"));
         };
 
         let p = &self.ports;
@@ -501,7 +526,13 @@ impl Broker {
             .append(true)
             .open(&self.stderr_path)
             .expect("open stderr log");
-        let child = Command::new(MOSQUITTO)
+        let mut command = Command::new(MOSQUITTO);
+        if self.cfg.tls12_only {
+            let conf = self.dir.path().join("openssl-tls12.cnf");
+            std::fs::write(&conf, TLS12_ONLY_OPENSSL_CONF).expect("write openssl.cnf");
+            command.env("OPENSSL_CONF", conf);
+        }
+        let child = command
             .arg("-c")
             .arg(&self.conf_path)
             .current_dir(self.dir.path())

@@ -124,6 +124,61 @@ impl Certs {
     }
 }
 
+/// The test CA, as objects in memory (the same CA [`Certs::ca`] holds as a file).
+pub fn ca_in_memory() -> (X509, PKey<Private>) {
+    let m = MATERIAL.get_or_init(generate);
+    let pem = |name: &str| {
+        m.files
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, pem)| pem.as_slice())
+            .expect("generated material")
+    };
+    (
+        X509::from_pem(pem("ca.pem")).expect("CA certificate"),
+        PKey::private_key_from_pem(pem("ca.key")).expect("CA key"),
+    )
+}
+
+/// A client certificate with common name `cn` and its key, made now, in memory, signed by
+/// `issuer` (the test CA, which brokers trust, or another).
+pub fn client_cert_in_memory(cn: &str, issuer: &(X509, PKey<Private>)) -> (X509, PKey<Private>) {
+    let now = unix_now();
+    let key = new_key();
+    let cert = make_cert(
+        &Spec {
+            cn,
+            kind: Kind::Client,
+            dns: &[],
+            ips: &[],
+            not_before: now - 3600,
+            not_after: now + 86_400,
+        },
+        &key,
+        Some((&issuer.0, &issuer.1)),
+    );
+    (cert, key)
+}
+
+/// A fresh CA no broker trusts, in memory.
+pub fn untrusted_ca_in_memory() -> (X509, PKey<Private>) {
+    let now = unix_now();
+    let key = new_key();
+    let cert = make_cert(
+        &Spec {
+            cn: "in-memory untrusted CA",
+            kind: Kind::Ca,
+            dns: &[],
+            ips: &[],
+            not_before: now - 3600,
+            not_after: now + 86_400,
+        },
+        &key,
+        None,
+    );
+    (cert, key)
+}
+
 fn cleanup_stale(base: &Path) {
     let Ok(entries) = std::fs::read_dir(base) else {
         return;

@@ -17,6 +17,9 @@
 //!   will not — invalid topics, truncated packets, bad lengths, stray acks; [`packets`] has
 //!   byte-exact 3.1.1/5.0 encoders, malformed ones included.
 //! - [`HttpProxy`]: tinyproxy allowing CONNECT to given ports, optional Basic auth.
+//! - [`socks`]: SOCKS proxies — Dante (4/5), microsocks (5 with credentials, remote DNS in
+//!   a private mount namespace) and a scripted 4/4a/5 server that records requests.
+//! - [`sockets`]: this process's TCP sockets, file descriptors and threads from `/proc`.
 //! - [`isolated`]: run one test alone in a child process (crashes, whole-process views).
 //! - Helpers: [`unique_topic`], [`init_logging`], [`with_timeout`], `within!`,
 //!   [`run_bounded`], [`run_with_timeout`], [`ChildGuard`], [`wait_until`].
@@ -32,6 +35,8 @@ pub mod http_proxy;
 pub mod isolate;
 pub mod logcap;
 pub mod mqtt;
+pub mod sockets;
+pub mod socks;
 pub mod util;
 
 pub use broker::{Broker, BrokerBuilder, DEFAULT_REFUSED, Listener};

@@ -404,9 +404,19 @@ pub struct Watchdog {
 
 impl Watchdog {
     pub fn guard(pid: u32) -> Watchdog {
+        Self::arm(format!("read _ignored; kill -9 {pid} 2>/dev/null"))
+    }
+
+    /// Like [`Self::guard`], for the whole process group whose leader is `pgid` (for
+    /// servers that fork helpers).
+    pub fn guard_group(pgid: u32) -> Watchdog {
+        Self::arm(format!("read _ignored; kill -9 -{pgid} 2>/dev/null"))
+    }
+
+    fn arm(script: String) -> Watchdog {
         let spawned = Command::new("sh")
             .arg("-c")
-            .arg(format!("read _ignored; kill -9 {pid} 2>/dev/null"))
+            .arg(script)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
