@@ -230,9 +230,17 @@ impl ProxySettings {
         }
     }
     /// Credentials for the proxy (HTTP Basic authentication, SOCKS 5 username/password).
+    /// A SOCKS 4 proxy takes a [`user_id`](Self::user_id) instead.
     pub fn credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
         self.username = Some(username.into());
         self.password = Some(password.into());
+        self
+    }
+    /// The user id of a SOCKS 4 request (SOCKS 4 has no password; `build()` refuses a user
+    /// id on other proxies).
+    pub fn user_id(mut self, user_id: impl Into<String>) -> Self {
+        self.username = Some(user_id.into());
+        self.password = None;
         self
     }
     /// The kind of proxy.
@@ -568,7 +576,8 @@ impl ClientBuilder {
         self
     }
     /// Binds the connection's local side to this IP address (`""` for any). The
-    /// connection then goes through the client's relay (see the transports guide).
+    /// connection then goes through the client's relay (see
+    /// [the TLS and proxies guide](crate::guide::tls_and_proxies)).
     pub fn bind_address(mut self, address: impl Into<String>) -> Self {
         let address = address.into();
         self.options.bind_address = (!address.is_empty()).then_some(address);

@@ -157,7 +157,13 @@ pub(crate) fn check_transport(o: &Options) -> Result<(), Error> {
         }
         if proxy.kind == ProxyKind::Socks4 && proxy.password.is_some() {
             return Err(invalid(
-                "a SOCKS 4 proxy takes a user id only: use ProxySettings::socks5 for a password",
+                "a SOCKS 4 proxy takes a user id only (ProxySettings::user_id): use \
+                 ProxySettings::socks5 for a password",
+            ));
+        }
+        if proxy.kind != ProxyKind::Socks4 && proxy.username.is_some() && proxy.password.is_none() {
+            return Err(invalid(
+                "user_id is for SOCKS 4 proxies: use ProxySettings::credentials",
             ));
         }
     }

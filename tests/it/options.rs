@@ -50,6 +50,14 @@ fn relay_options_are_accepted_and_impossible_combinations_named() {
             .build(),
     );
     assert!(msg.contains("SOCKS 4") && msg.contains("password"), "{msg}");
+    b().proxy(ProxySettings::socks4("p", 1080).user_id("user"))
+        .build()
+        .unwrap();
+    let msg = invalid(
+        b().proxy(ProxySettings::socks5("p", 1080).user_id("user"))
+            .build(),
+    );
+    assert!(msg.contains("user_id is for SOCKS 4"), "{msg}");
     invalid(b().tls_insecure(true).build());
 }
 

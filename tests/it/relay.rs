@@ -508,7 +508,11 @@ async fn socks4a_sends_the_host_name_and_socks4_the_address() {
         let socks = ScriptedSocks::start();
         let proxy = || ProxySettings::socks4("127.0.0.1", socks.port());
         round_trip(&socks_client(&broker, "localhost", proxy()), "socks4a").await;
-        round_trip(&socks_client(&broker, "127.0.0.1", proxy()), "socks4").await;
+        round_trip(
+            &socks_client(&broker, "127.0.0.1", proxy().user_id("relay-user")),
+            "socks4",
+        )
+        .await;
         assert_eq!(
             socks.requests(),
             [
@@ -524,7 +528,7 @@ async fn socks4a_sends_the_host_name_and_socks4_the_address() {
                     socks4a: false,
                     target: SocksTarget::Ip("127.0.0.1".parse().unwrap()),
                     port: broker.port(),
-                    user_id: None,
+                    user_id: Some("relay-user".to_owned()),
                 },
             ]
         );
