@@ -677,11 +677,10 @@ fn await_progress(
 /// The process's thread count afterwards is within 4 of before, and no `connect()` was
 /// refused as reentrant after every handle of the previous connection had been dropped.
 ///
-/// Fails at times, not by a deadlock (none seen) but by two defects with their own
-/// reproducers below: the process aborts with `free(): double free detected in tcache 2`
-/// when a QoS 1 PUBLISH write fails at a kill (`rst_under_qos1_bursts_*`), and a loop
-/// client's `connect()` fails with `Reentrant` right after a call failed with the loss
-/// (`connect_works_at_once_after_a_call_failed_with_the_loss`).
+/// Before the fixes it failed at times, never by a deadlock but by two defects with their
+/// own regression tests below: a double free when a QoS 1 PUBLISH write failed at a kill
+/// (`rst_under_qos1_bursts_*`, 6 of 31 runs), and `Reentrant` right after a call failed
+/// with the loss (`connect_works_at_once_after_a_call_failed_with_the_loss`, 1 of 31).
 #[test]
 fn eight_clients_survive_five_broker_kills() {
     if let Some(child) = isolated(
