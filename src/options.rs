@@ -563,7 +563,8 @@ impl ClientBuilder {
         self.options.transport = transport;
         self
     }
-    /// The default timeout of every wait on the broker (default 10 s).
+    /// The default timeout of every wait on the broker (default 10 s; a large publish
+    /// without its own timeout gets more, see [`Publish::timeout`](crate::Publish::timeout)).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.options.timeout = timeout;
         self

@@ -47,6 +47,7 @@ pub(crate) mod fake;
 mod hooks;
 mod keepalive;
 mod paho;
+mod pump;
 mod registry;
 mod relay;
 mod shim;
@@ -480,7 +481,7 @@ impl Engine {
             // session outlives the link: its call then waits for that (see registry).
             let resumable = qos != QoS::AtMostOnce && inner.client_options.keeps_session();
             let (key, rx) = if qos == QoS::AtMostOnce {
-                registry::register(inner.id)
+                registry::register_qos0(inner.id, payload.len())
             } else {
                 registry::register_publish(inner.id, payload.len(), resumable)
             };

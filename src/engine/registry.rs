@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::oneshot;
 
+use super::pump;
+
 /// The context Paho hands back: never 0 (a null context).
 pub(crate) type Key = usize;
 
@@ -63,6 +65,8 @@ struct Entry {
     tx: oneshot::Sender<Reply>,
     /// Set for a QoS 1/2 publish.
     publish: Option<Publish>,
+    /// Set for a large publish: keeps its writes moving until the command completes.
+    _pump: Option<pump::Active>,
 }
 
 /// What a QoS 1/2 publish's failure callback needs to know (see [`write_failed`]).
@@ -114,7 +118,13 @@ fn shard(
 
 /// Registers a command of `engine` before it is handed to Paho.
 pub(crate) fn register(engine: u64) -> (Key, oneshot::Receiver<Reply>) {
-    insert(engine, None)
+    insert(engine, None, None)
+}
+
+/// Registers a QoS 0 publish of `engine` of `payload_len` bytes before it is handed to
+/// Paho.
+pub(crate) fn register_qos0(engine: u64, payload_len: usize) -> (Key, oneshot::Receiver<Reply>) {
+    insert(engine, None, pump::for_payload(payload_len))
 }
 
 /// Registers a QoS 1/2 publish of `engine` before it is handed to Paho; `resumable`
@@ -132,10 +142,15 @@ pub(crate) fn register_publish(
             packet_id: 0,
             parked: false,
         }),
+        pump::for_payload(payload_len),
     )
 }
 
-fn insert(engine: u64, publish: Option<Publish>) -> (Key, oneshot::Receiver<Reply>) {
+fn insert(
+    engine: u64,
+    publish: Option<Publish>,
+    pump: Option<pump::Active>,
+) -> (Key, oneshot::Receiver<Reply>) {
     let (tx, rx) = oneshot::channel();
     let key = loop {
         let key = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -149,6 +164,7 @@ fn insert(engine: u64, publish: Option<Publish>) -> (Key, oneshot::Receiver<Repl
             engine,
             tx,
             publish,
+            _pump: pump,
         },
     );
     (key, rx)

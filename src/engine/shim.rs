@@ -49,14 +49,16 @@ pub(crate) fn set_retry_loop_interval(keepalive_secs: u16) -> bool {
 
 /// Wakes Paho C's receive thread out of its poll (`Socket_interrupt`). `false` when the
 /// engine is not the known one or lacks the function.
-#[allow(unsafe_code, dead_code)]
+#[allow(unsafe_code)]
 pub(crate) fn socket_interrupt() -> bool {
     if !known_engine() {
         return false;
     }
     // SAFETY: `Socket_interrupt(void)` of Paho C 1.3.16 (checked above) sends one byte
-    // on a socket pair Paho created at its initialisation; `send` is thread-safe and the
-    // function takes no lock. Without the symbol the shim returns 0.
+    // on a socket pair Paho created at its initialisation and never closes (the facade
+    // keeps Paho initialised for the life of the process; callers run only once a client
+    // exists); `send` is thread-safe and the function takes no lock. Without the symbol
+    // the shim returns 0.
     unsafe { aiomqtt_socket_interrupt() != 0 }
 }
 

@@ -55,7 +55,8 @@ impl Publish {
         self.properties = Some(Box::new(properties));
         self
     }
-    /// Overrides the client's timeout for this call.
+    /// Overrides the client's timeout for this call. Without one, a publish waits the
+    /// client's timeout plus one second per MiB of payload beyond the first.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -86,6 +87,8 @@ impl Publish {
             properties.as_deref(),
             session.options.protocol == crate::ProtocolVersion::V5,
         )?;
+        let timeout =
+            timeout.or_else(|| allow_for_payload(session.options.timeout, payload.0.len()));
         let result = super::run(
             &session,
             timeout,
@@ -99,6 +102,19 @@ impl Publish {
         }
         result
     }
+}
+
+/// Time the client's timeout adds per MiB of payload beyond the first, for a publish
+/// without its own timeout: one second, a link of 8 Mbit/s.
+const PER_MIB: Duration = Duration::from_secs(1);
+
+/// The timeout of a publish that has none of its own: the client's, and one more second
+/// per MiB beyond the first, so that a large payload on a slow link does not time out
+/// because of its size. `None` (the client's timeout unchanged) up to 1 MiB.
+fn allow_for_payload(client: Duration, payload_len: usize) -> Option<Duration> {
+    let extra_mib = (payload_len >> 20).checked_sub(1).filter(|&m| m > 0)?;
+    let extra = PER_MIB.saturating_mul(u32::try_from(extra_mib).unwrap_or(u32::MAX));
+    Some(client.saturating_add(extra))
 }
 
 /// A QoS 2 PUBLISH lost with the connection before any QoS 2 exchange completed on it
@@ -131,5 +147,29 @@ impl IntoFuture for Publish {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(self.send())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_payloads_extend_the_clients_timeout() {
+        let client = Duration::from_secs(10);
+        assert_eq!(allow_for_payload(client, 0), None);
+        assert_eq!(
+            allow_for_payload(client, 2 << 20).map(|d| d.as_secs()),
+            Some(11)
+        );
+        assert_eq!(allow_for_payload(client, (2 << 20) - 1), None);
+        assert_eq!(
+            allow_for_payload(client, 64 << 20).map(|d| d.as_secs()),
+            Some(73)
+        );
+        assert_eq!(
+            allow_for_payload(Duration::MAX, 64 << 20),
+            Some(Duration::MAX)
+        );
     }
 }

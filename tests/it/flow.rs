@@ -121,3 +121,84 @@ async fn bounded_outgoing_queue_refuses_with_a_clear_error() {
     })
     .await;
 }
+
+/// A large publish moves at link speed (the engine continues a partly written packet only
+/// when woken: the facade wakes it while one is pending), and arrives whole. 64 MiB
+/// takes about 0.3 s on loopback; without the wake-ups about 13 s, past the 5 s here.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_64_mib_publish_is_not_held_back_by_the_engine() {
+    with_timeout(Duration::from_secs(120), async {
+        const SIZE: usize = 64 << 20;
+        let broker = Broker::start();
+        let topic = unique_topic("large");
+        let connect = || async {
+            Client::builder("127.0.0.1")
+                .port(broker.port())
+                .build()
+                .unwrap()
+                .connect()
+                .await
+                .unwrap()
+        };
+        let sub = connect().await;
+        sub.subscribe(&topic).qos(QoS::AtLeastOnce).await.unwrap();
+        let mut messages = sub.messages();
+        let publisher = connect().await;
+        let payload: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+            let (published, received) = tokio::join!(
+                publisher
+                    .publish(&topic, payload.clone())
+                    .qos(qos)
+                    .timeout(Duration::from_secs(5)),
+                tokio::time::timeout(T, messages.next())
+            );
+            published.unwrap_or_else(|e| panic!("QoS {}: {e:?}", qos.as_u8()));
+            let m = received.expect("the message").expect("a message").unwrap();
+            assert!(m.payload == payload, "QoS {}: payload differs", qos.as_u8());
+        }
+    })
+    .await;
+}
+
+/// A publish without its own timeout gets the client's plus one second per MiB beyond the
+/// first; a call's own timeout is kept as it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_publish_gets_a_longer_default_timeout() {
+    with_timeout(T, async {
+        let mut broker = Broker::start();
+        let conn = Client::builder("127.0.0.1")
+            .port(broker.port())
+            .timeout(Duration::from_millis(500))
+            .build()
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        broker.pause();
+        let payload = vec![7u8; 3 << 20];
+        let start = tokio::time::Instant::now();
+        let own = conn
+            .publish("large/own", payload.clone())
+            .qos(QoS::AtLeastOnce)
+            .timeout(Duration::from_millis(500))
+            .await;
+        let own_took = start.elapsed();
+        assert!(matches!(own, Err(Error::Unacknowledged)), "{own:?}");
+        let start = tokio::time::Instant::now();
+        let default = conn
+            .publish("large/default", payload)
+            .qos(QoS::AtLeastOnce)
+            .await;
+        let default_took = start.elapsed();
+        assert!(matches!(default, Err(Error::Unacknowledged)), "{default:?}");
+        // 0.5 s + 2 s for the two MiB beyond the first.
+        assert!(
+            default_took >= Duration::from_millis(2450),
+            "{default_took:?}"
+        );
+        assert!(own_took < Duration::from_millis(2450), "{own_took:?}");
+        broker.resume();
+    })
+    .await;
+}

@@ -1,0 +1,77 @@
+//! Keeps large writes moving.
+//!
+//! Paho C writes a packet that does not fit the socket's send buffer in steps: the rest
+//! waits in a pending-write list, and its receive thread continues it only at the top of
+//! each loop of `Socket_getReadySocket` (Socket.c), which then sleeps in `poll` on the
+//! *read* set for up to one second (`MQTTAsync_receiveThread`'s timeout). Unless packets
+//! arrive, a large PUBLISH therefore moves one send buffer per second: about 5 MiB/s on
+//! loopback, 13 s for 64 MiB.
+//!
+//! While a large publish is in Paho's hands, a thread of ours wakes that loop every
+//! millisecond with Paho's own `Socket_interrupt` (one byte on Paho's wake-up socket
+//! pair, the way Paho wakes itself when it closes a socket). The pump takes no lock of
+//! Paho's and none of ours that a Paho thread takes; with nothing large pending it parks.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::{self, Thread};
+use std::time::Duration;
+
+/// Payloads from this size on are pumped: smaller ones fit a loopback send buffer, and
+/// a pending write of a few KiB is continued by the next packet Paho reads anyway.
+pub(crate) const THRESHOLD: usize = 64 * 1024;
+
+/// How often the pump wakes Paho's receive thread.
+const PERIOD: Duration = Duration::from_millis(1);
+
+/// Large publishes in Paho's hands (each holds one [`Active`]).
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+static PUMP: OnceLock<Option<Thread>> = OnceLock::new();
+
+/// Keeps the pump running while alive (held by the publish's registry entry, so it ends
+/// with the command: completed, failed, or swept with its engine).
+#[derive(Debug)]
+pub(crate) struct Active(());
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        ACTIVE.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An [`Active`] for a publish of `payload_len` bytes, when it is large enough to need
+/// the pump and the engine is the one whose internals the pump relies on.
+pub(crate) fn for_payload(payload_len: usize) -> Option<Active> {
+    if payload_len < THRESHOLD {
+        return None;
+    }
+    let pump = PUMP.get_or_init(start).as_ref()?;
+    ACTIVE.fetch_add(1, Ordering::AcqRel);
+    pump.unpark();
+    Some(Active(()))
+}
+
+fn start() -> Option<Thread> {
+    // One wake-up now doubles as the check (a spurious one costs Paho one loop).
+    if !super::shim::socket_interrupt() {
+        log::debug!("large publishes are not pumped: Socket_interrupt is not available");
+        return None;
+    }
+    thread::Builder::new()
+        .name("aiomqtt-pump".to_owned())
+        .spawn(run)
+        .map(|handle| handle.thread().clone())
+        .map_err(|e| log::warn!("large publishes are not pumped: no thread ({e})"))
+        .ok()
+}
+
+fn run() {
+    loop {
+        // `park` returns at once if `for_payload` unparked since the last check.
+        while ACTIVE.load(Ordering::Acquire) == 0 {
+            thread::park();
+        }
+        super::shim::socket_interrupt();
+        thread::sleep(PERIOD);
+    }
+}
