@@ -323,7 +323,8 @@ pub(crate) struct Options {
     pub(crate) clean_start: CleanStart,
     pub(crate) max_queued_incoming_messages: Option<usize>,
     pub(crate) max_queued_outgoing_messages: Option<usize>,
-    pub(crate) max_inflight_messages: u16,
+    /// `None`: [`Options::window`] decides.
+    pub(crate) max_inflight_messages: Option<u16>,
     pub(crate) max_concurrent_outgoing_calls: Option<usize>,
     pub(crate) properties: Option<Properties>,
     pub(crate) tls_params: Option<TlsParams>,
@@ -349,12 +350,23 @@ impl fmt::Debug for TlsContext {
     }
 }
 
-/// The default in-flight window. Mosquitto's own default `max_inflight_messages`
-/// is 20, and a 3.1.1 QoS 2 burst beyond the broker's window is silently lost
-/// (ENGINE.md hazard 5), so the client never opens a wider window unless asked.
+/// The default in-flight window on MQTT 3.1.1. Mosquitto's own default
+/// `max_inflight_messages` is 20, and a 3.1.1 QoS 2 burst beyond the broker's window is
+/// silently lost (ENGINE.md hazard 5): 3.1.1 has no way to announce a window, so the
+/// client never opens a wider one unless asked.
 pub(crate) const DEFAULT_MAX_INFLIGHT: u16 = 20;
 
 impl Options {
+    /// The in-flight window handed to the engine. On MQTT 5 the default is the largest
+    /// one: Paho C lowers it to the Receive Maximum of each CONNACK
+    /// (`MQTTAsync_receiveThread`), and a broker that sends none allows 65,535.
+    pub(crate) fn window(&self) -> u16 {
+        self.max_inflight_messages.unwrap_or(match self.protocol {
+            crate::ProtocolVersion::V5 => u16::MAX,
+            _ => DEFAULT_MAX_INFLIGHT,
+        })
+    }
+
     fn new(hostname: String) -> Self {
         Options {
             hostname,
@@ -373,7 +385,7 @@ impl Options {
             clean_start: CleanStart::FirstOnly,
             max_queued_incoming_messages: None,
             max_queued_outgoing_messages: None,
-            max_inflight_messages: DEFAULT_MAX_INFLIGHT,
+            max_inflight_messages: None,
             max_concurrent_outgoing_calls: None,
             properties: None,
             tls_params: None,
@@ -609,13 +621,15 @@ impl ClientBuilder {
         self.options.max_queued_outgoing_messages = (max > 0).then_some(max);
         self
     }
-    /// The window of unacknowledged QoS 1/2 messages (default 20, Mosquitto's own default).
+    /// The window of unacknowledged QoS 1/2 messages. By default: on MQTT 5 the broker's
+    /// Receive Maximum (the window it announces in CONNACK); on MQTT 3.1.1, which
+    /// announces none, 20 (Mosquitto's own default).
     ///
     /// On MQTT 3.1.1 keep it at or below the broker's window: beyond it the broker
-    /// loses QoS 2 messages of a burst or drops the connection. On MQTT 5 Paho lowers
-    /// it to the broker's Receive Maximum.
+    /// loses QoS 2 messages of a burst or drops the connection. On MQTT 5 a value above
+    /// the broker's Receive Maximum is lowered to it.
     pub fn max_inflight_messages(mut self, max: u16) -> Self {
-        self.options.max_inflight_messages = max;
+        self.options.max_inflight_messages = Some(max);
         self
     }
     /// Bounds how many publish/subscribe/unsubscribe calls run at once; the others wait.
@@ -765,7 +779,7 @@ impl ClientBuilder {
         if let Some(policy) = &o.reconnect {
             policy.check()?;
         }
-        if o.max_inflight_messages == 0 {
+        if o.max_inflight_messages == Some(0) {
             return Err(invalid("max_inflight_messages must be at least 1"));
         }
         if o.max_concurrent_outgoing_calls == Some(0) {

@@ -244,7 +244,7 @@ impl ConnectOptions {
         };
         raw.MQTTVersion = paho_version(o.protocol);
         raw.keepAliveInterval = c_int::try_from(o.keepalive.as_secs()).unwrap_or(c_int::MAX);
-        raw.maxInflight = c_int::from(o.max_inflight_messages);
+        raw.maxInflight = c_int::from(o.window());
         let secs = o
             .timeout
             .as_secs()

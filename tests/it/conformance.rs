@@ -186,6 +186,7 @@ enum Feature {
     PublishQos0,
     PublishQos1,
     PublishQos2,
+    BurstDefaultWindow,
     RetainedLateSubscriber,
     RetainedCleared,
     WillOnKill,
@@ -222,6 +223,7 @@ impl Feature {
             | PublishQos0
             | PublishQos1
             | PublishQos2
+            | BurstDefaultWindow
             | RetainedLateSubscriber
             | RetainedCleared
             | WillOnKill
@@ -258,6 +260,9 @@ impl Feature {
             PublishQos0 => "Publish QoS 0 round trip (delivered QoS)",
             PublishQos1 => "Publish QoS 1 round trip (delivered QoS)",
             PublishQos2 => "Publish QoS 2 round trip (delivered QoS)",
+            BurstDefaultWindow => {
+                "500 publishes at once at the broker's highest QoS, default window: each delivered once"
+            }
             RetainedLateSubscriber => "Retained message delivered to a late subscriber",
             RetainedCleared => "Retained message cleared by an empty retained publish",
             WillOnKill => "Will published when the client process is SIGKILLed",
@@ -356,7 +361,7 @@ fn expected(target: Target, feature: Feature) -> Option<Mark> {
     };
     let max = caps.max_qos.as_u8();
     match feature {
-        ConnectDisconnect | Unsubscribe => Some(Mark::Yes),
+        ConnectDisconnect | Unsubscribe | BurstDefaultWindow => Some(Mark::Yes),
         SubackCodes => Some(Mark::Text(
             (0..=2u8)
                 .map(|q| q.min(max).to_string())
@@ -718,6 +723,12 @@ const SCENARIOS: &[Scenario] = &[
         run: |c| Box::pin(publish_round_trip(c)),
     },
     Scenario {
+        name: "burst_default_window",
+        features: &[Feature::BurstDefaultWindow],
+        v5_only: false,
+        run: |c| Box::pin(burst_default_window(c)),
+    },
+    Scenario {
         name: "retained",
         features: &[Feature::RetainedLateSubscriber, Feature::RetainedCleared],
         v5_only: false,
@@ -937,6 +948,75 @@ async fn publish_round_trip(ctx: Arc<Ctx>) -> Cells {
     let _ = publisher.disconnect().await;
     let _ = sub.disconnect().await;
     cells
+}
+
+/// The default window is safe on every broker: on MQTT 5 it is the broker's Receive
+/// Maximum (65,535 where none is announced), on 3.x it is 20. A burst of publishes made at
+/// once, at the highest QoS the broker has, all succeed and each arrives once.
+async fn burst_default_window(ctx: Arc<Ctx>) -> Cells {
+    const N: usize = 500;
+    let qos = ctx.target.broker().capabilities().max_qos;
+    let (_s, sub) = ctx.connect().await;
+    let topic = ctx.topic("burst");
+    sub.subscribe((topic.as_str(), qos))
+        .await
+        .expect("subscribe");
+    let mut messages = sub.messages();
+    let (_p, publisher) = ctx.connect().await;
+    let calls: futures::stream::FuturesUnordered<_> = (0..N)
+        .map(|i| {
+            publisher
+                .publish(&topic, i.to_string())
+                .qos(qos)
+                .into_future()
+        })
+        .collect();
+    let results: Vec<Result<(), Error>> = calls.collect().await;
+    let failed: Vec<&Error> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    while seen.len() < N {
+        match recv_opt(&mut messages).await {
+            Some(m) => {
+                *seen
+                    .entry(m.payload_str().unwrap_or("?").to_owned())
+                    .or_default() += 1
+            }
+            None => break,
+        }
+    }
+    let duplicated = seen.values().filter(|&&n| n > 1).count();
+    let window = publisher
+        .connack_properties()
+        .and_then(|p| p.receive_maximum)
+        .map_or_else(
+            || {
+                if ctx.target.is_v5() {
+                    "65,535 (none announced)".to_owned()
+                } else {
+                    "20".to_owned()
+                }
+            },
+            |rm| format!("{rm} (the broker's Receive Maximum)"),
+        );
+    let detail = format!(
+        "QoS {}, window {window}: {} of {N} calls failed{}, {} delivered, {duplicated} more than once",
+        qos.as_u8(),
+        failed.len(),
+        failed
+            .first()
+            .map_or(String::new(), |e| format!(" (first: {e})")),
+        seen.len()
+    );
+    let ok = failed.is_empty() && seen.len() == N && duplicated == 0;
+    let _ = publisher.disconnect().await;
+    let _ = sub.disconnect().await;
+    vec![(
+        Feature::BurstDefaultWindow,
+        Cell {
+            mark: if ok { Mark::Yes } else { Mark::No },
+            detail: Some(detail),
+        },
+    )]
 }
 
 async fn retained(ctx: Arc<Ctx>) -> Cells {
@@ -1652,7 +1732,7 @@ fn note_of(target: Target, feature: Feature) -> Option<&'static str> {
         .map(|(_, _, n)| *n)
 }
 
-const ALL_FEATURES: [Feature; 30] = {
+const ALL_FEATURES: [Feature; 31] = {
     use Feature::*;
     [
         ConnectDisconnect,
@@ -1660,6 +1740,7 @@ const ALL_FEATURES: [Feature; 30] = {
         PublishQos0,
         PublishQos1,
         PublishQos2,
+        BurstDefaultWindow,
         RetainedLateSubscriber,
         RetainedCleared,
         WillOnKill,

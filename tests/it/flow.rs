@@ -5,7 +5,7 @@ use std::future::IntoFuture;
 use std::time::Duration;
 
 use crate::support::*;
-use aiomqtt::{Client, Error, QoS};
+use aiomqtt::{Client, Error, ProtocolVersion, QoS};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
@@ -14,9 +14,22 @@ const T: Duration = Duration::from_secs(30);
 /// Publishes `n` QoS 1 messages at once through a proxy to a paused broker and
 /// returns how many PUBLISH packets the client put on the wire.
 async fn publishes_on_the_wire(window: Option<u16>, n: usize) -> usize {
-    let mut broker = Broker::start();
+    let expected = window.map_or(20, usize::from);
+    publishes_on_the_wire_to(Broker::start(), ProtocolVersion::V311, window, n, expected).await
+}
+
+/// The same, over `protocol` to `broker`, waiting for `expected` PUBLISH packets.
+async fn publishes_on_the_wire_to(
+    mut broker: Broker,
+    protocol: ProtocolVersion,
+    window: Option<u16>,
+    n: usize,
+    expected: usize,
+) -> usize {
     let proxy = FaultProxy::start(broker.port()).await;
-    let mut b = Client::builder("127.0.0.1").port(proxy.port());
+    let mut b = Client::builder("127.0.0.1")
+        .port(proxy.port())
+        .protocol(protocol);
     if let Some(window) = window {
         b = b.max_inflight_messages(window);
     }
@@ -31,7 +44,6 @@ async fn publishes_on_the_wire(window: Option<u16>, n: usize) -> usize {
     // call try once more: nothing beyond the window may follow. (A window that were not
     // enforced would send the rest within microseconds; this settling time can only make
     // the test pass wrongly, never fail wrongly.)
-    let expected = usize::from(window.unwrap_or(20));
     let _ = futures::poll!(calls.next());
     proxy
         .wait_for(
@@ -60,6 +72,35 @@ async fn inflight_window_is_enforced_on_the_wire() {
         assert_eq!(publishes_on_the_wire(Some(5), 30).await, 5);
         // The default window is 20 (Mosquitto's own default).
         assert_eq!(publishes_on_the_wire(None, 30).await, 20);
+    })
+    .await;
+}
+
+/// On MQTT 5 the default window is the broker's Receive Maximum (Mosquitto announces its
+/// `max_inflight_messages`, and none when that is 0: 65,535 then); a window set by the
+/// user is kept, and lowered to the broker's when wider.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_v5_window_is_the_brokers_receive_maximum_by_default() {
+    with_timeout(T, async {
+        let announcing = || Broker::builder().max_inflight_messages(50).start();
+        let v5 = ProtocolVersion::V5;
+        assert_eq!(
+            publishes_on_the_wire_to(announcing(), v5, None, 120, 50).await,
+            50
+        );
+        assert_eq!(
+            publishes_on_the_wire_to(announcing(), v5, Some(5), 30, 5).await,
+            5
+        );
+        assert_eq!(
+            publishes_on_the_wire_to(announcing(), v5, Some(80), 120, 50).await,
+            50
+        );
+        let unlimited = Broker::builder().max_inflight_messages(0).start();
+        assert_eq!(
+            publishes_on_the_wire_to(unlimited, v5, None, 300, 300).await,
+            300
+        );
     })
     .await;
 }
