@@ -6,6 +6,10 @@
  * The symbols are non-static in Paho C 1.3.16 but not in its public headers:
  *   MQTTAsyncUtils.c: void setRetryLoopInterval(int keepalive)
  *   Socket.c:         int  Socket_interrupt(void)
+ *   Thread.c:         int  Thread_signal_evt(evt_type)
+ *   MQTTAsync.c:      evt_type send_evt   (the send thread's wake-up event; on Linux a
+ *                                          statically initialised structure, valid from
+ *                                          the start of the process)
  *   MQTTAsync.c:      MQTTProtocol state   (its first member: the list of every stored
  *                                           outbound or inbound publication)
  * The Rust side calls them only when Paho C reports that version.
@@ -16,6 +20,10 @@
 
 extern void setRetryLoopInterval(int keepalive) __attribute__((weak));
 extern int Socket_interrupt(void) __attribute__((weak));
+
+/* Thread.h: evt_type is a pointer to Paho's event structure; only passed through here. */
+extern int Thread_signal_evt(void *evt) __attribute__((weak));
+extern void *send_evt __attribute__((weak));
 
 /*
  * The members of Paho C 1.3.16's structures that are read or written here, in their
@@ -63,6 +71,16 @@ int aiomqtt_socket_interrupt(void)
 	if (!Socket_interrupt)
 		return 0;
 	(void)Socket_interrupt();
+	return 1;
+}
+
+/* Wakes Paho's send thread out of its wait (up to a second) for new commands.
+ * 1 if called, 0 if a symbol is not linked in. */
+int aiomqtt_wake_sender(void)
+{
+	if (!Thread_signal_evt || !&send_evt || !send_evt)
+		return 0;
+	(void)Thread_signal_evt(send_evt);
 	return 1;
 }
 

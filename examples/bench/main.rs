@@ -230,6 +230,8 @@ pub struct Config {
     pub variants: Vec<Variant>,
     pub cases: Vec<Case>,
     pub broker_max_inflight: u32,
+    /// Both clients speak MQTT 5 (`--protocol 5`) instead of 3.1.1.
+    pub v5: bool,
     pub throughput: bool,
     pub latency: bool,
     pub memory: bool,
@@ -252,6 +254,7 @@ usage: cargo run --release --example bench -- [options]
   --payload LIST       throughput payload sizes in bytes (default 64,4096)
   --broker-max-inflight N  Mosquitto's max_inflight_messages (default 0 = unlimited;
                        20 is Mosquitto's own default, for the data-loss demonstration)
+  --protocol P         3 (MQTT 3.1.1, the default) or 5, for every client
   --out DIR            where the report, CSV and SVG go (default target/bench)";
 
 fn parse_args(args: &[String]) -> Result<Config, String> {
@@ -267,6 +270,7 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
         variants: Variant::ALL.to_vec(),
         cases: cases(&PAYLOADS, &QOS_LEVELS),
         broker_max_inflight: 0,
+        v5: false,
         throughput: true,
         latency: true,
         memory: true,
@@ -305,6 +309,11 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
                 cfg.window = Some(w);
             }
             "--out" => cfg.out = PathBuf::from(value(arg)?),
+            "--protocol" => match value(arg)?.as_str() {
+                "3" | "3.1.1" => cfg.v5 = false,
+                "5" => cfg.v5 = true,
+                other => return Err(format!("--protocol: 3 or 5, not {other}")),
+            },
             "--broker-max-inflight" => {
                 let v = value(arg)?;
                 cfg.broker_max_inflight =
@@ -369,6 +378,13 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .worker_threads(2)
         .enable_all()
         .build()
+}
+
+/// Whether the clients speak MQTT 5 (set once from `--protocol`, read by both drivers).
+static V5: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn v5() -> bool {
+    V5.load(Ordering::Relaxed)
 }
 
 /// A fresh id per run: topics and client ids never repeat.
@@ -778,6 +794,7 @@ fn main_with(cfg: Config) -> Result<(), BoxError> {
     } else {
         eprintln!("warning: a debug build; run with --release for meaningful figures");
     }
+    V5.store(cfg.v5, Ordering::Relaxed);
     let env = environment();
     let broker = broker::Broker::start(cfg.broker_max_inflight)?;
     println!(

@@ -5,16 +5,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use aiomqtt::{Client, QoS};
+use aiomqtt::{Client, ProtocolVersion, QoS};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
 use crate::{BoxError, Case, Sample, Variant};
 
 /// "Tuned" sets only the in-flight window (the same as raw tuned); "default" is
-/// `Client::builder(host)` with nothing but the port and the identifier.
+/// `Client::builder(host)` with nothing but the port, the identifier and the protocol.
 pub fn client(port: u16, id: &str, variant: Variant, window: usize) -> Result<Client, BoxError> {
-    let builder = Client::builder("127.0.0.1").port(port).identifier(id);
+    let protocol = if crate::v5() {
+        ProtocolVersion::V5
+    } else {
+        ProtocolVersion::V311
+    };
+    let builder = Client::builder("127.0.0.1")
+        .port(port)
+        .identifier(id)
+        .protocol(protocol);
     let builder = if variant.tuned() {
         builder.max_inflight_messages(u16::try_from(window)?)
     } else {

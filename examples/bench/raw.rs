@@ -14,6 +14,14 @@ use crate::{BoxError, Case, Sample, Variant};
 /// `MQTTASYNC_MAX_BUFFERED_MESSAGES`: `try_publish` refused, the buffer is full.
 const MAX_BUFFERED: i32 = -12;
 
+fn version() -> u32 {
+    if crate::v5() {
+        paho::MQTT_VERSION_5
+    } else {
+        paho::MQTT_VERSION_3_1_1
+    }
+}
+
 /// Create options. Both variants pin the MQTT version (the default 3.1.1-with-
 /// fallback is a correctness hazard, ENGINE.md 8) and use no persistence (the
 /// builder's default). Tuned also lifts `max_buffered_messages` (default 100,
@@ -24,7 +32,7 @@ fn create(port: u16, id: &str, variant: Variant) -> paho::CreateOptions {
         .server_uri(format!("tcp://127.0.0.1:{port}"))
         .client_id(id)
         .persistence(paho::PersistenceType::None)
-        .mqtt_version(paho::MQTT_VERSION_3_1_1);
+        .mqtt_version(version());
     let builder = if variant.tuned() {
         builder.max_buffered_messages(i32::MAX)
     } else {
@@ -35,8 +43,12 @@ fn create(port: u16, id: &str, variant: Variant) -> paho::CreateOptions {
 
 /// Connect options: tuned sets `max_inflight` to the window (default 65535).
 fn connect_options(variant: Variant, window: usize) -> paho::ConnectOptions {
-    let mut builder = paho::ConnectOptionsBuilder::with_mqtt_version(paho::MQTT_VERSION_3_1_1);
-    builder.clean_session(true);
+    let mut builder = paho::ConnectOptionsBuilder::with_mqtt_version(version());
+    if crate::v5() {
+        builder.clean_start(true);
+    } else {
+        builder.clean_session(true);
+    }
     if variant.tuned() {
         builder.max_inflight(i32::try_from(window).unwrap_or(i32::MAX));
     }

@@ -227,15 +227,22 @@ pub fn markdown(cfg: &Config, env: &Environment, res: &Results) -> String {
     );
     let _ = writeln!(
         md,
-        "Clients: *aiomqtt tuned* = `Client::builder(host).port(p).identifier(id)\
+        "Protocol: MQTT {proto} for every client. Clients: *aiomqtt tuned* = \
+         `Client::builder(host).port(p).identifier(id).protocol(..)\
          .max_inflight_messages({w})`; *paho tuned* = `AsyncClient` with `persistence(None)`, \
-         MQTT 3.1.1, `max_buffered_messages(i32::MAX)` (what this crate sets) and \
+         MQTT {proto}, `max_buffered_messages(i32::MAX)` (what this crate sets) and \
          `max_inflight({w})`; *aiomqtt default* = the same builder without \
-         `max_inflight_messages` (window 20); *paho default* = `AsyncClient` with only the URI, \
-         client id, MQTT 3.1.1 and no persistence (max_inflight 65535, max_buffered_messages \
-         100). Every publisher keeps {w} publishes pending; every subscriber subscribes with \
-         the publish QoS (raw paho through `get_stream(None)`).\n",
-        w = res.window
+         `max_inflight_messages` ({default_window}); *paho default* = `AsyncClient` with only \
+         the URI, client id, MQTT {proto} and no persistence (max_inflight 65535, \
+         max_buffered_messages 100). Every publisher keeps {w} publishes pending; every \
+         subscriber subscribes with the publish QoS (raw paho through `get_stream(None)`).\n",
+        w = res.window,
+        proto = if cfg.v5 { "5" } else { "3.1.1" },
+        default_window = if cfg.v5 {
+            "window: the broker's Receive Maximum, none announced here, so 65,535"
+        } else {
+            "window 20"
+        },
     );
     let _ = writeln!(
         md,

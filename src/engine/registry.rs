@@ -65,7 +65,7 @@ struct Entry {
     tx: oneshot::Sender<Reply>,
     /// Set for a QoS 1/2 publish.
     publish: Option<Publish>,
-    /// Set for a large publish: keeps its writes moving until the command completes.
+    /// Set for a QoS 0 or large publish: keeps its writes moving until it completes.
     _pump: Option<pump::Active>,
 }
 
@@ -124,7 +124,7 @@ pub(crate) fn register(engine: u64) -> (Key, oneshot::Receiver<Reply>) {
 /// Registers a QoS 0 publish of `engine` of `payload_len` bytes before it is handed to
 /// Paho.
 pub(crate) fn register_qos0(engine: u64, payload_len: usize) -> (Key, oneshot::Receiver<Reply>) {
-    insert(engine, None, pump::for_payload(payload_len))
+    insert(engine, None, pump::for_publish(true, payload_len))
 }
 
 /// Registers a QoS 1/2 publish of `engine` before it is handed to Paho; `resumable`
@@ -142,7 +142,7 @@ pub(crate) fn register_publish(
             packet_id: 0,
             parked: false,
         }),
-        pump::for_payload(payload_len),
+        pump::for_publish(false, payload_len),
     )
 }
 

@@ -11,6 +11,7 @@ pub(crate) const KNOWN_PAHO: &str = "1.3.16";
 unsafe extern "C" {
     fn aiomqtt_set_retry_loop_interval(keepalive: std::os::raw::c_int) -> std::os::raw::c_int;
     fn aiomqtt_socket_interrupt() -> std::os::raw::c_int;
+    fn aiomqtt_wake_sender() -> std::os::raw::c_int;
     fn aiomqtt_detach_last_publication(payloadlen: std::os::raw::c_int) -> std::os::raw::c_int;
 }
 
@@ -60,6 +61,20 @@ pub(crate) fn socket_interrupt() -> bool {
     // exists); `send` is thread-safe and the function takes no lock. Without the symbol
     // the shim returns 0.
     unsafe { aiomqtt_socket_interrupt() != 0 }
+}
+
+/// Wakes Paho C's send thread out of its wait for commands (`Thread_signal_evt` on
+/// `send_evt`). `false` when the engine is not the known one or lacks the symbols.
+#[allow(unsafe_code)]
+pub(crate) fn wake_sender() -> bool {
+    if !known_engine() {
+        return false;
+    }
+    // SAFETY: `send_evt` of Paho C 1.3.16 (checked above) is a statically initialised
+    // condition variable and mutex, valid for the whole process; `Thread_signal_evt`
+    // locks that mutex (a leaf: no Paho thread holds it while waiting on anything
+    // else), sets the flag and signals. Without the symbols the shim returns 0.
+    unsafe { aiomqtt_wake_sender() != 0 }
 }
 
 /// What [`detach_last_publication`] did.
