@@ -16,6 +16,7 @@ mod broker;
 mod mem;
 mod ours;
 mod raw;
+mod relay_cost;
 mod report;
 
 use std::path::PathBuf;
@@ -232,6 +233,8 @@ pub struct Config {
     pub broker_max_inflight: u32,
     /// Both clients speak MQTT 5 (`--protocol 5`) instead of 3.1.1.
     pub v5: bool,
+    /// `--relay-cost`: this crate direct against through its relay, nothing else.
+    pub relay_cost: bool,
     pub throughput: bool,
     pub latency: bool,
     pub memory: bool,
@@ -255,6 +258,8 @@ usage: cargo run --release --example bench -- [options]
   --broker-max-inflight N  Mosquitto's max_inflight_messages (default 0 = unlimited;
                        20 is Mosquitto's own default, for the data-loss demonstration)
   --protocol P         3 (MQTT 3.1.1, the default) or 5, for every client
+  --relay-cost         only this crate, direct against through its relay (bind_address),
+                       throughput at the --qos/--payload cases and latency (window: --window, or 100)
   --out DIR            where the report, CSV and SVG go (default target/bench)";
 
 fn parse_args(args: &[String]) -> Result<Config, String> {
@@ -271,6 +276,7 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
         cases: cases(&PAYLOADS, &QOS_LEVELS),
         broker_max_inflight: 0,
         v5: false,
+        relay_cost: false,
         throughput: true,
         latency: true,
         memory: true,
@@ -296,6 +302,7 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
         };
         match arg.as_str() {
             "--quick" => {}
+            "--relay-cost" => cfg.relay_cost = true,
             "--messages" => cfg.messages = number(value(arg)?, arg)?,
             "--rounds" => cfg.rounds = number(value(arg)?, arg)?,
             "--trips" => cfg.trips = number(value(arg)?, arg)?,
@@ -825,6 +832,15 @@ fn main_with(cfg: Config) -> Result<(), BoxError> {
     let port = broker.port;
     let cfg = std::sync::Arc::new(cfg);
     let task_cfg = cfg.clone();
+    if cfg.relay_cost {
+        let window = cfg.window.unwrap_or(FALLBACK_WINDOW);
+        rt.block_on(async move {
+            tokio::spawn(async move { relay_cost::run(&task_cfg, port, window).await }).await
+        })??;
+        drop(rt);
+        drop(keeper);
+        return Ok(());
+    }
     let res =
         rt.block_on(async move { tokio::spawn(async move { run(&task_cfg, port).await }).await })?;
     drop(rt);

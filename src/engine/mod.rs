@@ -36,6 +36,10 @@
 //!   first gives that copy buffers of its own (`paho::publish_failed`, through the
 //!   [shim]); on a session that outlives the link the call then waits for the resend's
 //!   acknowledgement, reported by Paho's delivery-complete callback ([registry]).
+//! - **Writes Paho would leave waiting.** Paho continues a partly written packet, and
+//!   sends the commands queued behind it, only when its threads wake (up to a second
+//!   later). While a QoS 0 or large publish is pending the [pump] wakes them every
+//!   millisecond: large messages move at link speed, QoS 0 streams never stall.
 //! - Per-command completions go through the [registry], which tolerates any pattern of
 //!   callbacks.
 

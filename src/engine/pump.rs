@@ -1,4 +1,4 @@
-//! Keeps large writes moving.
+//! Keeps Paho's writes moving.
 //!
 //! Paho C writes a packet that does not fit the socket's send buffer in steps: the rest
 //! waits in a pending-write list, and its receive thread continues it only at the top of
@@ -33,10 +33,10 @@ use std::time::Duration;
 /// continued by the next acknowledgement Paho reads.
 pub(crate) const THRESHOLD: usize = 64 * 1024;
 
-/// How often the pump wakes Paho's receive thread.
+/// How often the pump wakes Paho's threads.
 const PERIOD: Duration = Duration::from_millis(1);
 
-/// Large publishes in Paho's hands (each holds one [`Active`]).
+/// Publishes in Paho's hands that need the pump (each holds one [`Active`]).
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 static PUMP: OnceLock<Option<Thread>> = OnceLock::new();
 
@@ -66,14 +66,14 @@ pub(crate) fn for_publish(qos0: bool, payload_len: usize) -> Option<Active> {
 fn start() -> Option<Thread> {
     // One wake-up now doubles as the check (a spurious one costs Paho one loop).
     if !super::shim::socket_interrupt() {
-        log::debug!("large publishes are not pumped: Socket_interrupt is not available");
+        log::debug!("publishes are not pumped: Socket_interrupt is not available");
         return None;
     }
     thread::Builder::new()
         .name("aiomqtt-pump".to_owned())
         .spawn(run)
         .map(|handle| handle.thread().clone())
-        .map_err(|e| log::warn!("large publishes are not pumped: no thread ({e})"))
+        .map_err(|e| log::warn!("publishes are not pumped: no thread ({e})"))
         .ok()
 }
 

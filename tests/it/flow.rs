@@ -287,3 +287,64 @@ async fn a_qos0_stream_goes_on_when_the_socket_drains() {
     })
     .await;
 }
+
+/// CPU time so far of this process's thread named `name`, from
+/// `/proc/self/task/*/{comm,schedstat}`.
+fn thread_cpu(name: &str) -> Option<Duration> {
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
+            return Some(Duration::from_nanos(ns));
+        }
+    }
+    None
+}
+
+/// The wake-up pump runs only while a publish needs it: it works while a QoS 0 publish is
+/// held behind a stopped broker, and takes no CPU once every publish has completed.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pump_parks_when_nothing_is_pending() {
+    if let Some(child) = isolated(
+        "flow::the_pump_parks_when_nothing_is_pending",
+        Duration::from_secs(60),
+    ) {
+        child.assert_passed();
+        return;
+    }
+    let mut broker = Broker::start();
+    let conn = Client::builder("127.0.0.1")
+        .port(broker.port())
+        .build()
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let topic = unique_topic("pump");
+    conn.publish(&topic, "first").await.unwrap();
+    let pump = || thread_cpu("aiomqtt-pump").expect("the pump thread");
+    let settle = Duration::from_millis(300);
+
+    // Pending: 16 MiB of QoS 0 behind a stopped broker.
+    broker.pause();
+    let mut calls: FuturesUnordered<_> = (0..1024)
+        .map(|_| conn.publish(&topic, vec![0u8; 16 << 10]).into_future())
+        .collect();
+    let _ = tokio::time::timeout(Duration::from_millis(100), calls.next()).await;
+    let before = pump();
+    tokio::time::sleep(settle).await;
+    let busy = pump() - before;
+    broker.resume();
+    while let Some(result) = calls.next().await {
+        result.unwrap();
+    }
+
+    // Nothing pending.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = pump();
+    tokio::time::sleep(settle).await;
+    let idle = pump() - before;
+    assert!(busy > Duration::ZERO, "the pump did not run: {busy:?}");
+    assert_eq!(idle, Duration::ZERO, "the pump ran with nothing pending");
+}
