@@ -28,7 +28,10 @@ pub async fn run(cfg: &Config, port: u16, window: usize) -> Result<(), BoxError>
     let cases = &cfg.cases;
     // [case][direct, relay]; latency per QoS.
     let mut tp: Vec<[Cell; 2]> = cases.iter().map(|_| Default::default()).collect();
-    let mut lat: Vec<[Cell; 2]> = [0u8, 1, 2].iter().map(|_| Default::default()).collect();
+    let mut lat: Vec<[Cell; 2]> = crate::LATENCY_QOS
+        .iter()
+        .map(|_| Default::default())
+        .collect();
     for round in 1..=cfg.rounds {
         // Alternate which goes first.
         let order = if round % 2 == 1 {
@@ -60,7 +63,7 @@ pub async fn run(cfg: &Config, port: u16, window: usize) -> Result<(), BoxError>
                 c.cpu.push(s.cpu_per_message());
             }
         }
-        for (i, &qos) in [0u8, 1, 2].iter().enumerate() {
+        for (i, &qos) in crate::LATENCY_QOS.iter().enumerate() {
             for relay in order {
                 RELAY.store(relay, Ordering::Relaxed);
                 let run = crate::next_run();
@@ -110,7 +113,7 @@ pub async fn run(cfg: &Config, port: u16, window: usize) -> Result<(), BoxError>
     }
     println!("\n| QoS | direct p50 / p99 µs | relay p50 / p99 µs | p50 difference µs (≤ +50) |");
     println!("|---|--:|--:|--:|");
-    for (i, qos) in [0u8, 1, 2].iter().enumerate() {
+    for (i, qos) in crate::LATENCY_QOS.iter().enumerate() {
         let [d, r] = &lat[i];
         println!(
             "| {qos} | {:.0} / {:.0} | {:.0} / {:.0} | {:+.0} |",

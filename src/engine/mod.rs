@@ -500,6 +500,8 @@ impl Engine {
                 Ok((0, packet_id)) => {
                     if resumable {
                         registry::sent(key, packet_id);
+                    } else if qos == QoS::AtMostOnce {
+                        registry::qos0_sent(inner.id, key);
                     }
                     Ok(vec![rx])
                 }

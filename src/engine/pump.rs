@@ -64,6 +64,9 @@ pub(crate) fn for_publish(qos0: bool, payload_len: usize) -> Option<Active> {
 }
 
 fn start() -> Option<Thread> {
+    // Paho's wake-up socket pair exists once Paho is initialised (already so when a
+    // publish is registered; this makes it so for any caller).
+    super::paho::init();
     // One wake-up now doubles as the check (a spurious one costs Paho one loop).
     if !super::shim::socket_interrupt() {
         log::debug!("publishes are not pumped: Socket_interrupt is not available");
