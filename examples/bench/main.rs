@@ -535,7 +535,18 @@ async fn throughput(
     n: usize,
 ) -> Result<Sample, BoxError> {
     if SEPARATE.load(Ordering::Relaxed) {
-        let sample = throughput_in_child(port, variant, window, case, n).await;
+        // The child is killed when the limit drops its future.
+        let sample = match tokio::time::timeout(
+            RUN_LIMIT,
+            throughput_in_child(port, variant, window, case, n),
+        )
+        .await
+        {
+            Ok(sample) => sample,
+            Err(_) => {
+                Err(format!("not finished after {RUN_LIMIT:?}: a completion never came").into())
+            }
+        };
         tokio::time::sleep(SETTLE).await;
         return sample;
     }

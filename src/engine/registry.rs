@@ -71,6 +71,8 @@ struct Entry {
     _pump: Option<pump::Active>,
     /// Set for a QoS 0 publish: [`QOS0_SEQ`] when it was registered (see [`qos0_sent`]).
     qos0_before: Option<u64>,
+    /// The QoS 0 publish is in [`QOS0_TAKEN`].
+    qos0_queued: bool,
 }
 
 /// What a QoS 1/2 publish's failure callback needs to know (see [`write_failed`]).
@@ -178,6 +180,7 @@ fn insert(
             publish,
             _pump: pump,
             qos0_before,
+            qos0_queued: false,
         },
     );
     (key, rx)
@@ -193,7 +196,7 @@ pub(crate) fn cancel(key: Key) {
 pub(crate) fn complete(key: Key, reply: Reply) {
     let entry = shard(key).remove(&key);
     if let Some(entry) = entry {
-        if let Some(before) = entry.qos0_before {
+        if let (Some(before), true) = (entry.qos0_before, entry.qos0_queued) {
             let done = matches!(reply, Reply::Done(_));
             qos0_completed(entry.engine, key, done.then_some(before));
         }
@@ -240,10 +243,11 @@ pub(crate) fn qos0_sent(engine: u64, key: Key) {
     let mut all = lock_qos0();
     let n = QOS0_SEQ.fetch_add(1, Ordering::AcqRel);
     // Completed already (the write finished before the caller got here): nothing to
-    // track. Checked under this lock: a completion from now on waits for it in
+    // track. Marked under this lock: a completion from now on waits for it in
     // `qos0_completed` and finds the key queued.
-    if !shard(key).contains_key(&key) {
-        return;
+    match shard(key).get_mut(&key) {
+        Some(entry) => entry.qos0_queued = true,
+        None => return,
     }
     match all.iter_mut().find(|(e, _)| *e == engine) {
         Some((_, taken)) => taken.push_back((n, key)),
@@ -270,7 +274,12 @@ fn qos0_completed(engine: u64, key: Key, written_before: Option<u64>) {
                 }
             }
         }
-        taken.retain(|&(_, k)| k != key);
+        // Usually the oldest: completions come in the order Paho took the publishes.
+        if taken.front().is_some_and(|&(_, k)| k == key) {
+            taken.pop_front();
+        } else if let Some(at) = taken.iter().position(|&(_, k)| k == key) {
+            taken.remove(at);
+        }
         if taken.is_empty() {
             all.swap_remove(i);
         }
