@@ -534,24 +534,11 @@ async fn throughput(
     case: Case,
     n: usize,
 ) -> Result<Sample, BoxError> {
-    if SEPARATE.load(Ordering::Relaxed) {
-        // The child is killed when the limit drops its future.
-        let sample = match tokio::time::timeout(
-            RUN_LIMIT,
-            throughput_in_child(port, variant, window, case, n),
-        )
-        .await
-        {
-            Ok(sample) => sample,
-            Err(_) => {
-                Err(format!("not finished after {RUN_LIMIT:?}: a completion never came").into())
-            }
-        };
-        tokio::time::sleep(SETTLE).await;
-        return sample;
-    }
-    let run = next_run();
     let work = async {
+        if SEPARATE.load(Ordering::Relaxed) {
+            return throughput_in_child(port, variant, window, case, n).await;
+        }
+        let run = next_run();
         if variant.ours() {
             ours::throughput(port, variant, window, case, n, run).await
         } else {
@@ -559,7 +546,8 @@ async fn throughput(
         }
     };
     // A completion that never comes (Paho C can lose the callback of a QoS 0 publish
-    // written in parts: paho.mqtt.c issue 1667) fails the run instead of the bench.
+    // written in parts: paho.mqtt.c issue 1667) fails the run instead of the bench; a
+    // child process is killed when its future is dropped.
     let sample = match tokio::time::timeout(RUN_LIMIT, work).await {
         Ok(sample) => sample,
         Err(_) => Err(format!("not finished after {RUN_LIMIT:?}: a completion never came").into()),

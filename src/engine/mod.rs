@@ -40,6 +40,9 @@
 //!   sends the commands queued behind it, only when its threads wake (up to a second
 //!   later). While a QoS 0 or large publish is pending the [pump] wakes them every
 //!   millisecond: large messages move at link speed, QoS 0 streams never stall.
+//! - **QoS 0 completions Paho loses** (a report of a write in parts names the wrong
+//!   command when the next one starts in between): a later QoS 0 completion of the same
+//!   client completes the earlier publishes it proves written ([registry]).
 //! - Per-command completions go through the [registry], which tolerates any pattern of
 //!   callbacks.
 

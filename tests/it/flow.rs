@@ -163,6 +163,17 @@ async fn bounded_outgoing_queue_refuses_with_a_clear_error() {
     .await;
 }
 
+/// A connection with default options to the broker on `port`.
+async fn connect_default(port: u16) -> aiomqtt::Connection {
+    Client::builder("127.0.0.1")
+        .port(port)
+        .build()
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
 /// A large publish moves at link speed (the engine continues a partly written packet only
 /// when woken: the facade wakes it while one is pending), and arrives whole. 64 MiB
 /// takes about 0.3 s on loopback; without the wake-ups about 13 s, past the 5 s here.
@@ -172,19 +183,10 @@ async fn a_64_mib_publish_is_not_held_back_by_the_engine() {
         const SIZE: usize = 64 << 20;
         let broker = Broker::start();
         let topic = unique_topic("large");
-        let connect = || async {
-            Client::builder("127.0.0.1")
-                .port(broker.port())
-                .build()
-                .unwrap()
-                .connect()
-                .await
-                .unwrap()
-        };
-        let sub = connect().await;
+        let sub = connect_default(broker.port()).await;
         sub.subscribe(&topic).qos(QoS::AtLeastOnce).await.unwrap();
         let mut messages = sub.messages();
-        let publisher = connect().await;
+        let publisher = connect_default(broker.port()).await;
         let payload: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
         for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
             let (published, received) = tokio::join!(
@@ -255,13 +257,7 @@ async fn a_qos0_stream_goes_on_when_the_socket_drains() {
     with_timeout(T, async {
         const N: usize = 1024;
         let mut broker = Broker::start();
-        let conn = Client::builder("127.0.0.1")
-            .port(broker.port())
-            .build()
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let conn = connect_default(broker.port()).await;
         let topic = unique_topic("qos0_stream");
         let payload = vec![1u8; 16 << 10];
         let mut rounds = Vec::new();
@@ -314,13 +310,7 @@ async fn the_pump_parks_when_nothing_is_pending() {
         return;
     }
     let mut broker = Broker::start();
-    let conn = Client::builder("127.0.0.1")
-        .port(broker.port())
-        .build()
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let conn = connect_default(broker.port()).await;
     let topic = unique_topic("pump");
     conn.publish(&topic, "first").await.unwrap();
     let pump = || thread_cpu("aiomqtt-pump").expect("the pump thread");
