@@ -4,6 +4,7 @@
 use std::future::IntoFuture;
 use std::time::Duration;
 
+use crate::support::mqtt::connect_on;
 use crate::support::*;
 use aiomqtt::{Client, Error, ProtocolVersion, QoS};
 use futures::StreamExt;
@@ -163,17 +164,6 @@ async fn bounded_outgoing_queue_refuses_with_a_clear_error() {
     .await;
 }
 
-/// A connection with default options to the broker on `port`.
-async fn connect_default(port: u16) -> aiomqtt::Connection {
-    Client::builder("127.0.0.1")
-        .port(port)
-        .build()
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 /// A large publish moves at link speed (the engine continues a partly written packet only
 /// when woken: the facade wakes it while one is pending), and arrives whole. 64 MiB
 /// takes about 0.3 s on loopback; without the wake-ups about 13 s, past the 5 s here.
@@ -183,10 +173,10 @@ async fn a_64_mib_publish_is_not_held_back_by_the_engine() {
         const SIZE: usize = 64 << 20;
         let broker = Broker::start();
         let topic = unique_topic("large");
-        let sub = connect_default(broker.port()).await;
+        let sub = connect_on(broker.port(), ProtocolVersion::V311).await;
         sub.subscribe(&topic).qos(QoS::AtLeastOnce).await.unwrap();
         let mut messages = sub.messages();
-        let publisher = connect_default(broker.port()).await;
+        let publisher = connect_on(broker.port(), ProtocolVersion::V311).await;
         let payload: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
         for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
             let (published, received) = tokio::join!(
@@ -259,7 +249,7 @@ async fn a_qos0_stream_goes_on_when_the_socket_drains() {
     with_timeout(Duration::from_secs(60), async {
         const N: usize = 3072;
         let mut broker = Broker::start();
-        let conn = connect_default(broker.port()).await;
+        let conn = connect_on(broker.port(), ProtocolVersion::V311).await;
         let topic = unique_topic("qos0_stream");
         let payload = vec![1u8; 16 << 10];
         let mut rounds = Vec::new();
@@ -311,7 +301,7 @@ async fn the_pump_parks_when_nothing_is_pending() {
         return;
     }
     let mut broker = Broker::start();
-    let conn = connect_default(broker.port()).await;
+    let conn = connect_on(broker.port(), ProtocolVersion::V311).await;
     let topic = unique_topic("pump");
     conn.publish(&topic, "first").await.unwrap();
     let pump = || thread_cpu("aiomqtt-pump").expect("the pump thread");
