@@ -12,11 +12,22 @@
  *                                          the start of the process)
  *   MQTTAsync.c:      MQTTProtocol state   (its first member: the list of every stored
  *                                           outbound or inbound publication)
+ *   MQTTAsync.c:      mutex_type mqttasync_mutex, socket_mutex (on Linux pointers to
+ *                                          statically initialised pthread mutexes)
+ *   Thread.c:         int  Paho_thread_lock_mutex(mutex_type), Paho_thread_unlock_mutex
+ *   Socket.c:         int  Socket_noPendingWrites(SOCKET)
  * The Rust side calls them only when Paho C reports that version.
  */
 
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE /* dup3 */
+#endif
+#include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 extern void setRetryLoopInterval(int keepalive) __attribute__((weak));
 extern int Socket_interrupt(void) __attribute__((weak));
@@ -55,6 +66,13 @@ struct paho_publication {
 };
 
 extern struct paho_protocol state __attribute__((weak));
+
+/* Thread.h: mutex_type is a pointer to a pthread mutex; only passed through here. */
+extern void *mqttasync_mutex __attribute__((weak));
+extern void *socket_mutex __attribute__((weak));
+extern int Paho_thread_lock_mutex(void *mutex) __attribute__((weak));
+extern int Paho_thread_unlock_mutex(void *mutex) __attribute__((weak));
+extern int Socket_noPendingWrites(int socket) __attribute__((weak));
 
 /* 1 if called, 0 if the symbol is not linked in. */
 int aiomqtt_set_retry_loop_interval(int keepalive)
@@ -135,4 +153,72 @@ int aiomqtt_detach_last_publication(int payloadlen)
 	p->topic = topic;
 	p->payload = payload;
 	return 1;
+}
+
+/* 1 if aiomqtt_take_over_socket can work on this Paho C, 0 if a symbol is missing. */
+int aiomqtt_can_take_over_sockets(void)
+{
+	return Paho_thread_lock_mutex && Paho_thread_unlock_mutex && Socket_noPendingWrites &&
+		&mqttasync_mutex && &socket_mutex && mqttasync_mutex && socket_mutex;
+}
+
+/*
+ * Makes Paho's socket descriptor `paho_fd` refer to the connection `fd` refers to, if
+ * `paho_fd` still is the socket with inode `inode` and Paho has no partly written packet
+ * on it; `*old_fd` is then a new descriptor of the replaced socket, for the caller to
+ * see what Paho wrote to it arrive, and to close.
+ *
+ * Why both mutexes, in Paho's order (mqttasync_mutex, then socket_mutex, as
+ * MQTTAsync_closeOnly takes them): every write Paho makes to a socket happens under
+ * one of them (MQTTAsync_processCommand and the receive thread's packet handling under
+ * the first, Socket_continueWrites under the second), and so does every close. Held,
+ * nothing of Paho touches the descriptor while it is replaced. Paho's poll() may be
+ * sleeping on the old connection: the caller interrupts it afterwards
+ * (Socket_interrupt); poll() takes descriptor numbers afresh on every call.
+ *
+ * On Linux the replaced descriptor is close-on-exec (dup3): child processes started
+ * later do not inherit the broker's connection (Paho's own sockets are inherited).
+ *
+ * Returns 1 when replaced, 0 when Paho has a write pending on it (try again once it has
+ * been drained), -1 when `paho_fd` is not that socket any more (Paho closed it),
+ * -2 when a symbol is missing, -3 when dup or dup2 failed (errno is kept).
+ */
+int aiomqtt_take_over_socket(int paho_fd, unsigned long long inode, int fd, int *old_fd)
+{
+	struct stat st;
+	int rc, saved_errno = 0, old = -1;
+
+	if (!aiomqtt_can_take_over_sockets())
+		return -2;
+	Paho_thread_lock_mutex(mqttasync_mutex);
+	Paho_thread_lock_mutex(socket_mutex);
+	if (fstat(paho_fd, &st) != 0 || !S_ISSOCK(st.st_mode) ||
+		(unsigned long long)st.st_ino != inode)
+		rc = -1;
+	else if (!Socket_noPendingWrites(paho_fd))
+		rc = 0;
+	else if ((old = fcntl(paho_fd, F_DUPFD_CLOEXEC, 0)) == -1)
+	{
+		saved_errno = errno;
+		rc = -3;
+	}
+#if defined(__linux__)
+	else if (dup3(fd, paho_fd, O_CLOEXEC) == -1)
+#else
+	else if (dup2(fd, paho_fd) == -1)
+#endif
+	{
+		saved_errno = errno;
+		close(old);
+		old = -1;
+		rc = -3;
+	}
+	else
+		rc = 1;
+	Paho_thread_unlock_mutex(socket_mutex);
+	Paho_thread_unlock_mutex(mqttasync_mutex);
+	*old_fd = old;
+	if (rc == -3)
+		errno = saved_errno;
+	return rc;
 }

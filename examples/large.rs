@@ -63,7 +63,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = args()?;
-    let broker = broker::Broker::start(0)?;
+    let broker = broker::Broker::start(0, false)?;
     let size = args.mib << 20;
     let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     let file = std::env::temp_dir().join(format!("aiomqtt-large-{}.bin", std::process::id()));

@@ -12,10 +12,10 @@ step() { printf '\n==> [%s] %s\n' "$1" "$2" >&2; }
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
-step 1/5 "system packages (scripts/deps.sh)"
+step 1/6 "system packages (scripts/deps.sh)"
 scripts/deps.sh test || exit 1
 
-step 2/5 "foreign brokers for the conformance suite (scripts/brokers.sh; the first run builds rumqttd, ~3 min)"
+step 2/6 "foreign brokers for the conformance suite (scripts/brokers.sh; the first run builds rumqttd, ~3 min)"
 if ! scripts/brokers.sh; then
   if [ "${AIOMQTT_REQUIRE_ALL_BROKERS:-0}" = 1 ]; then
     echo "a foreign broker could not be prepared (AIOMQTT_REQUIRE_ALL_BROKERS=1)" >&2
@@ -24,14 +24,17 @@ if ! scripts/brokers.sh; then
   echo "some foreign brokers are missing: the conformance suite reports them as SKIPPED" >&2
 fi
 
-step 3/5 "build: the crate, tests, examples, benchmarks (the first build compiles Paho C and OpenSSL bindings, ~70 s)"
+step 3/6 "build: the crate, tests, examples, benchmarks (the first build compiles Paho C and OpenSSL bindings, ~70 s)"
 cargo build --all-targets || exit 1
 
-step 4/5 "tests (unit, integration, examples; about 3 minutes)"
+step 4/6 "tests (unit, integration, examples; about 3 minutes)"
 status=0
 cargo test --all-targets --no-fail-fast 2>&1 | tee -a "$log" || status=1
 
-step 5/5 "tests of the tls-context feature, doc tests"
+step 5/6 "the fault suite again, every link dialled by the relay and handed to the engine (about 90 s)"
+AIOMQTT_TEST_LINK=handed cargo test --test it --no-fail-fast -- faults:: 2>&1 | tee -a "$log" || status=1
+
+step 6/6 "tests of the tls-context feature, doc tests"
 # The tests of `tls_context` exist only with its feature (it makes openssl part of the
 # API); the rest of the suite does not change with it.
 cargo test --features tls-context --test it --no-fail-fast -- tls_context 2>&1 | tee -a "$log" || status=1

@@ -408,6 +408,9 @@ impl Events for Router {
                              which on a direct connection)"
                         .to_owned(),
                     Some(LinkEnd::PeerClosed) => "the broker closed the connection".to_owned(),
+                    Some(LinkEnd::PeerEnded) => "the broker or the network ended the connection \
+                             (closed or reset)"
+                        .to_owned(),
                     Some(LinkEnd::Failed(e)) => format!("the connection to the broker failed: {e}"),
                     Some(LinkEnd::EngineClosed) => "the client closed the connection: no answer \
                              from the broker within 1.5 x keepalive (keep-alive timeout), or a \

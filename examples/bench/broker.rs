@@ -28,7 +28,60 @@ pub fn settings(max_inflight: u32) -> Vec<String> {
 pub struct Broker {
     child: Child,
     pub port: u16,
+    /// A TLS listener and the PEM file of the certificate it presents (self-signed, for
+    /// 127.0.0.1), when asked for.
+    pub tls: Option<(u16, PathBuf)>,
     dir: PathBuf,
+}
+
+/// Writes a self-signed certificate for 127.0.0.1 and its key into `dir`: (cert, key).
+fn self_signed(dir: &std::path::Path) -> Result<(PathBuf, PathBuf), String> {
+    use openssl::asn1::Asn1Time;
+    use openssl::bn::BigNum;
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::hash::MessageDigest;
+    use openssl::nid::Nid;
+    use openssl::pkey::PKey;
+    use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
+    use openssl::x509::{X509Builder, X509NameBuilder};
+    let e = |e: openssl::error::ErrorStack| e.to_string();
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).map_err(e)?;
+    let key = PKey::from_ec_key(EcKey::generate(&group).map_err(e)?).map_err(e)?;
+    let mut name = X509NameBuilder::new().map_err(e)?;
+    name.append_entry_by_nid(Nid::COMMONNAME, "127.0.0.1")
+        .map_err(e)?;
+    let name = name.build();
+    let mut b = X509Builder::new().map_err(e)?;
+    b.set_version(2).map_err(e)?;
+    let serial = BigNum::from_u32(1)
+        .map_err(e)?
+        .to_asn1_integer()
+        .map_err(e)?;
+    b.set_serial_number(&serial).map_err(e)?;
+    b.set_subject_name(&name).map_err(e)?;
+    b.set_issuer_name(&name).map_err(e)?;
+    b.set_pubkey(&key).map_err(e)?;
+    let (from, until) = (
+        Asn1Time::days_from_now(0).map_err(e)?,
+        Asn1Time::days_from_now(2).map_err(e)?,
+    );
+    b.set_not_before(&from).map_err(e)?;
+    b.set_not_after(&until).map_err(e)?;
+    b.append_extension(BasicConstraints::new().critical().ca().build().map_err(e)?)
+        .map_err(e)?;
+    let san = SubjectAlternativeName::new()
+        .ip("127.0.0.1")
+        .dns("localhost")
+        .build(&b.x509v3_context(None, None))
+        .map_err(e)?;
+    b.append_extension(san).map_err(e)?;
+    b.sign(&key, MessageDigest::sha256()).map_err(e)?;
+    let cert = b.build();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.to_pem().map_err(e)?).map_err(|e| e.to_string())?;
+    std::fs::write(&key_path, key.private_key_to_pem_pkcs8().map_err(e)?)
+        .map_err(|e| e.to_string())?;
+    Ok((cert_path, key_path))
 }
 
 fn running_as_root() -> bool {
@@ -60,7 +113,8 @@ pub fn version() -> String {
 }
 
 impl Broker {
-    pub fn start(max_inflight: u32) -> Result<Broker, String> {
+    /// A broker with `max_inflight_messages` set so, and a TLS listener too if `tls`.
+    pub fn start(max_inflight: u32, tls: bool) -> Result<Broker, String> {
         if !std::path::Path::new(MOSQUITTO).exists() {
             return Err(format!("{MOSQUITTO} not found (apt-get install mosquitto)"));
         }
@@ -81,6 +135,15 @@ impl Broker {
                 let _ = writeln!(conf, "{line}");
             }
             let _ = writeln!(conf, "listener {port} 127.0.0.1");
+            let mut tls_listener = None;
+            if tls {
+                let tls_port = free_port().map_err(|e| e.to_string())?;
+                let (cert, key) = self_signed(&dir)?;
+                let _ = writeln!(conf, "listener {tls_port} 127.0.0.1");
+                let _ = writeln!(conf, "certfile {}", cert.display());
+                let _ = writeln!(conf, "keyfile {}", key.display());
+                tls_listener = Some((tls_port, cert));
+            }
             conf.push_str("allow_anonymous true\n");
             let conf_path = dir.join("mosquitto.conf");
             std::fs::write(&conf_path, conf).map_err(|e| e.to_string())?;
@@ -98,10 +161,19 @@ impl Broker {
                 .stderr(Stdio::null())
                 .spawn()
                 .map_err(|e| format!("cannot start {MOSQUITTO}: {e}"))?;
-            let mut broker = Broker { child, port, dir };
+            let mut broker = Broker {
+                child,
+                port,
+                tls: tls_listener,
+                dir,
+            };
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                let tls_up = broker
+                    .tls
+                    .as_ref()
+                    .is_none_or(|(p, _)| TcpStream::connect(("127.0.0.1", *p)).is_ok());
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() && tls_up {
                     return Ok(broker);
                 }
                 if let Ok(Some(status)) = broker.child.try_wait() {

@@ -925,7 +925,7 @@ fn main_with(cfg: Config) -> Result<(), BoxError> {
     V5.store(cfg.v5, Ordering::Relaxed);
     SEPARATE.store(cfg.separate, Ordering::Relaxed);
     let env = environment();
-    let broker = broker::Broker::start(cfg.broker_max_inflight)?;
+    let broker = broker::Broker::start(cfg.broker_max_inflight, cfg.relay_cost)?;
     println!(
         "aiomqtt bench: {} on 127.0.0.1:{} ({}); clients: {}",
         env.mosquitto,
@@ -956,6 +956,9 @@ fn main_with(cfg: Config) -> Result<(), BoxError> {
     let task_cfg = cfg.clone();
     if cfg.relay_cost {
         let window = cfg.window.unwrap_or(FALLBACK_WINDOW);
+        if let Some(tls) = broker.tls.clone() {
+            relay_cost::set_tls(tls);
+        }
         rt.block_on(async move {
             tokio::spawn(async move { relay_cost::run(&task_cfg, port, window).await }).await
         })??;

@@ -23,11 +23,7 @@ pub fn client(port: u16, id: &str, variant: Variant, window: usize) -> Result<Cl
         .port(port)
         .identifier(id)
         .protocol(protocol);
-    let builder = if crate::relay_cost::relayed() {
-        builder.bind_address("127.0.0.1")
-    } else {
-        builder
-    };
+    let builder = crate::relay_cost::link(builder);
     let builder = if variant.tuned() {
         builder.max_inflight_messages(u16::try_from(window)?)
     } else {

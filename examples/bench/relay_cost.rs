@@ -1,19 +1,81 @@
-//! `--relay-cost`: what the relay costs. The same client (this crate, tuned window) runs
-//! direct and through the relay, interleaved in every round; the relay is selected with
-//! `bind_address("127.0.0.1")`, which changes nothing else on loopback. Throughput at the
-//! configured cases, CPU per message (the relay's thread counts in "rest"), and latency.
+//! `--relay-cost`: what a link the facade dials itself costs. The same client (this crate,
+//! tuned window) runs over four links, interleaved in every round:
+//!
+//! - `direct`: plain TCP, dialled by Paho C;
+//! - `handed`: plain TCP dialled by the facade (selected with `bind_address("127.0.0.1")`,
+//!   which changes nothing else on loopback) and handed to Paho C;
+//! - `tls direct`: TLS done by Paho C (the broker's self-signed certificate);
+//! - `tls relay`: TLS done by the relay (selected by pinning TLS 1.3, the version both
+//!   negotiate anyway), which carries every byte between its TLS stream and Paho C.
+//!
+//! Throughput at the configured cases, CPU per message (the relay's thread counts in
+//! "rest"), and latency; `handed` is compared with `direct`, `tls relay` with `tls direct`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
+
+use aiomqtt::{ClientBuilder, TlsParams, TlsVersion};
 
 use crate::report::{median, percentile};
 use crate::{BoxError, Config, Variant, ours};
 
-/// Read by [`ours::client`]: route this crate's connections through the relay.
-static RELAY: AtomicBool = AtomicBool::new(false);
+/// The links, in the order of the tables.
+const LINKS: [Link; 4] = [Link::Direct, Link::Handed, Link::TlsDirect, Link::TlsRelay];
 
-pub fn relayed() -> bool {
-    RELAY.load(Ordering::Relaxed)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Link {
+    Direct,
+    Handed,
+    TlsDirect,
+    TlsRelay,
+}
+
+impl Link {
+    fn label(self) -> &'static str {
+        match self {
+            Link::Direct => "direct",
+            Link::Handed => "handed",
+            Link::TlsDirect => "tls direct",
+            Link::TlsRelay => "tls relay",
+        }
+    }
+}
+
+/// Read by [`ours::client`] through [`link`]: the link of this crate's connections.
+static LINK: AtomicU8 = AtomicU8::new(0);
+/// The broker's TLS port and its certificate.
+static TLS: OnceLock<(u16, PathBuf)> = OnceLock::new();
+
+pub fn set_tls(tls: (u16, PathBuf)) {
+    let _ = TLS.set(tls);
+}
+
+fn current() -> Link {
+    LINKS[usize::from(LINK.load(Ordering::Relaxed))]
+}
+
+/// `b` set up for the current link (plain `direct` outside `--relay-cost`).
+pub fn link(b: ClientBuilder) -> ClientBuilder {
+    let tls = |b: ClientBuilder, pin: bool| match TLS.get() {
+        Some((port, ca)) => {
+            let params = TlsParams::new().ca_certs(ca);
+            let params = if pin {
+                params.tls_version(TlsVersion::Tls13)
+            } else {
+                params
+            };
+            b.port(*port).tls_params(params)
+        }
+        None => b,
+    };
+    match current() {
+        Link::Direct => b,
+        Link::Handed => b.bind_address("127.0.0.1"),
+        Link::TlsDirect => tls(b, false),
+        Link::TlsRelay => tls(b, true),
+    }
 }
 
 #[derive(Default)]
@@ -25,24 +87,27 @@ struct Cell {
 }
 
 pub async fn run(cfg: &Config, port: u16, window: usize) -> Result<(), BoxError> {
+    if TLS.get().is_none() {
+        return Err("the benchmark's broker has no TLS listener".into());
+    }
     let cases = &cfg.cases;
-    // [case][direct, relay]; latency per QoS.
-    let mut tp: Vec<[Cell; 2]> = cases.iter().map(|_| Default::default()).collect();
-    let mut lat: Vec<[Cell; 2]> = crate::LATENCY_QOS
+    // [case][link]; latency per QoS.
+    let mut tp: Vec<[Cell; 4]> = cases.iter().map(|_| Default::default()).collect();
+    let mut lat: Vec<[Cell; 4]> = crate::LATENCY_QOS
         .iter()
         .map(|_| Default::default())
         .collect();
     for round in 1..=cfg.rounds {
-        // Alternate which goes first.
-        let order = if round % 2 == 1 {
-            [false, true]
+        // Alternate which of each pair goes first.
+        let order: [usize; 4] = if round % 2 == 1 {
+            [0, 1, 2, 3]
         } else {
-            [true, false]
+            [1, 0, 3, 2]
         };
         println!("== relay cost, round {round}/{}", cfg.rounds);
         for (i, &case) in cases.iter().enumerate() {
-            for relay in order {
-                RELAY.store(relay, Ordering::Relaxed);
+            for l in order {
+                LINK.store(l as u8, Ordering::Relaxed);
                 let run = crate::next_run();
                 let s = ours::throughput(port, Variant::OursTuned, window, case, cfg.messages, run)
                     .await?;
@@ -51,21 +116,21 @@ pub async fn run(cfg: &Config, port: u16, window: usize) -> Result<(), BoxError>
                     return Err(format!("received {} of {}", s.received, s.expected).into());
                 }
                 println!(
-                    "   QoS {} {:>5} {:<7} {:>9.0} msg/s  CPU/msg {:>5.1} µs",
+                    "   QoS {} {:>5} {:<10} {:>9.0} msg/s  CPU/msg {:>5.1} µs",
                     case.qos,
                     crate::report::payload_label(case.payload),
-                    if relay { "relay" } else { "direct" },
+                    LINKS[l].label(),
                     s.rate(),
                     s.cpu_per_message()
                 );
-                let c = &mut tp[i][usize::from(relay)];
+                let c = &mut tp[i][l];
                 c.rate.push(s.rate());
                 c.cpu.push(s.cpu_per_message());
             }
         }
         for (i, &qos) in crate::LATENCY_QOS.iter().enumerate() {
-            for relay in order {
-                RELAY.store(relay, Ordering::Relaxed);
+            for l in order {
+                LINK.store(l as u8, Ordering::Relaxed);
                 let run = crate::next_run();
                 let mut samples = ours::latency(
                     port,
@@ -80,13 +145,13 @@ pub async fn run(cfg: &Config, port: u16, window: usize) -> Result<(), BoxError>
                 tokio::time::sleep(crate::SETTLE).await;
                 samples.sort();
                 let us = |d: Duration| d.as_secs_f64() * 1e6;
-                let c = &mut lat[i][usize::from(relay)];
+                let c = &mut lat[i][l];
                 c.p50.push(us(percentile(&samples, 50.0)));
                 c.p99.push(us(percentile(&samples, 99.0)));
             }
         }
     }
-    RELAY.store(false, Ordering::Relaxed);
+    LINK.store(0, Ordering::Relaxed);
 
     let m = |v: &[f64]| median(v.to_vec()).unwrap_or(f64::NAN);
     println!(
@@ -94,35 +159,40 @@ pub async fn run(cfg: &Config, port: u16, window: usize) -> Result<(), BoxError>
         cfg.messages, cfg.rounds
     );
     println!("Command: `{}`\n", cfg.command);
-    println!(
-        "| QoS | payload | direct msg/s | relay msg/s | ratio (≥ 0.90) | direct CPU/msg µs | relay CPU/msg µs |"
-    );
-    println!("|---|---|--:|--:|:-:|--:|--:|");
-    for (i, case) in cases.iter().enumerate() {
-        let [d, r] = &tp[i];
+    for (base, other) in [(0, 1), (2, 3)] {
+        let (b, o) = (LINKS[base].label(), LINKS[other].label());
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} |",
-            case.qos,
-            crate::report::payload_label(case.payload),
-            m(&d.rate),
-            m(&r.rate),
-            m(&r.rate) / m(&d.rate),
-            m(&d.cpu),
-            m(&r.cpu)
+            "| QoS | payload | {b} msg/s | {o} msg/s | ratio (≥ 0.90) | {b} CPU/msg µs | {o} CPU/msg µs |"
         );
+        println!("|---|---|--:|--:|:-:|--:|--:|");
+        for (i, case) in cases.iter().enumerate() {
+            let (d, r) = (&tp[i][base], &tp[i][other]);
+            println!(
+                "| {} | {} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} |",
+                case.qos,
+                crate::report::payload_label(case.payload),
+                m(&d.rate),
+                m(&r.rate),
+                m(&r.rate) / m(&d.rate),
+                m(&d.cpu),
+                m(&r.cpu)
+            );
+        }
+        println!("\n| QoS | {b} p50 / p99 µs | {o} p50 / p99 µs | p50 difference µs (≤ +50) |");
+        println!("|---|--:|--:|--:|");
+        for (i, qos) in crate::LATENCY_QOS.iter().enumerate() {
+            let (d, r) = (&lat[i][base], &lat[i][other]);
+            println!(
+                "| {qos} | {:.0} / {:.0} | {:.0} / {:.0} | {:+.0} |",
+                m(&d.p50),
+                m(&d.p99),
+                m(&r.p50),
+                m(&r.p99),
+                m(&r.p50) - m(&d.p50)
+            );
+        }
+        println!();
     }
-    println!("\n| QoS | direct p50 / p99 µs | relay p50 / p99 µs | p50 difference µs (≤ +50) |");
-    println!("|---|--:|--:|--:|");
-    for (i, qos) in crate::LATENCY_QOS.iter().enumerate() {
-        let [d, r] = &lat[i];
-        println!(
-            "| {qos} | {:.0} / {:.0} | {:.0} / {:.0} | {:+.0} |",
-            m(&d.p50),
-            m(&d.p99),
-            m(&r.p50),
-            m(&r.p99),
-            m(&r.p50) - m(&d.p50)
-        );
-    }
+    let _ = Duration::ZERO;
     Ok(())
 }

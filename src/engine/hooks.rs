@@ -178,15 +178,12 @@ impl Hooks {
     }
 
     pub(crate) fn lost(&self) {
-        // Through the relay: its record of how the link ended. A link whose end is not
-        // recorded yet was closed by the engine itself (the relay records the broker's
-        // close or reset before passing it on).
-        let end = self.engine.get().and_then(Weak::upgrade).and_then(|inner| {
-            inner
-                .relay
-                .as_ref()
-                .map(|r| r.link_end().unwrap_or(super::relay::LinkEnd::EngineClosed))
-        });
+        // Through the relay: how the link ended, as the relay knows it.
+        let end = self
+            .engine
+            .get()
+            .and_then(Weak::upgrade)
+            .and_then(|inner| inner.relay.as_ref().and_then(|r| r.loss_cause()));
         self.events.lost(Loss::Network(end));
     }
 

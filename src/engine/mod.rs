@@ -43,6 +43,12 @@
 //! - **QoS 0 completions Paho loses** (a report of a write in parts names the wrong
 //!   command when the next one starts in between): a later QoS 0 completion of the same
 //!   client completes the earlier publishes it proves written ([registry]).
+//! - **Sockets the facade dials.** For the options and transports Paho C cannot dial well
+//!   (bind address, socket options, proxies, Unix sockets, its own TLS, WebSockets) the
+//!   `relay` dials the broker, then hands a bare socket to Paho — replacing, under Paho's
+//!   socket mutexes (taken on the engine thread, like any blocking call), the descriptor
+//!   of Paho's connection to a private endpoint — or carries a layered link through its
+//!   thread.
 //! - Per-command completions go through the [registry], which tolerates any pattern of
 //!   callbacks.
 
@@ -335,7 +341,10 @@ impl Engine {
                     });
                 }
             }
-            Err(e) => log::debug!(target: &self.0.hooks.logger, "Connect failed: {e}"),
+            Err(e) => {
+                log::debug!(target: &self.0.hooks.logger, "Connect failed: {e}");
+                self.release_link();
+            }
         }
         result
     }
@@ -583,6 +592,7 @@ impl Engine {
 
     /// Sends DISCONNECT; the call completes once it is written and the socket closed.
     fn disconnect_c(&self) -> Call {
+        self.release_link();
         self.call(|inner| {
             Engine::one(inner, |key| {
                 Ok(paho::disconnect(inner.handle, inner.v5, 0, Some(key)))
@@ -594,6 +604,7 @@ impl Engine {
     /// Queues a DISCONNECT on the engine thread without waiting for it (safe from any
     /// thread, including Paho's callbacks). `reason` is sent on MQTT 5.
     fn close_quietly_c(&self, reason: u8) {
+        self.release_link();
         let inner = self.0.clone();
         let queued = thread::submit(move || {
             if paho::is_connected(inner.handle) {
@@ -602,6 +613,16 @@ impl Engine {
         });
         if let Err(e) = queued {
             log::error!(target: &self.0.hooks.logger, "cannot close the connection: {e}");
+        }
+    }
+}
+
+impl Engine {
+    /// The engine is closing the connection: a link handed to Paho is Paho's alone now,
+    /// so that its close is the connection's.
+    fn release_link(&self) {
+        if let Some(relay) = &self.0.relay {
+            relay.release();
         }
     }
 }

@@ -13,6 +13,13 @@ unsafe extern "C" {
     fn aiomqtt_socket_interrupt() -> std::os::raw::c_int;
     fn aiomqtt_wake_sender() -> std::os::raw::c_int;
     fn aiomqtt_detach_last_publication(payloadlen: std::os::raw::c_int) -> std::os::raw::c_int;
+    fn aiomqtt_can_take_over_sockets() -> std::os::raw::c_int;
+    fn aiomqtt_take_over_socket(
+        paho_fd: std::os::raw::c_int,
+        inode: std::os::raw::c_ulonglong,
+        fd: std::os::raw::c_int,
+        old_fd: *mut std::os::raw::c_int,
+    ) -> std::os::raw::c_int;
 }
 
 /// `true` when the linked Paho C is the one the shim was written for.
@@ -110,6 +117,60 @@ pub(crate) unsafe fn detach_last_publication(payload_len: usize) -> Detach {
         1 => Detach::Done,
         0 => Detach::NotFound,
         _ => Detach::Unavailable,
+    }
+}
+
+/// `true` when [`take_over_socket`] can work: the known engine, with its symbols.
+#[allow(unsafe_code)]
+pub(crate) fn can_take_over_sockets() -> bool {
+    // SAFETY: reads the addresses and values of statically initialised pointers.
+    known_engine() && unsafe { aiomqtt_can_take_over_sockets() != 0 }
+}
+
+/// What [`take_over_socket`] did.
+#[derive(Debug)]
+pub(crate) enum TakeOver {
+    /// Paho's descriptor now refers to the given connection; this is a descriptor of the
+    /// one it replaced.
+    Done(std::os::fd::OwnedFd),
+    /// Paho has a partly written packet on its socket: try again once it is drained.
+    WritePending,
+    /// Paho's descriptor is not that socket any more: Paho closed it.
+    Gone,
+    /// Not on this engine (another Paho C version, or a symbol is missing).
+    Unavailable,
+    /// `dup2` failed.
+    Failed(std::io::Error),
+}
+
+/// Makes Paho's socket descriptor `paho_fd`, which must be the socket with inode
+/// `inode`, refer to the connection `fd` refers to (close-on-exec), under Paho's socket
+/// mutexes (see `csrc/paho_shim.c`). Blocks while another thread holds Paho's global mutex: never
+/// call it from an async task's thread or with a lock of ours held.
+#[allow(unsafe_code)]
+pub(crate) fn take_over_socket(
+    paho_fd: std::os::fd::RawFd,
+    inode: u64,
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> TakeOver {
+    use std::os::fd::AsRawFd;
+    if !can_take_over_sockets() {
+        return TakeOver::Unavailable;
+    }
+    use std::os::fd::FromRawFd;
+    let mut old: std::os::raw::c_int = -1;
+    // SAFETY: the shim takes Paho's two mutexes in Paho's order and releases both before
+    // it returns; under them it checks that `paho_fd` still is the socket `inode` (so it
+    // cannot replace a descriptor Paho closed and something else reused), duplicates it
+    // and replaces it with `dup3`, which is atomic. `fd` is borrowed, so open for the
+    // call; `old` is valid for a write.
+    match unsafe { aiomqtt_take_over_socket(paho_fd, inode, fd.as_raw_fd(), &mut old) } {
+        // SAFETY: on success `old` is a new descriptor that nothing else owns.
+        1 if old >= 0 => TakeOver::Done(unsafe { std::os::fd::OwnedFd::from_raw_fd(old) }),
+        0 => TakeOver::WritePending,
+        -1 => TakeOver::Gone,
+        -3 => TakeOver::Failed(std::io::Error::last_os_error()),
+        _ => TakeOver::Unavailable,
     }
 }
 

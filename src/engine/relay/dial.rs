@@ -20,10 +20,43 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> ByteStream for T {}
 
 /// The link to the broker, ready for MQTT.
 pub(crate) enum Upstream {
-    /// MQTT bytes as they are.
+    /// A bare socket carrying MQTT bytes as they are: Paho can take it over.
+    Socket(Socket),
+    /// A link only the relay can carry.
+    Stream(Stream),
+}
+
+/// A link through a layer of ours.
+pub(crate) enum Stream {
+    /// MQTT bytes as they are (through TLS, or after a proxy's answer).
     Bytes(Box<dyn ByteStream>),
     /// MQTT bytes in binary WebSocket messages.
     Ws(Box<WebSocketStream<Box<dyn ByteStream>>>),
+}
+
+/// A connected socket with nothing of ours above it.
+pub(crate) enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Socket {
+    fn boxed(self) -> Box<dyn ByteStream> {
+        match self {
+            Socket::Tcp(s) => Box::new(s),
+            Socket::Unix(s) => Box::new(s),
+        }
+    }
+}
+
+impl Upstream {
+    /// The link as the pipe carries it.
+    pub(crate) fn into_stream(self) -> Stream {
+        match self {
+            Upstream::Socket(s) => Stream::Bytes(s.boxed()),
+            Upstream::Stream(s) => s,
+        }
+    }
 }
 
 /// Dials the broker: TCP (bound, with socket options) or a Unix socket, through a proxy
@@ -34,26 +67,45 @@ pub(crate) async fn dial(o: &Options) -> Result<Upstream, Error> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    let stream: Box<dyn ByteStream> = if o.transport == Transport::Unix {
+    let link: Result<Socket, Box<dyn ByteStream>> = if o.transport == Transport::Unix {
         let s = UnixStream::connect(&o.hostname)
             .await
             .map_err(|e| Error::refused(o.hostname.clone(), e.to_string()))?;
-        Box::new(s)
+        Ok(Socket::Unix(s))
     } else {
         match &o.proxy {
-            None => Box::new(tcp(o, &host, o.port).await?),
+            None => Ok(Socket::Tcp(tcp(o, &host, o.port).await?)),
             Some(proxy) => {
                 let first = tcp(o, &proxy.host, proxy.port).await?;
                 let name = format!("{}:{}", proxy.host, proxy.port);
                 match proxy.kind {
-                    ProxyKind::Http => Box::new(
-                        http_connect(first, &name, &host, o.port, proxy_credentials(o)).await?,
-                    ),
-                    ProxyKind::Socks5 => Box::new(socks5(first, &name, &host, o.port, o).await?),
-                    ProxyKind::Socks4 => Box::new(socks4(first, &name, &host, o.port, o).await?),
+                    ProxyKind::Http => {
+                        let tunnel =
+                            http_connect(first, &name, &host, o.port, proxy_credentials(o)).await?;
+                        // Bytes of the broker's that came with the proxy's answer stay
+                        // ours to deliver first (MQTT brokers do not speak first).
+                        if tunnel.prefix.is_empty() {
+                            Ok(Socket::Tcp(tunnel.inner))
+                        } else {
+                            Err(Box::new(tunnel))
+                        }
+                    }
+                    ProxyKind::Socks5 => {
+                        Ok(Socket::Tcp(socks5(first, &name, &host, o.port, o).await?))
+                    }
+                    ProxyKind::Socks4 => {
+                        Ok(Socket::Tcp(socks4(first, &name, &host, o.port, o).await?))
+                    }
                 }
             }
         }
+    };
+    let layered =
+        o.tls_params.is_some() || o.tls_context.is_some() || o.transport == Transport::WebSockets;
+    let stream = match link {
+        Ok(socket) if !layered => return Ok(Upstream::Socket(socket)),
+        Ok(socket) => socket.boxed(),
+        Err(stream) => stream,
     };
     let stream = if o.tls_params.is_some() || o.tls_context.is_some() {
         Box::new(tls(o, &host, stream).await?) as Box<dyn ByteStream>
@@ -63,7 +115,7 @@ pub(crate) async fn dial(o: &Options) -> Result<Upstream, Error> {
     if o.transport == Transport::WebSockets {
         return websocket(o, &host, stream).await;
     }
-    Ok(Upstream::Bytes(stream))
+    Ok(Upstream::Stream(Stream::Bytes(stream)))
 }
 
 fn proxy_credentials(o: &Options) -> Option<(&str, &str)> {
@@ -511,7 +563,7 @@ async fn websocket(
         })
     };
     let ws = WebSocketStream::from_raw_socket(stream, Role::Client, None).await;
-    Ok(Upstream::Ws(Box::new(ws)))
+    Ok(Upstream::Stream(Stream::Ws(Box::new(ws))))
 }
 
 /// `Sec-WebSocket-Accept` for `key` (RFC 6455 §4.2.2).

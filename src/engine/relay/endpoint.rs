@@ -10,27 +10,39 @@
 //! `/proc/net/tcp{,6}` for its socket inode, which must appear in `/proc/self/fd`.
 //! Another user's or another process's connection is closed before a byte is read or
 //! written. Elsewhere only the one-connection-per-link rule applies.
+//!
+//! The same lookup names the descriptor through which Paho holds its end, which the
+//! hand-over (`handoff`) replaces.
 
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 
 use tokio::net::TcpStream;
 
-/// `true` if the peer of `stream` (accepted on `local`) is a socket of this process.
-pub(crate) fn peer_is_this_process(stream: &TcpStream) -> bool {
+/// This process's socket at the other end of an accepted connection: Paho's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerSocket {
+    /// Its inode (0 where unknown).
+    pub(crate) inode: u64,
+    /// The descriptor through which this process holds it (-1 where unknown).
+    pub(crate) fd: RawFd,
+}
+
+/// The peer of `stream` if it is a socket of this process; `None` for anyone else's.
+pub(crate) fn own_peer(stream: &TcpStream) -> Option<PeerSocket> {
     #[cfg(target_os = "linux")]
     {
         let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
-            return false;
+            return None;
         };
-        match socket_inode(peer, local) {
-            Some(inode) => owns_socket(inode),
-            None => false,
-        }
+        let inode = socket_inode(peer, local)?;
+        let fd = own_descriptor(inode)?;
+        Some(PeerSocket { inode, fd })
     }
     #[cfg(not(target_os = "linux"))]
     {
         let _ = stream;
-        true
+        Some(PeerSocket { inode: 0, fd: -1 })
     }
 }
 
@@ -78,15 +90,17 @@ fn proc_addr(addr: SocketAddr) -> String {
     out
 }
 
-/// Whether `socket:[inode]` is one of this process's file descriptors.
+/// The descriptor through which this process holds `socket:[inode]`, if it does.
 #[cfg(target_os = "linux")]
-fn owns_socket(inode: u64) -> bool {
+fn own_descriptor(inode: u64) -> Option<RawFd> {
     let want = format!("socket:[{inode}]");
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return false;
-    };
-    dir.flatten().any(|entry| {
-        std::fs::read_link(entry.path()).is_ok_and(|target| target.as_os_str() == want.as_str())
+    let dir = std::fs::read_dir("/proc/self/fd").ok()?;
+    dir.flatten().find_map(|entry| {
+        let target = std::fs::read_link(entry.path()).ok()?;
+        if target.as_os_str() != want.as_str() {
+            return None;
+        }
+        entry.file_name().to_str()?.parse().ok()
     })
 }
 
@@ -100,7 +114,8 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let client = TcpStream::connect(addr).await.unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
-        assert!(peer_is_this_process(&accepted));
+        let peer = own_peer(&accepted).expect("the client is this process's");
+        assert_eq!(peer.fd, std::os::fd::AsRawFd::as_raw_fd(&client));
         drop(client);
         assert_eq!(
             proc_addr("127.0.0.1:8080".parse().unwrap()),

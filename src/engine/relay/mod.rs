@@ -11,12 +11,18 @@
 //! `bind_address`, `bind_port`, `socket_options`, `tls_context`, `tls_version`. Plain TCP
 //! and TLS without them go direct.
 //!
+//! A link that is a bare socket (no TLS or WebSocket layer of ours) is handed to Paho
+//! once it is dialled (`handoff`): Paho then reads and writes the broker's socket itself,
+//! at the cost of a direct connection. The others are carried by the relay's thread
+//! (`pipe`), both ways.
+//!
 //! Every failure of the dial is reported before Paho is involved, precisely; how the link
 //! ended is known exactly (the broker closed it, it was reset, or the engine closed it:
 //! a keep-alive timeout).
 
 mod dial;
 mod endpoint;
+mod handoff;
 mod pipe;
 mod runtime;
 mod sockopt;
@@ -76,11 +82,27 @@ pub(crate) struct Relay {
 struct Link {
     /// What was dialled (`host:port`, or the socket path), for error messages.
     address: String,
-    /// How it ended.
+    /// How it ended, when the relay carries it.
     end: pipe::EndSlot,
+    /// The relay's descriptor of it, when it was handed to Paho.
+    handed: HandedSlot,
 }
 
-fn lock(m: &Mutex<Option<Link>>) -> MutexGuard<'_, Option<Link>> {
+/// A link handed to Paho.
+#[derive(Debug, Default)]
+enum Handed {
+    /// Not (yet) handed over.
+    #[default]
+    No,
+    /// Handed over; the relay's descriptor tells how it ends.
+    Held(handoff::Held),
+    /// Handed over, and the relay's descriptor closed.
+    Released,
+}
+
+type HandedSlot = Arc<Mutex<Handed>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -107,15 +129,20 @@ impl Relay {
             };
             let listener = TcpListener::bind("127.0.0.1:0").await.map_err(Error::Io)?;
             let port = listener.local_addr().map_err(Error::Io)?.port();
-            let end = pipe::EndSlot::default();
-            tokio::spawn(serve_once(listener, upstream, end.clone(), deadline));
-            Ok((port, end))
+            let link = Link {
+                address,
+                end: pipe::EndSlot::default(),
+                handed: HandedSlot::default(),
+            };
+            tokio::spawn(serve_once(listener, upstream, link.clone(), deadline));
+            Ok((port, link))
         });
-        let (port, end) = match tokio::time::timeout_at(deadline, opened).await {
+        let (port, link) = match tokio::time::timeout_at(deadline, opened).await {
             Ok(result) => result??,
             Err(_) => return Err(Error::Timeout),
         };
-        *lock(&self.current) = Some(Link { address, end });
+        // The last link's descriptor, if still held, closes with it.
+        *lock(&self.current) = Some(link);
         Ok(format!("tcp://127.0.0.1:{port}"))
     }
 
@@ -144,19 +171,51 @@ impl Relay {
         }
     }
 
-    /// How the current link ended, if it did.
-    pub(crate) fn link_end(&self) -> Option<LinkEnd> {
+    /// How the current link ended, once the engine has lost it. A link the relay carries
+    /// and whose end it has not recorded was closed by the engine (the relay records the
+    /// broker's close or reset before passing it on). A handed-over link's state says
+    /// how it ended; the relay's descriptor of it is closed then. `None`: not known.
+    ///
+    /// Called from Paho's callback: takes leaf locks, makes non-blocking system calls.
+    pub(crate) fn loss_cause(&self) -> Option<LinkEnd> {
         let link = lock(&self.current).clone()?;
-        link.end.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let held = std::mem::take(&mut *lock(&link.handed));
+        match held {
+            Handed::No => Some(lock(&link.end).clone().unwrap_or(LinkEnd::EngineClosed)),
+            Handed::Held(held) => {
+                let end = held.end();
+                *lock(&link.handed) = Handed::Released;
+                drop(held);
+                Some(end)
+            }
+            Handed::Released => {
+                *lock(&link.handed) = Handed::Released;
+                None
+            }
+        }
+    }
+
+    /// Closes the relay's descriptor of a handed-over link (the engine is closing the
+    /// connection, or its connect failed): Paho's close is then the connection's.
+    pub(crate) fn release(&self) {
+        let Some(link) = lock(&self.current).clone() else {
+            return;
+        };
+        let mut handed = lock(&link.handed);
+        if matches!(*handed, Handed::Held(_)) {
+            let held = std::mem::replace(&mut *handed, Handed::Released);
+            drop(handed);
+            drop(held);
+        }
     }
 }
 
-/// Serves one link: the first connection of this process is joined to `upstream`; the
-/// endpoint closes then, or at `deadline`.
+/// Serves one link: the first connection of this process gets `upstream`, handed over
+/// or carried; the endpoint closes then, or at `deadline`.
 async fn serve_once(
     listener: TcpListener,
     upstream: dial::Upstream,
-    end: pipe::EndSlot,
+    link: Link,
     deadline: Instant,
 ) {
     loop {
@@ -167,15 +226,30 @@ async fn serve_once(
         let Ok((stream, peer)) = accepted else {
             continue;
         };
-        if !endpoint::peer_is_this_process(&stream) {
+        let Some(paho) = endpoint::own_peer(&stream) else {
             log::warn!(
                 target: "aiomqtt::engine",
                 "refused a connection to a private relay endpoint from {peer}: not this process"
             );
             continue;
-        }
+        };
         drop(listener);
-        pipe::run(stream, upstream, end).await;
+        match upstream {
+            dial::Upstream::Socket(socket) if handoff::available() => {
+                let keep = |held| *lock(&link.handed) = Handed::Held(held);
+                match handoff::run(stream, paho, socket, deadline, keep).await {
+                    Ok(()) => {}
+                    Err(detail) => {
+                        log::warn!(
+                            target: "aiomqtt::engine",
+                            "could not hand the link to {} to the engine: {detail}",
+                            link.address
+                        );
+                    }
+                }
+            }
+            upstream => pipe::run(stream, upstream.into_stream(), link.end).await,
+        }
         return;
     }
 }

@@ -18,7 +18,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 
-use super::dial::Upstream;
+use super::dial::Stream;
 use crate::TlsErrorKind;
 
 /// How a relayed link ended, first cause first.
@@ -26,6 +26,9 @@ use crate::TlsErrorKind;
 pub(crate) enum LinkEnd {
     /// The broker (or something on the path) closed the connection.
     PeerClosed,
+    /// The broker or something on the path closed or reset the connection; which of the
+    /// two is not known (a connection handed to the engine, see `handoff`).
+    PeerEnded,
     /// The connection to the broker was reset or failed.
     Failed(Failure),
     /// The engine closed its side first: a keep-alive timeout, or a DISCONNECT.
@@ -107,11 +110,11 @@ enum Ended {
 }
 
 /// Relays until both directions are done, or one is and the other's grace has passed.
-pub(crate) async fn run(paho: TcpStream, upstream: Upstream, end: EndSlot) {
+pub(crate) async fn run(paho: TcpStream, upstream: Stream, end: EndSlot) {
     let _ = paho.set_nodelay(true);
     let (paho_read, paho_write) = paho.into_split();
     match upstream {
-        Upstream::Bytes(stream) => {
+        Stream::Bytes(stream) => {
             let (up_read, up_write) = tokio::io::split(stream);
             both(
                 engine_to_broker(paho_read, up_write, &end),
@@ -120,7 +123,7 @@ pub(crate) async fn run(paho: TcpStream, upstream: Upstream, end: EndSlot) {
             )
             .await;
         }
-        Upstream::Ws(ws) => {
+        Stream::Ws(ws) => {
             let (sink, stream) = (*ws).split();
             both(
                 engine_to_ws(paho_read, sink, &end),
@@ -299,7 +302,7 @@ mod tests {
         let end = EndSlot::default();
         let task = tokio::spawn(run(
             relay_paho,
-            Upstream::Bytes(Box::new(relay_up)),
+            Stream::Bytes(Box::new(relay_up)),
             end.clone(),
         ));
         (paho, broker, task, end)

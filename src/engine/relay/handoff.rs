@@ -1,0 +1,284 @@
+//! Handing a dialled socket to Paho. When the link is a bare socket — TCP, bound or with
+//! socket options or through a proxy's tunnel, or a Unix socket — nothing of ours needs to
+//! stand between Paho and the broker once the dial is done. Paho connects to the private
+//! endpoint as usual; then, under Paho's socket mutexes, the descriptor through which Paho
+//! holds that connection is made to refer to the dialled one (`dup2`, see
+//! `csrc/paho_shim.c`), and Paho reads and writes the broker's socket itself: no copies
+//! and no thread wake-ups of ours per packet.
+//!
+//! What Paho wrote to the endpoint before the swap — its CONNECT at most: it sends nothing
+//! else before the CONNACK, which cannot come before the CONNECT has reached the broker —
+//! is read once the endpoint has acknowledged all of it, and sent on first. The swap
+//! waits while Paho has a packet half written to the endpoint.
+//!
+//! The relay keeps a descriptor of its own ([`Held`]) until the connection ends, to say
+//! how it ended: while it is held, the socket outlives Paho's close, and its state at the
+//! loss tells whether the engine gave up on it (a keep-alive timeout) or the broker or
+//! the network ended it ([`Held::end`]). It is closed then, or when the engine
+//! disconnects.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::dial::Socket;
+use super::endpoint::PeerSocket;
+use super::pipe::{Failure, LinkEnd};
+use crate::engine::shim::{self, TakeOver};
+
+/// The pause before another try while Paho finishes a partly written packet.
+const RETRY: Duration = Duration::from_millis(1);
+
+/// `true` when sockets can be handed to this engine.
+pub(crate) fn available() -> bool {
+    cfg!(target_os = "linux") && shim::can_take_over_sockets()
+}
+
+/// The relay's own descriptor of a connection handed to Paho.
+#[derive(Debug)]
+pub(crate) struct Held {
+    fd: OwnedFd,
+    tcp: bool,
+}
+
+/// Makes Paho's end of `paho` (the connection it opened to the private endpoint) the
+/// dialled `upstream`, gives the relay's descriptor of it to `keep` as soon as Paho has
+/// it, then sends on what Paho had written to the endpoint. The error says why it could
+/// not; Paho's connect fails then.
+pub(crate) async fn run(
+    paho: TcpStream,
+    peer: PeerSocket,
+    upstream: Socket,
+    deadline: Instant,
+    keep: impl FnOnce(Held),
+) -> Result<(), String> {
+    let (fd, tcp): (OwnedFd, bool) = match upstream {
+        // tokio hands the socket back non-blocking, as Paho's own sockets are.
+        Socket::Tcp(s) => (s.into_std().map_err(|e| e.to_string())?.into(), true),
+        Socket::Unix(s) => (s.into_std().map_err(|e| e.to_string())?.into(), false),
+    };
+    // Read with plain system calls from here on: tokio's readiness of this socket may lag
+    // behind what has arrived. tokio leaves it non-blocking.
+    let paho = paho.into_std().map_err(|e| e.to_string())?;
+    let mut early = Vec::new();
+    let replaced = loop {
+        let ours = fd.try_clone().map_err(|e| e.to_string())?;
+        // Blocks while another thread holds Paho's global mutex (a connect resolving a
+        // host name): on the engine thread, made for blocking calls into Paho (never on
+        // the relay's, which carries other links meanwhile).
+        let took = crate::engine::thread::submit(move || {
+            shim::take_over_socket(peer.fd, peer.inode, ours.as_fd())
+        })
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|_| "the engine thread has stopped".to_owned())?;
+        match took {
+            TakeOver::Done(replaced) => break replaced,
+            TakeOver::WritePending => {
+                // Room for the rest of the packet.
+                drain_available(&paho, &mut early)?;
+                if Instant::now() >= deadline {
+                    return Err("the engine's first packet was not written in time".to_owned());
+                }
+                tokio::time::sleep(RETRY).await;
+            }
+            TakeOver::Gone => return Err("the engine closed its connection first".to_owned()),
+            TakeOver::Unavailable => {
+                return Err("this engine cannot take over sockets".to_owned());
+            }
+            TakeOver::Failed(e) => return Err(format!("dup: {e}")),
+        }
+    };
+    // Paho's receive thread may sleep in poll() on the replaced connection: wake it, so
+    // that it polls the new one.
+    shim::socket_interrupt();
+    let sender = fd.try_clone().map_err(|e| e.to_string());
+    keep(Held { fd, tcp });
+    let sender = sender?;
+    // Everything Paho wrote to the replaced connection has reached the endpoint once the
+    // endpoint has acknowledged it all. (Not its close: child processes started since
+    // may hold Paho's descriptors, which are not close-on-exec, and keep it open.)
+    loop {
+        match unacknowledged(&replaced) {
+            Ok(0) => break,
+            Ok(_) if Instant::now() < deadline => tokio::time::sleep(RETRY).await,
+            Ok(n) => {
+                return Err(format!(
+                    "{n} bytes of the engine's first packet did not arrive"
+                ));
+            }
+            Err(e) => return Err(format!("SIOCOUTQ: {e}")),
+        }
+    }
+    drain_available(&paho, &mut early)?;
+    drop((replaced, paho));
+    send_all(&sender, &early, deadline).await
+}
+
+/// How many bytes written to the TCP socket `fd` its peer has not acknowledged yet.
+#[allow(unsafe_code)]
+fn unacknowledged(fd: &OwnedFd) -> std::io::Result<libc::c_int> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int, to `n`.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if rc == 0 {
+        Ok(n)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Appends what `paho` (non-blocking) has to read now to `early`.
+fn drain_available(mut paho: &std::net::TcpStream, early: &mut Vec<u8>) -> Result<(), String> {
+    use std::io::Read;
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match paho.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => early.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("reading the engine's first packet: {e}")),
+        }
+    }
+}
+
+/// Writes `bytes` to the non-blocking socket `fd` (which Paho shares: it writes nothing
+/// meanwhile, waiting for the CONNACK these bytes ask for).
+#[allow(unsafe_code)]
+async fn send_all(fd: &OwnedFd, mut bytes: &[u8], deadline: Instant) -> Result<(), String> {
+    while !bytes.is_empty() {
+        // SAFETY: `fd` is open for the call and `bytes` is valid for its length.
+        let n = unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            bytes = &bytes[n.unsigned_abs()..];
+            continue;
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            std::io::ErrorKind::WouldBlock if Instant::now() < deadline => {
+                tokio::time::sleep(RETRY).await;
+            }
+            std::io::ErrorKind::Interrupted => {}
+            _ => return Err(format!("sending the engine's first packet: {e}")),
+        }
+    }
+    Ok(())
+}
+
+impl Held {
+    /// How the connection ended, from its state once Paho has let go of it. Paho shuts
+    /// down its writing side and closes its descriptor; the relay's keeps the socket, so
+    /// its state remains: still waiting for the peer's answer to that close (or open) —
+    /// the engine ended it (a keep-alive timeout); half closed by the peer — the broker
+    /// closed it; closed with an error not yet read — that error. A socket closed without
+    /// one was reset, or closed by the broker and then reset when Paho's DISCONNECT
+    /// reached a socket the broker had already closed (what Mosquitto's close leads to):
+    /// the two cannot be told apart afterwards.
+    pub(crate) fn end(&self) -> LinkEnd {
+        let failed = |detail: String| LinkEnd::Failed(Failure { detail, tls: None });
+        if self.tcp {
+            return match tcp_state(&self.fd) {
+                Some(TCP_ESTABLISHED | TCP_FIN_WAIT1 | TCP_FIN_WAIT2) | None => {
+                    LinkEnd::EngineClosed
+                }
+                Some(TCP_CLOSE_WAIT | TCP_LAST_ACK) => LinkEnd::PeerClosed,
+                Some(_) => match pending_error(&self.fd) {
+                    Some(e) => failed(e.to_string()),
+                    None => LinkEnd::PeerEnded,
+                },
+            };
+        }
+        // A Unix socket: the peer's close is seen as the end of what there is to read.
+        if let Some(e) = pending_error(&self.fd) {
+            return failed(e.to_string());
+        }
+        match peek(&self.fd) {
+            Ok(0) => LinkEnd::PeerClosed,
+            Ok(_) => LinkEnd::EngineClosed,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => LinkEnd::EngineClosed,
+            Err(e) => failed(e.to_string()),
+        }
+    }
+}
+
+/// TCP states of Linux's `tcp_states.h`.
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_FIN_WAIT1: u8 = 4;
+const TCP_FIN_WAIT2: u8 = 5;
+const TCP_CLOSE_WAIT: u8 = 8;
+const TCP_LAST_ACK: u8 = 9;
+
+/// The socket's pending error (`SO_ERROR`), which reading it clears.
+#[allow(unsafe_code)]
+fn pending_error(fd: &OwnedFd) -> Option<std::io::Error> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `err` and `len` are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && err != 0).then(|| std::io::Error::from_raw_os_error(err))
+}
+
+/// The TCP state (`TCP_INFO`), on Linux.
+#[allow(unsafe_code)]
+fn tcp_state(fd: &OwnedFd) -> Option<u8> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: tcp_info is plain data; all zeroes is a valid value.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: `info` and `len` are valid for writes of the sizes given.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(info.tcpi_state)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = fd;
+        None
+    }
+}
+
+/// Peeks at the socket without waiting: 0 means the peer closed it.
+#[allow(unsafe_code)]
+fn peek(fd: &OwnedFd) -> std::io::Result<usize> {
+    let mut byte = 0u8;
+    // SAFETY: `byte` is valid for a write of one byte.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n.unsigned_abs())
+    }
+}
