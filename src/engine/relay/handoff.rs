@@ -20,7 +20,7 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Instant;
 
 use super::dial::Socket;
@@ -59,6 +59,45 @@ pub(crate) async fn run(
         Socket::Tcp(s) => (s.into_std().map_err(|e| e.to_string())?.into(), true),
         Socket::Unix(s) => (s.into_std().map_err(|e| e.to_string())?.into(), false),
     };
+    let swapped = swap(paho, peer, &fd, deadline).await?;
+    let sender = fd.try_clone().map_err(|e| e.to_string());
+    keep(Held { fd, tcp });
+    let sender = sender?;
+    let early = swapped.early(deadline).await?;
+    send_all(&sender, &early, deadline).await
+}
+
+/// For a link the relay carries: makes Paho's end of `paho` one end of a new Unix socket
+/// pair, and returns the other with what Paho had written to the endpoint before. A Unix
+/// socket costs the relay's copies less than loopback TCP (no TCP stack, no
+/// acknowledgements), and the pair is close-on-exec.
+pub(crate) async fn pair(
+    paho: TcpStream,
+    peer: PeerSocket,
+    deadline: Instant,
+) -> Result<(UnixStream, Vec<u8>), String> {
+    let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
+    let theirs: OwnedFd = theirs.into_std().map_err(|e| e.to_string())?.into();
+    let swapped = swap(paho, peer, &theirs, deadline).await?;
+    // Paho holds its own descriptor of `theirs` now.
+    drop(theirs);
+    Ok((ours, swapped.early(deadline).await?))
+}
+
+/// A swap done: the replaced connection, and what was read of it meanwhile.
+struct Swapped {
+    replaced: OwnedFd,
+    paho: std::net::TcpStream,
+    early: Vec<u8>,
+}
+
+/// Replaces the descriptor through which Paho holds `paho`'s peer with one of `fd`.
+async fn swap(
+    paho: TcpStream,
+    peer: PeerSocket,
+    fd: &OwnedFd,
+    deadline: Instant,
+) -> Result<Swapped, String> {
     // Read with plain system calls from here on: tokio's readiness of this socket may lag
     // behind what has arrived. tokio leaves it non-blocking.
     let paho = paho.into_std().map_err(|e| e.to_string())?;
@@ -94,27 +133,34 @@ pub(crate) async fn run(
     // Paho's receive thread may sleep in poll() on the replaced connection: wake it, so
     // that it polls the new one.
     shim::socket_interrupt();
-    let sender = fd.try_clone().map_err(|e| e.to_string());
-    keep(Held { fd, tcp });
-    let sender = sender?;
-    // Everything Paho wrote to the replaced connection has reached the endpoint once the
-    // endpoint has acknowledged it all. (Not its close: child processes started since
-    // may hold Paho's descriptors, which are not close-on-exec, and keep it open.)
-    loop {
-        match unacknowledged(&replaced) {
-            Ok(0) => break,
-            Ok(_) if Instant::now() < deadline => tokio::time::sleep(RETRY).await,
-            Ok(n) => {
-                return Err(format!(
-                    "{n} bytes of the engine's first packet did not arrive"
-                ));
+    Ok(Swapped {
+        replaced,
+        paho,
+        early,
+    })
+}
+
+impl Swapped {
+    /// Everything Paho wrote to the replaced connection. It has all reached the endpoint
+    /// once the endpoint has acknowledged it all. (Not at its close: child processes
+    /// started since may hold Paho's descriptors, which are not close-on-exec, and keep
+    /// it open.)
+    async fn early(mut self, deadline: Instant) -> Result<Vec<u8>, String> {
+        loop {
+            match unacknowledged(&self.replaced) {
+                Ok(0) => break,
+                Ok(_) if Instant::now() < deadline => tokio::time::sleep(RETRY).await,
+                Ok(n) => {
+                    return Err(format!(
+                        "{n} bytes of the engine's first packet did not arrive"
+                    ));
+                }
+                Err(e) => return Err(format!("SIOCOUTQ: {e}")),
             }
-            Err(e) => return Err(format!("SIOCOUTQ: {e}")),
         }
+        drain_available(&self.paho, &mut self.early)?;
+        Ok(self.early)
     }
-    drain_available(&paho, &mut early)?;
-    drop((replaced, paho));
-    send_all(&sender, &early, deadline).await
 }
 
 /// How many bytes written to the TCP socket `fd` its peer has not acknowledged yet.

@@ -248,7 +248,25 @@ async fn serve_once(
                     }
                 }
             }
-            upstream => pipe::run(stream, upstream.into_stream(), link.end).await,
+            upstream => {
+                let paho = if handoff::available() {
+                    match handoff::pair(stream, paho, deadline).await {
+                        Ok((end, early)) => pipe::EngineSide::Unix(end, early),
+                        Err(detail) => {
+                            log::warn!(
+                                target: "aiomqtt::engine",
+                                "could not give the engine a socket pair for the link to {}: \
+                                 {detail}",
+                                link.address
+                            );
+                            return;
+                        }
+                    }
+                } else {
+                    pipe::EngineSide::Tcp(stream)
+                };
+                pipe::run(paho, upstream.into_stream(), link.end).await;
+            }
         }
         return;
     }

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 
@@ -109,10 +109,65 @@ enum Ended {
     Reset,
 }
 
+/// Paho's side of a carried link.
+pub(crate) enum EngineSide {
+    /// Its connection to the private endpoint.
+    Tcp(TcpStream),
+    /// One end of a Unix socket pair Paho holds the other of, with what Paho had written
+    /// to the endpoint before (see `handoff::pair`).
+    Unix(UnixStream, Vec<u8>),
+}
+
+/// The writing half of Paho's side.
+trait EngineWrite: AsyncWrite + Unpin {
+    /// Ends Paho's connection as a failure: a reset where the socket has one.
+    fn reset(self) -> Ended;
+}
+
+impl EngineWrite for OwnedWriteHalf {
+    /// Zero linger, and the write half given up without the shutdown (a FIN) its drop
+    /// would send: the socket closes, with an RST, when its read half is dropped.
+    fn reset(self) -> Ended {
+        let _ = self.as_ref().set_zero_linger();
+        self.forget();
+        Ended::Reset
+    }
+}
+
+impl EngineWrite for tokio::net::unix::OwnedWriteHalf {
+    /// A Unix socket has no reset: Paho reads the end of the stream, a loss all the same.
+    fn reset(self) -> Ended {
+        Ended::Reset
+    }
+}
+
 /// Relays until both directions are done, or one is and the other's grace has passed.
-pub(crate) async fn run(paho: TcpStream, upstream: Stream, end: EndSlot) {
-    let _ = paho.set_nodelay(true);
-    let (paho_read, paho_write) = paho.into_split();
+pub(crate) async fn run(paho: EngineSide, upstream: Stream, end: EndSlot) {
+    match paho {
+        EngineSide::Tcp(paho) => {
+            let _ = paho.set_nodelay(true);
+            let (read, write) = paho.into_split();
+            carry(read, write, upstream, end).await;
+        }
+        EngineSide::Unix(paho, early) => {
+            let (read, write) = paho.into_split();
+            carry(
+                std::io::Cursor::new(early).chain(read),
+                write,
+                upstream,
+                end,
+            )
+            .await;
+        }
+    }
+}
+
+async fn carry(
+    paho_read: impl AsyncRead + Unpin,
+    paho_write: impl EngineWrite,
+    upstream: Stream,
+    end: EndSlot,
+) {
     match upstream {
         Stream::Bytes(stream) => {
             let (up_read, up_write) = tokio::io::split(stream);
@@ -164,15 +219,6 @@ async fn both(
     }
 }
 
-/// Prepares a reset of Paho's connection (the broker's side was reset or failed): zero
-/// linger, and the write half given up without the shutdown (a FIN) its drop would send.
-/// The socket closes, with an RST, when its read half is dropped.
-fn reset(paho: OwnedWriteHalf) -> Ended {
-    let _ = paho.as_ref().set_zero_linger();
-    paho.forget();
-    Ended::Reset
-}
-
 /// Paho to the broker. Returns how writing to the broker failed, if it did; see [`both`].
 async fn engine_to_broker(
     mut from: impl AsyncRead + Unpin,
@@ -198,7 +244,7 @@ async fn engine_to_broker(
 
 async fn broker_to_engine(
     mut from: impl AsyncRead + Unpin,
-    mut to: OwnedWriteHalf,
+    mut to: impl EngineWrite,
     end: &EndSlot,
 ) -> Ended {
     let mut buf = vec![0u8; CHUNK];
@@ -211,7 +257,7 @@ async fn broker_to_engine(
             }
             Err(e) => {
                 record(end, LinkEnd::Failed(Failure::of_io(&e)));
-                return reset(to);
+                return to.reset();
             }
             Ok(n) => {
                 if to.write_all(&buf[..n]).await.is_err() {
@@ -251,7 +297,7 @@ where
     }
 }
 
-async fn ws_to_engine<S>(mut from: S, mut to: OwnedWriteHalf, end: &EndSlot) -> Ended
+async fn ws_to_engine<S>(mut from: S, mut to: impl EngineWrite, end: &EndSlot) -> Ended
 where
     S: futures_util::Stream<Item = Result<WsMessage, WsError>> + Unpin,
 {
@@ -271,7 +317,7 @@ where
             Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => break,
             Err(e) => {
                 record(end, LinkEnd::Failed(Failure::of_ws(&e)));
-                return reset(to);
+                return to.reset();
             }
         }
     }
@@ -301,7 +347,7 @@ mod tests {
         let (relay_up, broker) = pair().await;
         let end = EndSlot::default();
         let task = tokio::spawn(run(
-            relay_paho,
+            EngineSide::Tcp(relay_paho),
             Stream::Bytes(Box::new(relay_up)),
             end.clone(),
         ));
