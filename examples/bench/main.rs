@@ -15,6 +15,8 @@
 mod broker;
 mod mem;
 mod ours;
+mod peer_rumqttc;
+mod peers;
 mod raw;
 mod relay_cost;
 mod report;
@@ -235,6 +237,8 @@ pub struct Config {
     pub v5: bool,
     /// `--relay-cost`: this crate direct against through its relay, nothing else.
     pub relay_cost: bool,
+    /// `--peers`: this crate against raw paho, rumqttc and libmosquitto, nothing else.
+    pub peers: bool,
     /// `--separate-processes`: each throughput sample in a child process of its own.
     pub separate: bool,
     pub throughput: bool,
@@ -262,8 +266,12 @@ usage: cargo run --release --example bench -- [options]
   --protocol P         3 (MQTT 3.1.1, the default) or 5, for every client
   --separate-processes every throughput sample in a child process of its own (its
                        publisher and subscriber, and the CPU counted, are the child's)
-  --relay-cost         only this crate, direct against through its relay (bind_address),
-                       throughput at the --qos/--payload cases and latency (window: --window, or 100)
+  --relay-cost         only this crate over four links: direct, handed (bind_address), TLS by
+                       Paho C, TLS by the relay; throughput at the --qos/--payload cases and
+                       latency (window: --window, or 100)
+  --peers              this crate, raw paho-mqtt, rumqttc and libmosquitto's command-line
+                       clients in the same rounds: throughput at the --qos/--payload cases,
+                       CPU per message, latency (window: --window, or 100)
   --out DIR            where the report, CSV and SVG go (default target/bench)";
 
 fn parse_args(args: &[String]) -> Result<Config, String> {
@@ -281,6 +289,7 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
         broker_max_inflight: 0,
         v5: false,
         relay_cost: false,
+        peers: false,
         separate: false,
         throughput: true,
         latency: true,
@@ -308,6 +317,7 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
         match arg.as_str() {
             "--quick" => {}
             "--relay-cost" => cfg.relay_cost = true,
+            "--peers" => cfg.peers = true,
             "--separate-processes" => cfg.separate = true,
             "--messages" => cfg.messages = number(value(arg)?, arg)?,
             "--rounds" => cfg.rounds = number(value(arg)?, arg)?,
@@ -961,6 +971,15 @@ fn main_with(cfg: Config) -> Result<(), BoxError> {
         }
         rt.block_on(async move {
             tokio::spawn(async move { relay_cost::run(&task_cfg, port, window).await }).await
+        })??;
+        drop(rt);
+        drop(keeper);
+        return Ok(());
+    }
+    if cfg.peers {
+        let window = cfg.window.unwrap_or(FALLBACK_WINDOW);
+        rt.block_on(async move {
+            tokio::spawn(async move { peers::run(&task_cfg, port, window).await }).await
         })??;
         drop(rt);
         drop(keeper);
