@@ -43,6 +43,11 @@
 //! - **QoS 0 completions Paho loses** (a report of a write in parts names the wrong
 //!   command when the next one starts in between): a later QoS 0 completion of the same
 //!   client completes the earlier publishes it proves written ([registry]).
+//! - **Paho's wake-up socket.** Paho C wakes its receive thread with a byte on a
+//!   blocking socket pair, one per socket opened or closed, and reads one per cycle
+//!   under its global mutex; hundreds of connects at once filled it and hung the process
+//!   (a send blocked under the mutex the reader waits for). Its writing end is made
+//!   non-blocking once, at initialisation (`shim::unblock_interrupts`).
 //! - **Sockets the facade dials.** For the options and transports Paho C cannot dial well
 //!   (bind address, socket options, proxies, Unix sockets, its own TLS, WebSockets) the
 //!   `relay` dials the broker, then hands a bare socket to Paho — replacing, under Paho's

@@ -84,8 +84,23 @@ pub(crate) fn init() {
         };
         if rc != 0 {
             log::error!(target: "aiomqtt::engine", "Paho C could not create its idle client ({rc})");
+            return;
         }
+        // Paho's interrupt socket pair exists now, and no thread of Paho reads it yet.
+        UNBLOCKED.store(
+            super::shim::unblock_interrupts(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     });
+}
+
+static UNBLOCKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether [`init`] made Paho C's interrupt socket non-blocking
+/// (`shim::unblock_interrupts`).
+#[cfg(test)]
+pub(crate) fn interrupts_unblocked() -> bool {
+    UNBLOCKED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Paho C's version, from `MQTTAsync_getVersionInfo` (e.g. `"1.3.16"`).

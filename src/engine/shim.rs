@@ -174,6 +174,92 @@ pub(crate) fn take_over_socket(
     }
 }
 
+/// Makes the writing end of Paho C's interrupt socket pair non-blocking; `true` if done.
+///
+/// Why: Paho wakes its receive thread by sending one byte on a blocking Unix socket pair
+/// (`Socket_interrupt`, called for every socket it opens or closes, and by the [pump])
+/// and drains it one byte per poll cycle, after taking its global mutex. Some 270
+/// unread bytes fill the pair's buffer; the next `send` then blocks — in Paho's send
+/// thread, holding that mutex, while the receive thread waits for the mutex before it
+/// reads another byte: every client of the process hangs for ever (seen with 1,000
+/// clients connecting at once). Non-blocking, a byte that does not fit is dropped,
+/// which loses nothing: the receive thread has hundreds of wake-ups waiting.
+///
+/// Found without Paho's (static) descriptor numbers: of this process's blocking Unix
+/// stream sockets, the one whose send queue grows by a `Socket_interrupt`. Called once,
+/// right after Paho C's initialisation, before any client connects: no thread reads the
+/// pair yet. Where that does not single out one socket, nothing is changed.
+///
+/// [pump]: super::pump
+#[allow(unsafe_code)]
+pub(crate) fn unblock_interrupts() -> bool {
+    use std::os::fd::RawFd;
+    if !known_engine() {
+        return false;
+    }
+    let int_opt = |fd: RawFd, name: libc::c_int| -> Option<libc::c_int> {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `v` and `len` are valid for writes of the sizes given.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                name,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(v)
+    };
+    let queued = |fd: RawFd| -> Option<libc::c_int> {
+        let mut n: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ writes one int, to `n`.
+        (unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) } == 0).then_some(n)
+    };
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return false;
+    };
+    let candidates: Vec<(RawFd, libc::c_int)> = dir
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse::<RawFd>().ok())
+        .filter(|&fd| {
+            // SAFETY: F_GETFL reads a descriptor's flags.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+            flags >= 0
+                && flags & libc::O_NONBLOCK == 0
+                && int_opt(fd, libc::SO_DOMAIN) == Some(libc::AF_UNIX)
+                && int_opt(fd, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+        })
+        .filter_map(|fd| Some((fd, queued(fd)?)))
+        .collect();
+    if !socket_interrupt() {
+        return false;
+    }
+    let grown: Vec<RawFd> = candidates
+        .into_iter()
+        .filter(|&(fd, before)| queued(fd).is_some_and(|now| now > before))
+        .map(|(fd, _)| fd)
+        .collect();
+    let [fd] = grown[..] else {
+        log::warn!(
+            target: "aiomqtt::engine",
+            "could not single out Paho C's interrupt socket ({} candidates): with hundreds of \
+             sockets opened or closed at once Paho C may hang",
+            grown.len()
+        );
+        return false;
+    };
+    // SAFETY: F_GETFL/F_SETFL on an open descriptor; only O_NONBLOCK is added.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// The bundled engine is the known one and the shim finds its internals.
@@ -182,5 +268,9 @@ mod tests {
         super::super::paho::init();
         assert_eq!(super::super::paho_version(), Some(super::KNOWN_PAHO));
         assert!(super::set_retry_loop_interval(60));
+        assert!(
+            super::super::paho::interrupts_unblocked(),
+            "Paho C's interrupt socket is still blocking"
+        );
     }
 }

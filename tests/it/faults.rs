@@ -2251,6 +2251,50 @@ async fn slow_consumer_is_not_a_loss() {
 // ---------------------------------------------------------------------------------------------
 // 5. Churn.
 
+/// 600 clients connect at once, and disconnect at once. Paho C wakes its receive thread
+/// with one byte per socket opened or closed on a blocking socket pair it drains a byte
+/// per cycle; some 270 bytes fill it and Paho's send thread then blocks holding Paho's
+/// global mutex, which the receive thread needs before it drains: the whole process hung
+/// (`shim::unblock_interrupts`). In a child process: Paho C's state is process-wide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_hundred_clients_connect_at_once() {
+    if let Some(child) = isolated(
+        "faults::six_hundred_clients_connect_at_once",
+        Duration::from_secs(120),
+    ) {
+        child.assert_passed();
+        return;
+    }
+    with_timeout(Duration::from_secs(100), async {
+        let broker = Broker::start();
+        const N: usize = 600;
+        let clients: Vec<Client> = (0..N)
+            .map(|i| {
+                builder(broker.port(), V311)
+                    .identifier(format!("crowd-{i}"))
+                    .timeout(Duration::from_secs(30))
+                    .build()
+                    .expect("valid options")
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        let conns = futures::future::try_join_all(clients.iter().map(|c| c.connect()))
+            .await
+            .expect("every client connects");
+        println!("OBSERVED {N} connects at once took {:?}", started.elapsed());
+        conns[0]
+            .publish("crowd/check", "x")
+            .qos(QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        futures::future::try_join_all(conns.into_iter().map(|c| c.disconnect()))
+            .await
+            .expect("every client disconnects");
+        println!("OBSERVED and disconnected after {:?}", started.elapsed());
+    })
+    .await;
+}
+
 /// 100 connect/disconnect cycles of one client, then 50 clients connected in parallel and
 /// disconnected: the process's threads and file descriptors stay within 4 of before, with
 /// the clients alive and after dropping them.
