@@ -275,20 +275,6 @@ async fn a_qos0_stream_goes_on_when_the_socket_drains() {
     .await;
 }
 
-/// CPU time so far of this process's thread named `name`, from
-/// `/proc/self/task/*/{comm,schedstat}`.
-fn thread_cpu(name: &str) -> Option<Duration> {
-    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim() == name {
-            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
-            let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
-            return Some(Duration::from_nanos(ns));
-        }
-    }
-    None
-}
-
 /// The wake-up pump runs only while a publish needs it: it works while a QoS 0 publish is
 /// held behind a stopped broker, and takes no CPU once every publish has completed.
 #[tokio::test(flavor = "multi_thread")]
@@ -304,7 +290,11 @@ async fn the_pump_parks_when_nothing_is_pending() {
     let conn = connect_on(broker.port(), ProtocolVersion::V311).await;
     let topic = unique_topic("pump");
     conn.publish(&topic, "first").await.unwrap();
-    let pump = || thread_cpu("aiomqtt-pump").expect("the pump thread");
+    let pump = || {
+        sockets::thread_schedstat("aiomqtt-pump")
+            .expect("the pump thread")
+            .0
+    };
     let settle = Duration::from_millis(300);
 
     // Pending: 48 MiB of QoS 0 behind a stopped broker (more than the sockets hold).

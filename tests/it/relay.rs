@@ -972,7 +972,11 @@ async fn a_bare_link_is_handed_to_the_engine() {
             .await
             .unwrap();
         let mut messages = conn.messages();
-        let runs = || relay_thread_runs().expect("the relay thread");
+        let runs = || {
+            sockets::thread_schedstat("aiomqtt-relay")
+                .expect("the relay thread")
+                .1
+        };
         let before = runs();
         const ROUND_TRIPS: usize = 2000;
         for i in 0..ROUND_TRIPS {
@@ -991,19 +995,6 @@ async fn a_bare_link_is_handed_to_the_engine() {
         conn.disconnect().await.unwrap();
     })
     .await;
-}
-
-/// How many times the relay's thread has been scheduled (`/proc/self/task/*/schedstat`,
-/// its third field).
-fn relay_thread_runs() -> Option<u64> {
-    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim() == "aiomqtt-relay" {
-            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
-            return stat.split_whitespace().nth(2)?.parse().ok();
-        }
-    }
-    None
 }
 
 // ---------------------------------------------------------------------------------------------

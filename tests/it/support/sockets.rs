@@ -177,3 +177,19 @@ pub fn fd_targets() -> Vec<String> {
     out.sort();
     out
 }
+
+/// What the scheduler counted so far for this process's thread named `name`
+/// (`/proc/self/task/*/{comm,schedstat}`): its time on a CPU, and how many times it ran.
+pub fn thread_schedstat(name: &str) -> Option<(std::time::Duration, u64)> {
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            let mut fields = stat.split_whitespace();
+            let ns: u64 = fields.next()?.parse().ok()?;
+            let runs: u64 = fields.nth(1)?.parse().ok()?;
+            return Some((std::time::Duration::from_nanos(ns), runs));
+        }
+    }
+    None
+}
