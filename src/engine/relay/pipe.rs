@@ -1,6 +1,7 @@
-//! Copying between Paho's connection to the private endpoint and the link to the broker,
-//! both ways, and recording how the link ended: the broker's close and reset are passed
-//! on to Paho as a close and a reset, Paho's close (its keep-alive timeout, or a
+//! Copying between Paho's side (a Unix socket pair swapped in for its connection to the
+//! private endpoint, or that connection itself) and the link to the broker, both ways,
+//! and recording how the link ended: the broker's close and reset are passed on to Paho
+//! as a close and (on TCP) a reset, Paho's close (its keep-alive timeout, or a
 //! DISCONNECT) to the broker as a close.
 //!
 //! Once one direction has ended the other gets [`GRACE`] to end too, then the link is
