@@ -2,6 +2,8 @@
 //! bounded outgoing queue refuses with a clear error instead of growing.
 
 use std::future::IntoFuture;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::support::mqtt::connect_on;
@@ -297,17 +299,32 @@ async fn the_pump_parks_when_nothing_is_pending() {
     };
     let settle = Duration::from_millis(300);
 
-    // Pending: 48 MiB of QoS 0 behind a stopped broker (more than the sockets hold).
+    // Pending: 48 MiB of QoS 0 behind a stopped broker (more than the sockets hold). The
+    // calls run in a task of their own, so that every one reaches the engine while this
+    // task only watches (a FuturesUnordered polled for 100 ms under load had handed one
+    // publish of 3,072 to the engine, and the pump had rightly nothing to do).
     broker.pause();
-    let mut calls: FuturesUnordered<_> = (0..3072)
-        .map(|_| conn.publish(&topic, vec![0u8; 16 << 10]).into_future())
+    let done = Arc::new(AtomicUsize::new(0));
+    let calls: Vec<_> = (0..3072)
+        .map(|_| {
+            let call = conn.publish(&topic, vec![0u8; 16 << 10]).into_future();
+            let done = done.clone();
+            async move {
+                let result = call.await;
+                done.fetch_add(1, Ordering::Relaxed);
+                result
+            }
+        })
         .collect();
-    let _ = tokio::time::timeout(Duration::from_millis(100), calls.next()).await;
+    let all = tokio::spawn(futures::future::join_all(calls));
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let before = pump();
     tokio::time::sleep(settle).await;
     let busy = pump() - before;
+    let finished = done.load(Ordering::Relaxed);
+    let state = sockets::thread_state("aiomqtt-pump");
     broker.resume();
-    while let Some(result) = calls.next().await {
+    for result in all.await.unwrap() {
         result.unwrap();
     }
 
@@ -316,6 +333,10 @@ async fn the_pump_parks_when_nothing_is_pending() {
     let before = pump();
     tokio::time::sleep(settle).await;
     let idle = pump() - before;
-    assert!(busy > Duration::ZERO, "the pump did not run: {busy:?}");
+    assert!(
+        busy > Duration::ZERO,
+        "the pump did not run: {busy:?}, with {finished} of 3072 publishes done; its \
+         thread: {state:?}"
+    );
     assert_eq!(idle, Duration::ZERO, "the pump ran with nothing pending");
 }

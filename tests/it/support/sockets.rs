@@ -193,3 +193,23 @@ pub fn thread_schedstat(name: &str) -> Option<(std::time::Duration, u64)> {
     }
     None
 }
+
+/// The state and wait channel of this process's thread named `name`
+/// (`/proc/self/task/*/{stat,wchan}`), for failure messages.
+pub fn thread_state(name: &str) -> Option<String> {
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            let state = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .next()?
+                .to_owned();
+            let wchan = std::fs::read_to_string(task.path().join("wchan")).unwrap_or_default();
+            return Some(format!("state {state}, waiting in {wchan:?}"));
+        }
+    }
+    None
+}
