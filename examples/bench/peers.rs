@@ -9,7 +9,7 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::report::{median, percentile};
+use crate::report::{Cell, median, percentile};
 use crate::{BoxError, Case, Config, Cpu, Sample, Variant, ours, peer_rumqttc, raw};
 
 const PUB: &str = "/usr/bin/mosquitto_pub";
@@ -35,15 +35,6 @@ impl Peer {
 }
 
 const PEERS: [Peer; 4] = [Peer::Ours, Peer::Paho, Peer::Rumqttc, Peer::Mosquitto];
-
-#[derive(Default)]
-struct Cell {
-    rate: Vec<f64>,
-    cpu: Vec<f64>,
-    p50: Vec<f64>,
-    p99: Vec<f64>,
-    failed: usize,
-}
 
 async fn throughput(
     peer: Peer,

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use aiomqtt::{ClientBuilder, TlsParams, TlsVersion};
 
-use crate::report::{median, percentile};
+use crate::report::{Cell, median, percentile};
 use crate::{BoxError, Config, Variant, ours};
 
 /// The links, in the order of the tables.
@@ -76,14 +76,6 @@ pub fn link(b: ClientBuilder) -> ClientBuilder {
         Link::TlsDirect => tls(b, false),
         Link::TlsRelay => tls(b, true),
     }
-}
-
-#[derive(Default)]
-struct Cell {
-    rate: Vec<f64>,
-    cpu: Vec<f64>,
-    p50: Vec<f64>,
-    p99: Vec<f64>,
 }
 
 pub async fn run(cfg: &Config, port: u16, window: usize) -> Result<(), BoxError> {

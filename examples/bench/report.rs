@@ -646,6 +646,18 @@ fn nice_step(max: f64) -> f64 {
 }
 
 /// Grouped bars: one panel per payload, one group per QoS, one bar per client.
+/// One client's (or link's) samples of one case over the rounds, for the modes that print
+/// their own tables (`--relay-cost`, `--peers`).
+#[derive(Default)]
+pub struct Cell {
+    pub rate: Vec<f64>,
+    pub cpu: Vec<f64>,
+    pub p50: Vec<f64>,
+    pub p99: Vec<f64>,
+    /// Runs that failed (not counted in the others).
+    pub failed: usize,
+}
+
 pub fn svg(res: &Results, variants: &[Variant], subtitle: &str, footnote: &str) -> String {
     let payloads: Vec<usize> = {
         let mut p: Vec<usize> = res.cases.iter().map(|c| c.payload).collect();

@@ -69,6 +69,7 @@ mod pump;
 mod registry;
 mod relay;
 mod shim;
+mod socket;
 mod thread;
 mod tls_config;
 mod transport;

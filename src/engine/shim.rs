@@ -197,26 +197,7 @@ pub(crate) fn unblock_interrupts() -> bool {
     if !known_engine() {
         return false;
     }
-    let int_opt = |fd: RawFd, name: libc::c_int| -> Option<libc::c_int> {
-        let mut v: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: `v` and `len` are valid for writes of the sizes given.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                name,
-                (&mut v as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        (rc == 0).then_some(v)
-    };
-    let queued = |fd: RawFd| -> Option<libc::c_int> {
-        let mut n: libc::c_int = 0;
-        // SAFETY: SIOCOUTQ writes one int, to `n`.
-        (unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) } == 0).then_some(n)
-    };
+    use super::socket::{int_option, send_queue};
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         return false;
     };
@@ -231,17 +212,17 @@ pub(crate) fn unblock_interrupts() -> bool {
             let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
             flags >= 0
                 && flags & libc::O_NONBLOCK == 0
-                && int_opt(fd, libc::SO_DOMAIN) == Some(libc::AF_UNIX)
-                && int_opt(fd, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+                && int_option(fd, libc::SOL_SOCKET, libc::SO_DOMAIN) == Some(libc::AF_UNIX)
+                && int_option(fd, libc::SOL_SOCKET, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
         })
-        .filter_map(|fd| Some((fd, queued(fd)?)))
+        .filter_map(|fd| Some((fd, send_queue(fd).ok()?)))
         .collect();
     if !socket_interrupt() {
         return false;
     }
     let grown: Vec<RawFd> = candidates
         .into_iter()
-        .filter(|&(fd, before)| queued(fd).is_some_and(|now| now > before))
+        .filter(|&(fd, before)| send_queue(fd).is_ok_and(|now| now > before))
         .map(|(fd, _)| fd)
         .collect();
     let [fd] = grown[..] else {

@@ -934,16 +934,7 @@ async fn a_bare_link_is_handed_to_the_engine() {
         assert_eq!(to_broker.len(), 1, "{own:?}");
         // Every descriptor of it (Paho's and the relay's) is close-on-exec: a child
         // process started later does not hold the broker's connection open.
-        let inode = to_broker[0].1.inode;
-        let descriptors: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-            .unwrap()
-            .flatten()
-            .filter(|e| {
-                std::fs::read_link(e.path())
-                    .is_ok_and(|t| t.to_string_lossy() == format!("socket:[{inode}]"))
-            })
-            .filter_map(|e| e.file_name().to_str()?.parse().ok())
-            .collect();
+        let descriptors = sockets::descriptors_of(to_broker[0].1.inode);
         assert_eq!(
             descriptors.len(),
             2,

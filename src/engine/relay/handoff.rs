@@ -27,6 +27,7 @@ use super::dial::Socket;
 use super::endpoint::PeerSocket;
 use super::pipe::{Failure, LinkEnd};
 use crate::engine::shim::{self, TakeOver};
+use crate::engine::socket;
 
 /// The pause before another try while Paho finishes a partly written packet.
 const RETRY: Duration = Duration::from_millis(1);
@@ -147,7 +148,7 @@ impl Swapped {
     /// it open.)
     async fn early(mut self, deadline: Instant) -> Result<Vec<u8>, String> {
         loop {
-            match unacknowledged(&self.replaced) {
+            match socket::send_queue(self.replaced.as_raw_fd()) {
                 Ok(0) => break,
                 Ok(_) if Instant::now() < deadline => tokio::time::sleep(RETRY).await,
                 Ok(n) => {
@@ -160,19 +161,6 @@ impl Swapped {
         }
         drain_available(&self.paho, &mut self.early)?;
         Ok(self.early)
-    }
-}
-
-/// How many bytes written to the TCP socket `fd` its peer has not acknowledged yet.
-#[allow(unsafe_code)]
-fn unacknowledged(fd: &OwnedFd) -> std::io::Result<libc::c_int> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ writes one int, to `n`.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
-    if rc == 0 {
-        Ok(n)
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -265,21 +253,10 @@ const TCP_CLOSE_WAIT: u8 = 8;
 const TCP_LAST_ACK: u8 = 9;
 
 /// The socket's pending error (`SO_ERROR`), which reading it clears.
-#[allow(unsafe_code)]
 fn pending_error(fd: &OwnedFd) -> Option<std::io::Error> {
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `err` and `len` are valid for writes of the sizes given.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0 && err != 0).then(|| std::io::Error::from_raw_os_error(err))
+    socket::int_option(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ERROR)
+        .filter(|&e| e != 0)
+        .map(std::io::Error::from_raw_os_error)
 }
 
 /// The TCP state (`TCP_INFO`), on Linux.

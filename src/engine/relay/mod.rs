@@ -179,19 +179,19 @@ impl Relay {
     /// Called from Paho's callback: takes leaf locks, makes non-blocking system calls.
     pub(crate) fn loss_cause(&self) -> Option<LinkEnd> {
         let link = lock(&self.current).clone()?;
-        let held = std::mem::take(&mut *lock(&link.handed));
-        match held {
-            Handed::No => Some(lock(&link.end).clone().unwrap_or(LinkEnd::EngineClosed)),
+        let mut handed = lock(&link.handed);
+        match std::mem::replace(&mut *handed, Handed::Released) {
+            Handed::No => {
+                *handed = Handed::No;
+                drop(handed);
+                Some(lock(&link.end).clone().unwrap_or(LinkEnd::EngineClosed))
+            }
+            // Read, then closed (on drop), outside the lock.
             Handed::Held(held) => {
-                let end = held.end();
-                *lock(&link.handed) = Handed::Released;
-                drop(held);
-                Some(end)
+                drop(handed);
+                Some(held.end())
             }
-            Handed::Released => {
-                *lock(&link.handed) = Handed::Released;
-                None
-            }
+            Handed::Released => None,
         }
     }
 

@@ -46,29 +46,38 @@ pub fn tcp_table() -> Vec<TcpEntry> {
         .collect()
 }
 
-/// This process's socket file descriptors by socket inode.
-pub fn socket_fds() -> HashMap<u64, RawFd> {
-    let mut out = HashMap::new();
+/// Every socket file descriptor of this process, with its socket's inode.
+fn socket_descriptors() -> Vec<(u64, RawFd)> {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return out;
+        return Vec::new();
     };
-    for entry in dir.flatten() {
-        let Ok(fd) = entry.file_name().to_string_lossy().parse::<RawFd>() else {
-            continue;
-        };
-        let Ok(target) = std::fs::read_link(entry.path()) else {
-            continue;
-        };
-        let target = target.to_string_lossy();
-        if let Some(inode) = target
-            .strip_prefix("socket:[")
-            .and_then(|t| t.strip_suffix(']'))
-            .and_then(|t| t.parse().ok())
-        {
-            out.insert(inode, fd);
-        }
-    }
-    out
+    dir.flatten()
+        .filter_map(|entry| {
+            let fd = entry.file_name().to_string_lossy().parse::<RawFd>().ok()?;
+            let target = std::fs::read_link(entry.path()).ok()?;
+            let inode = target
+                .to_string_lossy()
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()?;
+            Some((inode, fd))
+        })
+        .collect()
+}
+
+/// This process's socket file descriptors by socket inode (one per socket).
+pub fn socket_fds() -> HashMap<u64, RawFd> {
+    socket_descriptors().into_iter().collect()
+}
+
+/// Every descriptor through which this process holds the socket `inode`.
+pub fn descriptors_of(inode: u64) -> Vec<RawFd> {
+    socket_descriptors()
+        .into_iter()
+        .filter(|&(i, _)| i == inode)
+        .map(|(_, fd)| fd)
+        .collect()
 }
 
 /// This process's IPv4 TCP sockets, with their file descriptors.
