@@ -71,7 +71,7 @@ pub(crate) async fn run(
 /// For a link the relay carries: makes Paho's end of `paho` one end of a new Unix socket
 /// pair, and returns the other with what Paho had written to the endpoint before. A Unix
 /// socket costs the relay's copies less than loopback TCP (no TCP stack, no
-/// acknowledgements), and the pair is close-on-exec.
+/// acknowledgements).
 pub(crate) async fn pair(
     paho: TcpStream,
     peer: PeerSocket,
