@@ -23,6 +23,13 @@
 //! the send thread's event (as Paho does when a command is queued). The pump takes no
 //! lock of Paho's but that event's leaf mutex, and none of ours; with nothing pending it
 //! parks.
+//!
+//! A wake-up comes only when a publish is still pending a period after the pump started
+//! or last looked: a QoS 0 publish that fits the socket completes within microseconds,
+//! and waking Paho's two threads for it would only put a spurious loop of its receive
+//! thread in the way of the next packet. Once nothing is pending the pump keeps ticking
+//! for [`LINGER`] periods before it parks, so that publishes going out one at a time do
+//! not each pay for unparking it.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,6 +42,9 @@ pub(crate) const THRESHOLD: usize = 64 * 1024;
 
 /// How often the pump wakes Paho's threads.
 const PERIOD: Duration = Duration::from_millis(1);
+
+/// Idle periods before the pump parks.
+const LINGER: u32 = 20;
 
 /// Publishes in Paho's hands that need the pump (each holds one [`Active`]).
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);
@@ -59,6 +69,7 @@ pub(crate) fn for_publish(qos0: bool, payload_len: usize) -> Option<Active> {
     }
     let pump = PUMP.get_or_init(start).as_ref()?;
     ACTIVE.fetch_add(1, Ordering::AcqRel);
+    // No system call unless the pump is parked.
     pump.unpark();
     Some(Active(()))
 }
@@ -81,13 +92,22 @@ fn start() -> Option<Thread> {
 }
 
 fn run() {
+    let mut idle = 0;
     loop {
-        // `park` returns at once if `for_publish` unparked since the last check.
-        while ACTIVE.load(Ordering::Acquire) == 0 {
-            thread::park();
+        if idle >= LINGER {
+            // `park` returns at once if `for_publish` unparked since the last check.
+            while ACTIVE.load(Ordering::Acquire) == 0 {
+                thread::park();
+            }
+            idle = 0;
         }
-        super::shim::socket_interrupt();
-        super::shim::wake_sender();
         thread::sleep(PERIOD);
+        if ACTIVE.load(Ordering::Acquire) > 0 {
+            super::shim::socket_interrupt();
+            super::shim::wake_sender();
+            idle = 0;
+        } else {
+            idle += 1;
+        }
     }
 }

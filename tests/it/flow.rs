@@ -340,3 +340,39 @@ async fn the_pump_parks_when_nothing_is_pending() {
     );
     assert_eq!(idle, Duration::ZERO, "the pump ran with nothing pending");
 }
+
+/// A QoS 0 publish that completes at once does not make the pump wake Paho's threads:
+/// publishes sent one at a time (a round-trip pattern) leave Paho's receive thread
+/// asleep. Waking it for each would put a spurious loop of that thread in the way of
+/// the next incoming packet.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prompt_qos0_publish_does_not_wake_the_engine() {
+    if let Some(child) = isolated(
+        "flow::a_prompt_qos0_publish_does_not_wake_the_engine",
+        Duration::from_secs(60),
+    ) {
+        child.assert_passed();
+        return;
+    }
+    let broker = Broker::start();
+    let conn = connect_on(broker.port(), ProtocolVersion::V311).await;
+    let topic = unique_topic("prompt");
+    conn.publish(&topic, "first").await.unwrap();
+    let receiver = || {
+        sockets::thread_schedstat("MQTTAsync_rcv")
+            .expect("Paho's receive thread")
+            .1
+    };
+    const PUBLISHES: u64 = 150;
+    let before = receiver();
+    for _ in 0..PUBLISHES {
+        conn.publish(&topic, "x").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let woken = receiver() - before;
+    assert!(
+        woken < PUBLISHES / 4,
+        "Paho's receive thread ran {woken} times for {PUBLISHES} publishes that each \
+         completed at once"
+    );
+}
