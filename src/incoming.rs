@@ -182,8 +182,11 @@ impl Queue {
             return;
         }
         state.store.push(message);
-        // Woken under the lock (a wake only schedules the task).
-        if let Some((_, waker)) = state.waiting.pop_front() {
+        // Woken after the lock is released: a wake can run the reader at once on another
+        // core, which would otherwise find the lock still held by this (Paho's) thread.
+        let waker = state.waiting.pop_front();
+        drop(state);
+        if let Some((_, waker)) = waker {
             waker.wake();
         }
     }
@@ -360,5 +363,52 @@ impl std::fmt::Debug for Messages {
         f.debug_struct("Messages")
             .field("len", &self.len())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{QoS, Topic};
+    use std::task::Wake;
+
+    /// A waker that records whether the queue's lock was free when it was woken.
+    struct Probe {
+        queue: Arc<Queue>,
+        lock_was_free: Mutex<Option<bool>>,
+    }
+
+    impl Wake for Probe {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            let free = self.queue.state.try_lock().is_ok();
+            *self.lock_was_free.lock().unwrap() = Some(free);
+        }
+    }
+
+    /// The engine's thread wakes a waiting reader only after it released the queue:
+    /// a reader woken on another core would otherwise find the lock held and block.
+    #[test]
+    fn a_push_wakes_the_reader_after_releasing_the_lock() {
+        let queue = Arc::new(Queue::new(QueueType::Fifo, None, Arc::from("test")));
+        let probe = Arc::new(Probe {
+            queue: queue.clone(),
+            lock_was_free: Mutex::new(None),
+        });
+        let waker = Waker::from(probe.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(queue.poll_next(1, &mut cx).is_pending());
+        queue.push(Message {
+            topic: Topic::new("t").unwrap(),
+            payload: b"x".to_vec(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            mid: 0,
+            properties: None,
+        });
+        assert_eq!(*probe.lock_was_free.lock().unwrap(), Some(true));
+        queue.forget(1);
     }
 }
