@@ -235,6 +235,8 @@ pub struct Config {
     pub broker_max_inflight: u32,
     /// Both clients speak MQTT 5 (`--protocol 5`) instead of 3.1.1.
     pub v5: bool,
+    /// `--joined`: see [`joined`].
+    pub joined: bool,
     /// `--relay-cost`: this crate direct against through its relay, nothing else.
     pub relay_cost: bool,
     /// `--peers`: this crate against raw paho, rumqttc and libmosquitto, nothing else.
@@ -264,6 +266,8 @@ usage: cargo run --release --example bench -- [options]
   --broker-max-inflight N  Mosquitto's max_inflight_messages (default 0 = unlimited;
                        20 is Mosquitto's own default, for the data-loss demonstration)
   --protocol P         3 (MQTT 3.1.1, the default) or 5, for every client
+  --joined             a latency round trip polls the publish and the stream together
+                       (join!) instead of awaiting the publish, then the message
   --separate-processes every throughput sample in a child process of its own (its
                        publisher and subscriber, and the CPU counted, are the child's)
   --relay-cost         only this crate over four links: direct, handed (bind_address), TLS by
@@ -288,6 +292,7 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
         cases: cases(&PAYLOADS, &QOS_LEVELS),
         broker_max_inflight: 0,
         v5: false,
+        joined: false,
         relay_cost: false,
         peers: false,
         separate: false,
@@ -337,6 +342,7 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
                 "5" => cfg.v5 = true,
                 other => return Err(format!("--protocol: 3 or 5, not {other}")),
             },
+            "--joined" => cfg.joined = true,
             "--broker-max-inflight" => {
                 let v = value(arg)?;
                 cfg.broker_max_inflight =
@@ -408,6 +414,14 @@ static V5: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(fa
 
 pub fn v5() -> bool {
     V5.load(Ordering::Relaxed)
+}
+
+/// `--joined`: a round trip polls the publish and the stream together (`join!`) instead
+/// of awaiting the publish, then the message.
+static JOINED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn joined() -> bool {
+    JOINED.load(Ordering::Relaxed)
 }
 
 /// A fresh id per run: topics and client ids never repeat.
@@ -569,21 +583,100 @@ async fn throughput(
 /// The longest a throughput run may take before it counts as failed.
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
+/// Round trips per turn when the clients of a latency run take turns.
+const LATENCY_TURN: usize = 50;
+
+/// A latency client of either kind.
+enum Trips {
+    Ours(ours::Trips),
+    Raw(raw::Trips),
+}
+
+impl Trips {
+    async fn open(port: u16, variant: Variant, window: usize, qos: u8) -> Result<Trips, BoxError> {
+        let run = next_run();
+        Ok(if variant.ours() {
+            Trips::Ours(ours::Trips::open(port, variant, window, qos, LATENCY_PAYLOAD, run).await?)
+        } else {
+            Trips::Raw(raw::Trips::open(port, variant, window, qos, LATENCY_PAYLOAD, run).await?)
+        })
+    }
+
+    async fn warm_up(&mut self) -> Result<(), BoxError> {
+        match self {
+            Trips::Ours(t) => t.warm_up().await,
+            Trips::Raw(t) => t.warm_up().await,
+        }
+    }
+
+    async fn trip(&mut self) -> Result<Duration, BoxError> {
+        match self {
+            Trips::Ours(t) => t.trip().await,
+            Trips::Raw(t) => t.trip().await,
+        }
+    }
+
+    async fn close(self) -> Result<(), BoxError> {
+        match self {
+            Trips::Ours(t) => t.close().await,
+            Trips::Raw(t) => t.close().await,
+        }
+    }
+}
+
+/// `trips` round trips at `qos` for each of `variants`, every client connected at once
+/// and taking turns of [`LATENCY_TURN`] round trips (the first to go rotates turn by
+/// turn), so that the machine's drift within a run reaches every client alike. One
+/// result per variant, in order.
 async fn latency(
     port: u16,
-    variant: Variant,
+    variants: &[Variant],
     window: usize,
     qos: u8,
     trips: usize,
-) -> Result<Vec<Duration>, BoxError> {
-    let run = next_run();
-    let samples = if variant.ours() {
-        ours::latency(port, variant, window, qos, LATENCY_PAYLOAD, trips, run).await
-    } else {
-        raw::latency(port, variant, window, qos, LATENCY_PAYLOAD, trips, run).await
+) -> Vec<Result<Vec<Duration>, BoxError>> {
+    let mut clients = Vec::new();
+    for &variant in variants {
+        clients.push(Trips::open(port, variant, window, qos).await);
+    }
+    let mut samples: Vec<Vec<Duration>> = variants.iter().map(|_| Vec::new()).collect();
+    let turns = async {
+        for client in clients.iter_mut() {
+            if let Ok(c) = client {
+                if let Err(e) = c.warm_up().await {
+                    *client = Err(e);
+                }
+            }
+        }
+        for turn in 0..trips.div_ceil(LATENCY_TURN) {
+            let n = LATENCY_TURN.min(trips - turn * LATENCY_TURN);
+            for k in 0..clients.len() {
+                let i = (turn + k) % clients.len();
+                let Ok(c) = &mut clients[i] else { continue };
+                for _ in 0..n {
+                    match c.trip().await {
+                        Ok(d) => samples[i].push(d),
+                        Err(e) => {
+                            clients[i] = Err(e);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
     };
+    let budget = latency_budget(trips * variants.len().max(1));
+    let timed_out = tokio::time::timeout(budget, turns).await.is_err();
+    let mut out = Vec::new();
+    for (client, samples) in clients.into_iter().zip(samples) {
+        out.push(match client {
+            Err(e) => Err(e),
+            Ok(_) if timed_out => Err("latency run timed out".into()),
+            Ok(c) => c.close().await.map(|()| samples),
+        });
+    }
     tokio::time::sleep(SETTLE).await;
-    samples
+    out
 }
 
 fn describe(case: Case) -> String {
@@ -754,8 +847,9 @@ async fn run(cfg: &Config, port: u16) -> Results {
                 cfg.rounds, cfg.trips
             );
             for qos in LATENCY_QOS {
-                for &variant in &variants {
-                    match latency(port, variant, window, qos, cfg.trips).await {
+                let results = latency(port, &variants, window, qos, cfg.trips).await;
+                for (&variant, result) in variants.iter().zip(results) {
+                    match result {
                         Ok(mut samples) => {
                             samples.sort();
                             let p50 = report::percentile(&samples, 50.0);
@@ -933,6 +1027,7 @@ fn main_with(cfg: Config) -> Result<(), BoxError> {
         eprintln!("warning: a debug build; run with --release for meaningful figures");
     }
     V5.store(cfg.v5, Ordering::Relaxed);
+    JOINED.store(cfg.joined, Ordering::Relaxed);
     SEPARATE.store(cfg.separate, Ordering::Relaxed);
     let env = environment();
     let broker = broker::Broker::start(cfg.broker_max_inflight, cfg.relay_cost)?;

@@ -117,45 +117,99 @@ pub async fn latency(
     trips: usize,
     run: u64,
 ) -> Result<Vec<Duration>, BoxError> {
-    let topic = format!("bench/{run}");
-    let q = qos(q);
-    let conn = client(port, &format!("bench-{run}-lat"), variant, window)?
-        .connect()
-        .await?;
-    conn.subscribe(topic.as_str()).qos(q).await?;
-    let mut messages = conn.messages();
-    let payload = vec![0x5a_u8; payload];
-    let mut out = Vec::with_capacity(trips);
+    let mut client = Trips::open(port, variant, window, q, payload, run).await?;
     let trips_done = async {
-        for i in 0..crate::LATENCY_WARMUP + trips {
-            let t0 = Instant::now();
-            let publish = conn
-                .publish(topic.as_str(), payload.clone())
-                .qos(q)
-                .into_future();
+        client.warm_up().await?;
+        let mut out = Vec::with_capacity(trips);
+        for _ in 0..trips {
+            out.push(client.trip().await?);
+        }
+        Ok::<_, BoxError>(out)
+    };
+    let out = tokio::time::timeout(crate::latency_budget(trips), trips_done)
+        .await
+        .map_err(|_| "latency run timed out")??;
+    client.close().await?;
+    Ok(out)
+}
+
+/// A connection subscribed to its own topic, for round trips one at a time.
+pub struct Trips {
+    conn: aiomqtt::Connection,
+    messages: aiomqtt::Messages,
+    topic: String,
+    q: QoS,
+    payload: Vec<u8>,
+}
+
+impl Trips {
+    pub async fn open(
+        port: u16,
+        variant: Variant,
+        window: usize,
+        q: u8,
+        payload: usize,
+        run: u64,
+    ) -> Result<Trips, BoxError> {
+        let topic = format!("bench/{run}");
+        let q = qos(q);
+        let conn = client(port, &format!("bench-{run}-lat"), variant, window)?
+            .connect()
+            .await?;
+        conn.subscribe(topic.as_str()).qos(q).await?;
+        let messages = conn.messages();
+        Ok(Trips {
+            conn,
+            messages,
+            topic,
+            q,
+            payload: vec![0x5a_u8; payload],
+        })
+    }
+
+    /// The unmeasured round trips.
+    pub async fn warm_up(&mut self) -> Result<(), BoxError> {
+        for _ in 0..crate::LATENCY_WARMUP {
+            self.trip().await?;
+        }
+        Ok(())
+    }
+
+    /// One round trip in the task that reads the stream: the publish awaited, then the
+    /// message (with `--joined`, both polled together).
+    pub async fn trip(&mut self) -> Result<Duration, BoxError> {
+        let t0 = Instant::now();
+        let publish = self
+            .conn
+            .publish(self.topic.as_str(), self.payload.clone())
+            .qos(self.q)
+            .into_future();
+        let messages = &mut self.messages;
+        let (message, t1) = if crate::joined() {
             let receive = async {
                 let message = messages.next().await;
                 (message, Instant::now())
             };
-            let (sent, (message, t1)) = futures::join!(publish, receive);
+            let (sent, received) = futures::join!(publish, receive);
             sent?;
-            match message {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(BoxError::from(e)),
-                None => return Err("the message stream ended".into()),
-            }
-            if i >= crate::LATENCY_WARMUP {
-                out.push(t1 - t0);
-            }
+            received
+        } else {
+            publish.await?;
+            let message = messages.next().await;
+            (message, Instant::now())
+        };
+        match message {
+            Some(Ok(_)) => Ok(t1 - t0),
+            Some(Err(e)) => Err(BoxError::from(e)),
+            None => Err("the message stream ended".into()),
         }
+    }
+
+    pub async fn close(self) -> Result<(), BoxError> {
+        drop(self.messages);
+        self.conn.disconnect().await?;
         Ok(())
-    };
-    tokio::time::timeout(crate::latency_budget(trips), trips_done)
-        .await
-        .map_err(|_| "latency run timed out")??;
-    drop(messages);
-    conn.disconnect().await?;
-    Ok(out)
+    }
 }
 
 /// The memory child's subscriber: never reads; reports the queue's length.

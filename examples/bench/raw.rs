@@ -177,6 +177,7 @@ pub async fn throughput(
     })
 }
 
+/// `trips` round trips on one connection: publish, receive the own message.
 pub async fn latency(
     port: u16,
     variant: Variant,
@@ -186,36 +187,95 @@ pub async fn latency(
     trips: usize,
     run: u64,
 ) -> Result<Vec<Duration>, BoxError> {
-    let topic = format!("bench/{run}");
-    let q = i32::from(q);
-    let mut cli = paho::AsyncClient::new(create(port, &format!("bench-{run}-lat"), variant))?;
-    let stream = cli.get_stream(None);
-    cli.connect(connect_options(variant, window)).await?;
-    cli.subscribe(topic.as_str(), q).await?;
-    let payload = vec![0x5a_u8; payload];
-    let mut out = Vec::with_capacity(trips);
+    let mut client = Trips::open(port, variant, window, q, payload, run).await?;
     let trips_done = async {
-        for i in 0..crate::LATENCY_WARMUP + trips {
-            let t0 = Instant::now();
-            let token = cli.publish(paho::Message::new(topic.as_str(), payload.clone(), q));
-            let message = stream.recv().await;
-            let t1 = Instant::now();
-            token.await?;
-            match message {
-                Ok(Some(_)) => {}
-                _ => return Err(BoxError::from("the message stream ended")),
-            }
-            if i >= crate::LATENCY_WARMUP {
-                out.push(t1 - t0);
-            }
+        client.warm_up().await?;
+        let mut out = Vec::with_capacity(trips);
+        for _ in 0..trips {
+            out.push(client.trip().await?);
         }
-        Ok(())
+        Ok::<_, BoxError>(out)
     };
-    tokio::time::timeout(crate::latency_budget(trips), trips_done)
+    let out = tokio::time::timeout(crate::latency_budget(trips), trips_done)
         .await
         .map_err(|_| "latency run timed out")??;
-    close(vec![cli]).await?;
+    client.close().await?;
     Ok(out)
+}
+
+/// A connection subscribed to its own topic, for round trips one at a time.
+pub struct Trips {
+    cli: paho::AsyncClient,
+    stream: paho::AsyncReceiver<Option<paho::Message>>,
+    topic: String,
+    q: i32,
+    payload: Vec<u8>,
+}
+
+impl Trips {
+    pub async fn open(
+        port: u16,
+        variant: Variant,
+        window: usize,
+        q: u8,
+        payload: usize,
+        run: u64,
+    ) -> Result<Trips, BoxError> {
+        let topic = format!("bench/{run}");
+        let q = i32::from(q);
+        let mut cli = paho::AsyncClient::new(create(port, &format!("bench-{run}-lat"), variant))?;
+        let stream = cli.get_stream(None);
+        cli.connect(connect_options(variant, window)).await?;
+        cli.subscribe(topic.as_str(), q).await?;
+        Ok(Trips {
+            cli,
+            stream,
+            topic,
+            q,
+            payload: vec![0x5a_u8; payload],
+        })
+    }
+
+    /// The unmeasured round trips.
+    pub async fn warm_up(&mut self) -> Result<(), BoxError> {
+        for _ in 0..crate::LATENCY_WARMUP {
+            self.trip().await?;
+        }
+        Ok(())
+    }
+
+    /// One round trip in the task that reads the stream: the publish's token awaited,
+    /// then the message (with `--joined`, both polled together).
+    pub async fn trip(&mut self) -> Result<Duration, BoxError> {
+        let t0 = Instant::now();
+        let token = self.cli.publish(paho::Message::new(
+            self.topic.as_str(),
+            self.payload.clone(),
+            self.q,
+        ));
+        let stream = &self.stream;
+        let (message, t1) = if crate::joined() {
+            let receive = async {
+                let message = stream.recv().await;
+                (message, Instant::now())
+            };
+            let (sent, received) = futures::join!(token, receive);
+            sent?;
+            received
+        } else {
+            token.await?;
+            let message = stream.recv().await;
+            (message, Instant::now())
+        };
+        match message {
+            Ok(Some(_)) => Ok(t1 - t0),
+            _ => Err(BoxError::from("the message stream ended")),
+        }
+    }
+
+    pub async fn close(self) -> Result<(), BoxError> {
+        close(vec![self.cli]).await
+    }
 }
 
 /// The memory child's subscriber on raw paho: `get_stream(None)`, never read.
