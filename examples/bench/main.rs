@@ -584,7 +584,7 @@ async fn throughput(
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
 /// Round trips per turn when the clients of a latency run take turns.
-const LATENCY_TURN: usize = 50;
+pub const LATENCY_TURN: usize = 50;
 
 /// A latency client of either kind.
 enum Trips {

@@ -121,25 +121,55 @@ pub async fn run(cfg: &Config, port: u16, window: usize) -> Result<(), BoxError>
             }
         }
         for (i, &qos) in crate::LATENCY_QOS.iter().enumerate() {
+            // The links connected at once, taking turns (as in the main latency runs).
+            let mut clients = Vec::new();
             for l in order {
                 LINK.store(l as u8, Ordering::Relaxed);
                 let run = crate::next_run();
-                let mut samples = ours::latency(
+                let t = ours::Trips::open(
                     port,
                     Variant::OursTuned,
                     window,
                     qos,
                     crate::LATENCY_PAYLOAD,
-                    cfg.trips,
                     run,
                 )
                 .await?;
-                tokio::time::sleep(crate::SETTLE).await;
-                samples.sort();
-                let us = |d: Duration| d.as_secs_f64() * 1e6;
+                clients.push((l, t));
+            }
+            let mut samples: Vec<Vec<Duration>> = LINKS.iter().map(|_| Vec::new()).collect();
+            let turns = async {
+                for (_, c) in clients.iter_mut() {
+                    c.warm_up().await?;
+                }
+                for turn in 0..cfg.trips.div_ceil(crate::LATENCY_TURN) {
+                    let n = crate::LATENCY_TURN.min(cfg.trips - turn * crate::LATENCY_TURN);
+                    let count = clients.len();
+                    for k in 0..count {
+                        let (l, c) = &mut clients[(turn + k) % count];
+                        for _ in 0..n {
+                            samples[*l].push(c.trip().await?);
+                        }
+                    }
+                }
+                Ok::<_, BoxError>(())
+            };
+            tokio::time::timeout(crate::latency_budget(cfg.trips * LINKS.len()), turns)
+                .await
+                .map_err(|_| "latency run timed out")??;
+            for (_, c) in clients {
+                c.close().await?;
+            }
+            tokio::time::sleep(crate::SETTLE).await;
+            let us = |d: Duration| d.as_secs_f64() * 1e6;
+            for (l, mut s) in samples.into_iter().enumerate() {
+                if s.is_empty() {
+                    continue;
+                }
+                s.sort();
                 let c = &mut lat[i][l];
-                c.p50.push(us(percentile(&samples, 50.0)));
-                c.p99.push(us(percentile(&samples, 99.0)));
+                c.p50.push(us(percentile(&s, 50.0)));
+                c.p99.push(us(percentile(&s, 99.0)));
             }
         }
     }

@@ -39,7 +39,8 @@
 //! - **Writes Paho would leave waiting.** Paho continues a partly written packet, and
 //!   sends the commands queued behind it, only when its threads wake (up to a second
 //!   later). While a QoS 0 or large publish is pending the [pump] wakes them every
-//!   millisecond: large messages move at link speed, QoS 0 streams never stall.
+//!   millisecond (not for one that completes at once): large messages move at link
+//!   speed, QoS 0 streams never stall.
 //! - **QoS 0 completions Paho loses** (a report of a write in parts names the wrong
 //!   command when the next one starts in between): a later QoS 0 completion of the same
 //!   client completes the earlier publishes it proves written ([registry]).
@@ -113,6 +114,10 @@ pub(crate) struct ConnectInfo {
     pub(crate) properties: Option<Properties>,
 }
 
+/// Something the facade keeps alive while a publish is in the engine's hands: dropped when
+/// the command completes, fails or is swept, not when its caller stops waiting.
+pub(crate) type Hold = Box<dyn Send>;
+
 /// What the layers above call on an engine: the Paho engine, or a fake one in the unit
 /// tests of the facade's own state machines. Calls return at once; their effects are
 /// awaited through the returned [`Call`] (or future).
@@ -123,7 +128,8 @@ pub(crate) trait Driver: Send + Sync + 'static {
         clean: bool,
         deadline: Instant,
     ) -> Pin<Box<dyn Future<Output = Result<ConnectInfo, Error>> + Send + '_>>;
-    /// Queues a PUBLISH (properties already checked for the packet).
+    /// Queues a PUBLISH (properties already checked for the packet); `hold` lives as long
+    /// as the command.
     fn publish(
         &self,
         topic: Topic,
@@ -131,6 +137,7 @@ pub(crate) trait Driver: Send + Sync + 'static {
         qos: QoS,
         retain: bool,
         props: Option<&Properties>,
+        hold: Option<Hold>,
     ) -> Call;
     /// Queues a SUBSCRIBE for every filter.
     fn subscribe(
@@ -497,15 +504,16 @@ impl Engine {
         qos: QoS,
         retain: bool,
         props: Option<CProps>,
+        hold: Option<Hold>,
     ) -> Call {
         self.call(move |inner| {
             // A QoS 1/2 publish whose write fails at a loss is resent on resume when the
             // session outlives the link: its call then waits for that (see registry).
             let resumable = qos != QoS::AtMostOnce && inner.client_options.keeps_session();
             let (key, rx) = if qos == QoS::AtMostOnce {
-                registry::register_qos0(inner.id, payload.len())
+                registry::register_qos0(inner.id, payload.len(), hold)
             } else {
-                registry::register_publish(inner.id, payload.len(), resumable)
+                registry::register_publish(inner.id, payload.len(), resumable, hold)
             };
             let m = paho::Outgoing {
                 topic: topic.as_str(),
@@ -654,9 +662,10 @@ impl Driver for Engine {
         qos: QoS,
         retain: bool,
         props: Option<&Properties>,
+        hold: Option<Hold>,
     ) -> Call {
         match c_props(props) {
-            Ok(props) => self.publish_c(topic, payload, qos, retain, props),
+            Ok(props) => self.publish_c(topic, payload, qos, retain, props, hold),
             Err(e) => Call::failed(e),
         }
     }

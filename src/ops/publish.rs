@@ -92,8 +92,10 @@ impl Publish {
         let result = super::run(
             &session,
             timeout,
-            Kind::Publish,
-            move |engine| engine.publish(topic, payload.0, qos, retain, properties.as_deref()),
+            Kind::Publish(qos),
+            move |engine, hold| {
+                engine.publish(topic, payload.0, qos, retain, properties.as_deref(), hold)
+            },
             crate::engine::publish_result,
         )
         .await;

@@ -14,11 +14,11 @@ use futures::stream::FuturesUnordered;
 
 const T: Duration = Duration::from_secs(30);
 
-/// Publishes `n` QoS 1 messages at once through a proxy to a paused broker and
-/// returns how many PUBLISH packets the client put on the wire.
-async fn publishes_on_the_wire(window: Option<u16>, n: usize) -> usize {
-    let expected = window.map_or(20, usize::from);
-    publishes_on_the_wire_to(Broker::start(), ProtocolVersion::V311, window, n, expected).await
+/// Publishes `n` messages at `qos` at once through a proxy to a paused broker (3.1.1)
+/// and returns how many PUBLISH packets the client put on the wire.
+async fn publishes_on_the_wire(window: Option<u16>, qos: QoS, n: usize, expected: usize) -> usize {
+    let broker = Broker::start();
+    publishes_on_the_wire_to(broker, ProtocolVersion::V311, window, qos, n, expected).await
 }
 
 /// The same, over `protocol` to `broker`, waiting for `expected` PUBLISH packets.
@@ -26,6 +26,7 @@ async fn publishes_on_the_wire_to(
     mut broker: Broker,
     protocol: ProtocolVersion,
     window: Option<u16>,
+    qos: QoS,
     n: usize,
     expected: usize,
 ) -> usize {
@@ -39,15 +40,16 @@ async fn publishes_on_the_wire_to(
     let conn = b.build().unwrap().connect().await.unwrap();
     broker.pause();
     let topic = unique_topic("window");
-    let mut calls: FuturesUnordered<_> = (0..n)
-        .map(|i| conn.publish(&topic, i).qos(QoS::AtLeastOnce).into_future())
+    let calls: Vec<_> = (0..n)
+        .map(|i| conn.publish(&topic, i).qos(qos).into_future())
         .collect();
-    // Every call is handed to the engine when first polled; the engine sends as many as
-    // its window allows. Wait for the window to be on the wire (an event), then let a
-    // call try once more: nothing beyond the window may follow. (A window that were not
+    // The calls run in a task of their own, which hands each to the engine (in turns:
+    // tokio's budget lets a task take ~128 locks per poll); the engine sends as many as
+    // its window allows. Wait for the window to be on the wire (an event), then give the
+    // rest time to follow: nothing beyond the window may. (A window that were not
     // enforced would send the rest within microseconds; this settling time can only make
     // the test pass wrongly, never fail wrongly.)
-    let _ = futures::poll!(calls.next());
+    let all = tokio::spawn(futures::future::join_all(calls));
     proxy
         .wait_for(
             Direction::ClientToBroker,
@@ -56,10 +58,10 @@ async fn publishes_on_the_wire_to(
             Duration::from_secs(10),
         )
         .await;
-    let _ = tokio::time::timeout(Duration::from_millis(300), calls.next()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let sent = proxy.count(Direction::ClientToBroker, PacketType::Publish);
     broker.resume();
-    while let Some(result) = calls.next().await {
+    for result in all.await.unwrap() {
         result.unwrap();
     }
     assert_eq!(
@@ -72,9 +74,91 @@ async fn publishes_on_the_wire_to(
 #[tokio::test(flavor = "multi_thread")]
 async fn inflight_window_is_enforced_on_the_wire() {
     with_timeout(T, async {
-        assert_eq!(publishes_on_the_wire(Some(5), 30).await, 5);
-        // The default window is 20 (Mosquitto's own default).
-        assert_eq!(publishes_on_the_wire(None, 30).await, 20);
+        let (qos1, qos2) = (QoS::AtLeastOnce, QoS::ExactlyOnce);
+        assert_eq!(publishes_on_the_wire(Some(5), qos1, 30, 5).await, 5);
+        assert_eq!(publishes_on_the_wire(Some(5), qos2, 30, 5).await, 5);
+        // By default 20 QoS 2 publishes (Mosquitto's own default window) and no bound on
+        // QoS 1 ones (see `the_v311_default_window_bounds_only_qos2`).
+        assert_eq!(publishes_on_the_wire(None, qos2, 60, 20).await, 20);
+        assert_eq!(publishes_on_the_wire(None, qos1, 300, 300).await, 300);
+    })
+    .await;
+}
+
+/// The payload of a 3.1.1 PUBLISH at QoS 1 or 2 seen by the proxy, as text.
+fn publish_payload(p: &Packet) -> String {
+    let topic_len = usize::from(u16::from_be_bytes([p.body[0], p.body[1]]));
+    String::from_utf8_lossy(&p.body[2 + topic_len + 2..]).into_owned()
+}
+
+/// On MQTT 3.1.1 the default window bounds QoS 2 publishes (20) and not QoS 1 ones, and
+/// publishes leave in the order of the calls. Against a Mosquitto with its default window
+/// (`max_inflight_messages 20`), a mixed burst of 600 calls at once — a QoS 2 call after
+/// every two QoS 1 ones — is delivered whole, each message once, on one connection, the
+/// PUBLISH packets on the wire in call order.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_v311_default_window_bounds_only_qos2() {
+    with_timeout(T, async {
+        let broker = Broker::builder()
+            .max_inflight_messages(20)
+            .max_queued_messages(0)
+            .start();
+        let proxy = FaultProxy::start(broker.port()).await;
+        let topic = unique_topic("mixed_burst");
+        let watcher = connect_on(broker.port(), ProtocolVersion::V311).await;
+        watcher
+            .subscribe((topic.as_str(), QoS::ExactlyOnce))
+            .await
+            .unwrap();
+        let mut inbox = watcher.messages();
+        let conn = Client::builder("127.0.0.1")
+            .port(proxy.port())
+            .build()
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        const N: usize = 600;
+        let qos = |i: usize| {
+            if i % 3 == 2 {
+                QoS::ExactlyOnce
+            } else {
+                QoS::AtLeastOnce
+            }
+        };
+        let calls = (0..N).map(|i| {
+            conn.publish(&topic, i.to_string())
+                .qos(qos(i))
+                .into_future()
+        });
+        for (i, result) in futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            result.unwrap_or_else(|e| panic!("call {i} ({:?}): {e}", qos(i)));
+        }
+        let mut seen = vec![0u32; N];
+        for received in 0..N {
+            let message = tokio::time::timeout(Duration::from_secs(10), inbox.next())
+                .await
+                .unwrap_or_else(|_| panic!("{received} of {N} messages arrived"))
+                .expect("the stream is open")
+                .expect("a message");
+            let i: usize = message.payload_str().unwrap().parse().unwrap();
+            seen[i] += 1;
+        }
+        let more = tokio::time::timeout(Duration::from_millis(300), inbox.next()).await;
+        assert!(more.is_err(), "a message came twice: {more:?}");
+        assert!(seen.iter().all(|&n| n == 1), "each message once: {seen:?}");
+        assert_eq!(proxy.connections(), 1, "the broker dropped the connection");
+        let wire: Vec<String> = proxy
+            .packets(Direction::ClientToBroker, PacketType::Publish)
+            .iter()
+            .map(publish_payload)
+            .collect();
+        let calls: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+        assert_eq!(wire, calls, "PUBLISH packets not in call order");
     })
     .await;
 }
@@ -88,20 +172,20 @@ async fn the_v5_window_is_the_brokers_receive_maximum_by_default() {
         let announcing = || Broker::builder().max_inflight_messages(50).start();
         let v5 = ProtocolVersion::V5;
         assert_eq!(
-            publishes_on_the_wire_to(announcing(), v5, None, 120, 50).await,
+            publishes_on_the_wire_to(announcing(), v5, None, QoS::AtLeastOnce, 120, 50).await,
             50
         );
         assert_eq!(
-            publishes_on_the_wire_to(announcing(), v5, Some(5), 30, 5).await,
+            publishes_on_the_wire_to(announcing(), v5, Some(5), QoS::AtLeastOnce, 30, 5).await,
             5
         );
         assert_eq!(
-            publishes_on_the_wire_to(announcing(), v5, Some(80), 120, 50).await,
+            publishes_on_the_wire_to(announcing(), v5, Some(80), QoS::AtLeastOnce, 120, 50).await,
             50
         );
         let unlimited = Broker::builder().max_inflight_messages(0).start();
         assert_eq!(
-            publishes_on_the_wire_to(unlimited, v5, None, 300, 300).await,
+            publishes_on_the_wire_to(unlimited, v5, None, QoS::AtLeastOnce, 300, 300).await,
             300
         );
     })
