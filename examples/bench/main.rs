@@ -603,11 +603,12 @@ impl Trips {
         })
     }
 
+    /// The unmeasured round trips.
     async fn warm_up(&mut self) -> Result<(), BoxError> {
-        match self {
-            Trips::Ours(t) => t.warm_up().await,
-            Trips::Raw(t) => t.warm_up().await,
+        for _ in 0..LATENCY_WARMUP {
+            self.trip().await?;
         }
+        Ok(())
     }
 
     async fn trip(&mut self) -> Result<Duration, BoxError> {
@@ -623,6 +624,31 @@ impl Trips {
             Trips::Raw(t) => t.close().await,
         }
     }
+}
+
+/// `trips` round trips at `qos` on one connection of `variant`, alone: publish, receive
+/// the own message.
+pub async fn latency_alone(
+    port: u16,
+    variant: Variant,
+    window: usize,
+    qos: u8,
+    trips: usize,
+) -> Result<Vec<Duration>, BoxError> {
+    let mut client = Trips::open(port, variant, window, qos).await?;
+    let trips_done = async {
+        client.warm_up().await?;
+        let mut out = Vec::with_capacity(trips);
+        for _ in 0..trips {
+            out.push(client.trip().await?);
+        }
+        Ok::<_, BoxError>(out)
+    };
+    let out = tokio::time::timeout(latency_budget(trips), trips_done)
+        .await
+        .map_err(|_| "latency run timed out")??;
+    client.close().await?;
+    Ok(out)
 }
 
 /// `trips` round trips at `qos` for each of `variants`, every client connected at once

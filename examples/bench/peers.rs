@@ -154,8 +154,8 @@ async fn latency(
     let run = crate::next_run();
     let p = crate::LATENCY_PAYLOAD;
     let samples = match peer {
-        Peer::Ours => ours::latency(port, Variant::OursTuned, window, qos, p, trips, run).await,
-        Peer::Paho => raw::latency(port, Variant::RawTuned, window, qos, p, trips, run).await,
+        Peer::Ours => crate::latency_alone(port, Variant::OursTuned, window, qos, trips).await,
+        Peer::Paho => crate::latency_alone(port, Variant::RawTuned, window, qos, trips).await,
         Peer::Rumqttc => tokio::time::timeout(
             crate::latency_budget(trips),
             peer_rumqttc::latency(port, window, qos, p, trips, run),

@@ -177,32 +177,6 @@ pub async fn throughput(
     })
 }
 
-/// `trips` round trips on one connection: publish, receive the own message.
-pub async fn latency(
-    port: u16,
-    variant: Variant,
-    window: usize,
-    q: u8,
-    payload: usize,
-    trips: usize,
-    run: u64,
-) -> Result<Vec<Duration>, BoxError> {
-    let mut client = Trips::open(port, variant, window, q, payload, run).await?;
-    let trips_done = async {
-        client.warm_up().await?;
-        let mut out = Vec::with_capacity(trips);
-        for _ in 0..trips {
-            out.push(client.trip().await?);
-        }
-        Ok::<_, BoxError>(out)
-    };
-    let out = tokio::time::timeout(crate::latency_budget(trips), trips_done)
-        .await
-        .map_err(|_| "latency run timed out")??;
-    client.close().await?;
-    Ok(out)
-}
-
 /// A connection subscribed to its own topic, for round trips one at a time.
 pub struct Trips {
     cli: paho::AsyncClient,
@@ -234,14 +208,6 @@ impl Trips {
             q,
             payload: vec![0x5a_u8; payload],
         })
-    }
-
-    /// The unmeasured round trips.
-    pub async fn warm_up(&mut self) -> Result<(), BoxError> {
-        for _ in 0..crate::LATENCY_WARMUP {
-            self.trip().await?;
-        }
-        Ok(())
     }
 
     /// One round trip in the task that reads the stream: the publish's token awaited,

@@ -140,7 +140,9 @@ pub async fn run(cfg: &Config, port: u16, window: usize) -> Result<(), BoxError>
             let mut samples: Vec<Vec<Duration>> = LINKS.iter().map(|_| Vec::new()).collect();
             let turns = async {
                 for (_, c) in clients.iter_mut() {
-                    c.warm_up().await?;
+                    for _ in 0..crate::LATENCY_WARMUP {
+                        c.trip().await?;
+                    }
                 }
                 for turn in 0..cfg.trips.div_ceil(crate::LATENCY_TURN) {
                     let n = crate::LATENCY_TURN.min(cfg.trips - turn * crate::LATENCY_TURN);
