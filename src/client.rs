@@ -246,7 +246,7 @@ impl Client {
         if let Some(slot) = &self.shared.lock().slot {
             return Ok(slot.clone());
         }
-        let router = Arc::new(Router::new(&self.shared.options));
+        let router = Arc::new(Router::default());
         #[cfg(test)]
         {
             let fake = self

@@ -350,30 +350,21 @@ impl fmt::Debug for TlsContext {
     }
 }
 
-/// The default bound on QoS 2 publishes in flight on MQTT 3.1.1. Mosquitto's own default
+/// The default in-flight window on MQTT 3.1.1. Mosquitto's own default
 /// `max_inflight_messages` is 20, and a 3.1.1 QoS 2 burst beyond the broker's window is
-/// silently lost or ends the connection (ENGINE.md hazard 5): 3.1.1 has no way to
-/// announce a window. QoS 1 publishes are not bounded by default: a broker acknowledges
-/// them as they come (Mosquitto does not count them against its window), see
-/// `flow::the_v311_default_window_bounds_only_qos2`.
-pub(crate) const DEFAULT_QOS2_WINDOW_V311: u16 = 20;
+/// silently lost (ENGINE.md hazard 5): 3.1.1 has no way to announce a window, so the
+/// client never opens a wider one unless asked.
+pub(crate) const DEFAULT_MAX_INFLIGHT: u16 = 20;
 
 impl Options {
-    /// The in-flight window handed to the engine. By default the largest one: on MQTT 5
-    /// Paho C lowers it to the Receive Maximum of each CONNACK (`MQTTAsync_receiveThread`;
-    /// a broker that sends none allows 65,535); on MQTT 3.1.1 the facade bounds QoS 2
-    /// publishes itself ([`Options::qos2_window`]).
+    /// The in-flight window handed to the engine. On MQTT 5 the default is the largest
+    /// one: Paho C lowers it to the Receive Maximum of each CONNACK
+    /// (`MQTTAsync_receiveThread`), and a broker that sends none allows 65,535.
     pub(crate) fn window(&self) -> u16 {
-        self.max_inflight_messages.unwrap_or(u16::MAX)
-    }
-
-    /// The facade's own bound on QoS 2 publishes in the engine's hands: MQTT 3.1.1 without
-    /// a window set by the user.
-    pub(crate) fn qos2_window(&self) -> Option<u16> {
-        match (self.max_inflight_messages, self.protocol) {
-            (None, crate::ProtocolVersion::V5) | (Some(_), _) => None,
-            (None, _) => Some(DEFAULT_QOS2_WINDOW_V311),
-        }
+        self.max_inflight_messages.unwrap_or(match self.protocol {
+            crate::ProtocolVersion::V5 => u16::MAX,
+            _ => DEFAULT_MAX_INFLIGHT,
+        })
     }
 
     fn new(hostname: String) -> Self {
@@ -632,13 +623,11 @@ impl ClientBuilder {
     }
     /// The window of unacknowledged QoS 1/2 messages. By default: on MQTT 5 the broker's
     /// Receive Maximum (the window it announces in CONNACK); on MQTT 3.1.1, which
-    /// announces none, 20 QoS 2 publishes (Mosquitto's own default window) and no bound
-    /// on QoS 1 ones, publishes leaving in the order of the calls.
+    /// announces none, 20 (Mosquitto's own default).
     ///
     /// On MQTT 3.1.1 keep it at or below the broker's window: beyond it the broker
-    /// loses QoS 2 messages of a burst or drops the connection. A window set here bounds
-    /// QoS 1 and 2 together. On MQTT 5 a value above the broker's Receive Maximum is
-    /// lowered to it.
+    /// loses QoS 2 messages of a burst or drops the connection. On MQTT 5 a value above
+    /// the broker's Receive Maximum is lowered to it.
     pub fn max_inflight_messages(mut self, max: u16) -> Self {
         self.options.max_inflight_messages = Some(max);
         self

@@ -88,13 +88,6 @@ pub(crate) struct Session {
     router: Arc<Router>,
 }
 
-impl Session {
-    /// The publish gate of this connection's engine, if the facade bounds QoS 2 itself.
-    pub(crate) fn publish_gate(&self) -> Option<&PublishGate> {
-        self.router.gate.as_ref()
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section here is a few assignments: a poisoned lock is consistent.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -368,55 +361,12 @@ impl Session {
 
 /// Routes the engine's callbacks to the current session of a client. One per engine;
 /// sessions attach on `connect()` and detach when they end.
+#[derive(Default)]
 pub(crate) struct Router {
     current: Mutex<Option<Arc<Session>>>,
-    /// The facade's publish gate, when it bounds QoS 2 publishes itself.
-    gate: Option<PublishGate>,
-}
-
-/// On MQTT 3.1.1 with the default window ([`Options::qos2_window`]): publishes reach the
-/// engine in the order of the calls, and a QoS 2 one only while fewer than the bound are
-/// in the engine's hands; QoS 0 and 1 ones wait only for their turn. One per engine, as
-/// an engine window is: a persistent session's QoS 2 messages stay counted across
-/// connections until they complete.
-pub(crate) struct PublishGate {
-    order: Arc<tokio::sync::Mutex<()>>,
-    qos2: Arc<Semaphore>,
-}
-
-/// A publish's turn at the gate: held until the engine has the command.
-pub(crate) type Turn = tokio::sync::OwnedMutexGuard<()>;
-
-impl PublishGate {
-    /// Waits for the turn of a publish at `qos`; for QoS 2 also for room in the bound,
-    /// returned as the hold that goes with the command.
-    pub(crate) async fn admit(
-        &self,
-        qos: crate::QoS,
-    ) -> Result<(Turn, Option<crate::engine::Hold>), Error> {
-        let turn = self.order.clone().lock_owned().await;
-        if qos != crate::QoS::ExactlyOnce {
-            return Ok((turn, None));
-        }
-        match self.qos2.clone().acquire_owned().await {
-            Ok(permit) => Ok((turn, Some(Box::new(permit)))),
-            // The semaphore is never closed.
-            Err(_) => Err(Error::NotConnected),
-        }
-    }
 }
 
 impl Router {
-    pub(crate) fn new(options: &Options) -> Router {
-        Router {
-            current: Mutex::new(None),
-            gate: options.qos2_window().map(|n| PublishGate {
-                order: Arc::new(tokio::sync::Mutex::new(())),
-                qos2: Arc::new(Semaphore::new(usize::from(n))),
-            }),
-        }
-    }
-
     pub(crate) fn attach(&self, session: Arc<Session>) {
         *lock(&self.current) = Some(session);
     }

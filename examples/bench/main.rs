@@ -57,8 +57,7 @@ pub enum Variant {
     OursTuned,
     /// Raw paho: `max_inflight(window)`, `max_buffered_messages` lifted.
     RawTuned,
-    /// This crate with default options (on 3.1.1: 20 QoS 2 publishes in flight, QoS 1
-    /// unbounded).
+    /// This crate with default options (window 20 on 3.1.1).
     OursDefault,
     /// Raw paho with default options (max_inflight 65535, max_buffered 100).
     RawDefault,

@@ -137,7 +137,6 @@ impl Driver for FakeEngine {
         qos: QoS,
         _retain: bool,
         _props: Option<&Properties>,
-        _hold: Option<super::Hold>,
     ) -> Call {
         self.record(Command::Publish {
             topic: topic.into_string(),

@@ -114,10 +114,6 @@ pub(crate) struct ConnectInfo {
     pub(crate) properties: Option<Properties>,
 }
 
-/// Something the facade keeps alive while a publish is in the engine's hands: dropped when
-/// the command completes, fails or is swept, not when its caller stops waiting.
-pub(crate) type Hold = Box<dyn Send>;
-
 /// What the layers above call on an engine: the Paho engine, or a fake one in the unit
 /// tests of the facade's own state machines. Calls return at once; their effects are
 /// awaited through the returned [`Call`] (or future).
@@ -128,8 +124,7 @@ pub(crate) trait Driver: Send + Sync + 'static {
         clean: bool,
         deadline: Instant,
     ) -> Pin<Box<dyn Future<Output = Result<ConnectInfo, Error>> + Send + '_>>;
-    /// Queues a PUBLISH (properties already checked for the packet); `hold` lives as long
-    /// as the command.
+    /// Queues a PUBLISH (properties already checked for the packet).
     fn publish(
         &self,
         topic: Topic,
@@ -137,7 +132,6 @@ pub(crate) trait Driver: Send + Sync + 'static {
         qos: QoS,
         retain: bool,
         props: Option<&Properties>,
-        hold: Option<Hold>,
     ) -> Call;
     /// Queues a SUBSCRIBE for every filter.
     fn subscribe(
@@ -504,16 +498,15 @@ impl Engine {
         qos: QoS,
         retain: bool,
         props: Option<CProps>,
-        hold: Option<Hold>,
     ) -> Call {
         self.call(move |inner| {
             // A QoS 1/2 publish whose write fails at a loss is resent on resume when the
             // session outlives the link: its call then waits for that (see registry).
             let resumable = qos != QoS::AtMostOnce && inner.client_options.keeps_session();
             let (key, rx) = if qos == QoS::AtMostOnce {
-                registry::register_qos0(inner.id, payload.len(), hold)
+                registry::register_qos0(inner.id, payload.len())
             } else {
-                registry::register_publish(inner.id, payload.len(), resumable, hold)
+                registry::register_publish(inner.id, payload.len(), resumable)
             };
             let m = paho::Outgoing {
                 topic: topic.as_str(),
@@ -662,10 +655,9 @@ impl Driver for Engine {
         qos: QoS,
         retain: bool,
         props: Option<&Properties>,
-        hold: Option<Hold>,
     ) -> Call {
         match c_props(props) {
-            Ok(props) => self.publish_c(topic, payload, qos, retain, props, hold),
+            Ok(props) => self.publish_c(topic, payload, qos, retain, props),
             Err(e) => Call::failed(e),
         }
     }

@@ -73,8 +73,6 @@ struct Entry {
     qos0_before: Option<u64>,
     /// The QoS 0 publish is in [`QOS0_TAKEN`].
     qos0_queued: bool,
-    /// The facade's, for as long as the command lives.
-    _hold: Option<super::Hold>,
 }
 
 /// What a QoS 1/2 publish's failure callback needs to know (see [`write_failed`]).
@@ -126,23 +124,18 @@ fn shard(
 
 /// Registers a command of `engine` before it is handed to Paho.
 pub(crate) fn register(engine: u64) -> (Key, oneshot::Receiver<Reply>) {
-    insert(engine, None, None, None, None)
+    insert(engine, None, None, None)
 }
 
 /// Registers a QoS 0 publish of `engine` of `payload_len` bytes before it is handed to
 /// Paho; [`qos0_sent`] once Paho took it.
-pub(crate) fn register_qos0(
-    engine: u64,
-    payload_len: usize,
-    hold: Option<super::Hold>,
-) -> (Key, oneshot::Receiver<Reply>) {
+pub(crate) fn register_qos0(engine: u64, payload_len: usize) -> (Key, oneshot::Receiver<Reply>) {
     let before = QOS0_SEQ.load(Ordering::Acquire);
     insert(
         engine,
         None,
         pump::for_publish(true, payload_len),
         Some(before),
-        hold,
     )
 }
 
@@ -152,7 +145,6 @@ pub(crate) fn register_publish(
     engine: u64,
     payload_len: usize,
     resumable: bool,
-    hold: Option<super::Hold>,
 ) -> (Key, oneshot::Receiver<Reply>) {
     insert(
         engine,
@@ -164,7 +156,6 @@ pub(crate) fn register_publish(
         }),
         pump::for_publish(false, payload_len),
         None,
-        hold,
     )
 }
 
@@ -173,7 +164,6 @@ fn insert(
     publish: Option<Publish>,
     pump: Option<pump::Active>,
     qos0_before: Option<u64>,
-    hold: Option<super::Hold>,
 ) -> (Key, oneshot::Receiver<Reply>) {
     let (tx, rx) = oneshot::channel();
     let key = loop {
@@ -191,7 +181,6 @@ fn insert(
             _pump: pump,
             qos0_before,
             qos0_queued: false,
-            _hold: hold,
         },
     );
     (key, rx)
@@ -488,11 +477,11 @@ mod tests {
     #[test]
     fn a_parked_publish_completes_on_delivery_or_fails_with_its_session() {
         // The write fails before the sender knows the packet id, then learns it.
-        let (a, mut a_rx) = register_publish(10, 5, true, None);
+        let (a, mut a_rx) = register_publish(10, 5, true);
         assert_eq!(write_failed(a, 0), WriteFailed::Parked { payload_len: 5 });
         sent(a, 7);
         // The write fails with the packet id known.
-        let (b, mut b_rx) = register_publish(10, 6, true, None);
+        let (b, mut b_rx) = register_publish(10, 6, true);
         sent(b, 8);
         assert_eq!(write_failed(b, 8), WriteFailed::Parked { payload_len: 6 });
         assert!(a_rx.try_recv().is_err() && b_rx.try_recv().is_err());
@@ -508,7 +497,7 @@ mod tests {
 
     #[test]
     fn a_publish_of_a_clean_session_is_not_parked() {
-        let (key, _rx) = register_publish(12, 3, false, None);
+        let (key, _rx) = register_publish(12, 3, false);
         assert_eq!(write_failed(key, 0), WriteFailed::Fail { payload_len: 3 });
         let (qos0, _rx0) = register(12);
         assert_eq!(write_failed(qos0, 0), WriteFailed::Unknown);
@@ -518,11 +507,11 @@ mod tests {
     fn a_lost_qos0_completion_is_made_good_by_a_later_one() {
         let done = || Reply::Done(Response::default());
         // a and b taken by Paho one after the other; Paho reports only b.
-        let (a, mut a_rx) = register_qos0(20, 10, None);
+        let (a, mut a_rx) = register_qos0(20, 10);
         qos0_sent(20, a);
-        let (b, mut b_rx) = register_qos0(20, 10, None);
+        let (b, mut b_rx) = register_qos0(20, 10);
         qos0_sent(20, b);
-        let (other, mut other_rx) = register_qos0(21, 10, None);
+        let (other, mut other_rx) = register_qos0(21, 10);
         qos0_sent(21, other);
         complete(b, done());
         assert!(matches!(a_rx.try_recv(), Ok(Reply::Done(_))));
@@ -534,8 +523,8 @@ mod tests {
 
         // d taken by Paho after c was registered: their order in Paho is unknown, so c's
         // completion does not vouch for d.
-        let (c, mut c_rx) = register_qos0(20, 10, None);
-        let (d, mut d_rx) = register_qos0(20, 10, None);
+        let (c, mut c_rx) = register_qos0(20, 10);
+        let (d, mut d_rx) = register_qos0(20, 10);
         qos0_sent(20, d);
         qos0_sent(20, c);
         complete(c, done());
@@ -543,12 +532,12 @@ mod tests {
         assert!(d_rx.try_recv().is_err());
 
         // A failure vouches for nothing; a completion before `qos0_sent` is tracked no more.
-        let (e, mut e_rx) = register_qos0(20, 10, None);
+        let (e, mut e_rx) = register_qos0(20, 10);
         qos0_sent(20, e);
         complete(d, Reply::Failed(Failure::code(-1)));
         assert!(matches!(d_rx.try_recv(), Ok(Reply::Failed(_))));
         assert!(e_rx.try_recv().is_err());
-        let (f, _f_rx) = register_qos0(20, 10, None);
+        let (f, _f_rx) = register_qos0(20, 10);
         complete(f, done());
         qos0_sent(20, f);
         complete(e, done());

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::engine::{Abandoned, Call, Driver, Hold, Reply};
+use crate::Error;
+use crate::engine::{Abandoned, Call, Driver, Reply};
 use crate::session::{Session, Subscription};
-use crate::{Error, QoS};
 
 pub use publish::Publish;
 pub use subscribe::{
@@ -23,7 +23,7 @@ pub use unsubscribe::{IntoUnsubscribeFilters, Unsubscribe, UnsubscribeFilters};
 /// What an operation is, for the rules that differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
-    Publish(QoS),
+    Publish,
     Subscribe,
     Unsubscribe,
 }
@@ -42,7 +42,7 @@ pub(crate) async fn run<T>(
     session: &Arc<Session>,
     timeout: Option<Duration>,
     kind: Kind,
-    start: impl FnOnce(&dyn Driver, Option<Hold>) -> Call,
+    start: impl FnOnce(&dyn Driver) -> Call,
     finish: impl FnOnce(Vec<Reply>) -> Result<T, Error>,
 ) -> Result<T, Error> {
     session.check_live()?;
@@ -65,23 +65,10 @@ pub(crate) async fn run<T>(
         return Err(session.ended().await);
     }
     let _pending = session.enter_call();
-    if session.reconnects() && !session.is_up() && !matches!(kind, Kind::Publish(_)) {
+    if session.reconnects() && !session.is_up() && kind != Kind::Publish {
         wait_for_link(session, deadline).await?;
     }
-    // Publishes pass the gate, where there is one, in the order of the calls.
-    let (turn, hold) = match (kind, session.publish_gate()) {
-        (Kind::Publish(qos), Some(gate)) => tokio::select! {
-            admitted = tokio::time::timeout_at(deadline, gate.admit(qos)) => match admitted {
-                Ok(Ok((turn, hold))) => (Some(turn), hold),
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(Error::Timeout),
-            },
-            cause = session.ended() => return Err(cause),
-        },
-        _ => (None, None),
-    };
-    let mut call = start(session.engine.as_ref(), hold);
-    drop(turn);
+    let mut call = start(session.engine.as_ref());
     let fail_at_end = session.calls_fail_at_end();
     let replies = tokio::select! {
         biased;
@@ -89,7 +76,7 @@ pub(crate) async fn run<T>(
             Ok(replies) => replies,
             Err(_) => {
                 return Err(match (call.abandon(), kind) {
-                    (Abandoned::MaybeSent, Kind::Publish(_)) => Error::Unacknowledged,
+                    (Abandoned::MaybeSent, Kind::Publish) => Error::Unacknowledged,
                     _ => Error::Timeout,
                 });
             }

@@ -92,10 +92,8 @@ impl Publish {
         let result = super::run(
             &session,
             timeout,
-            Kind::Publish(qos),
-            move |engine, hold| {
-                engine.publish(topic, payload.0, qos, retain, properties.as_deref(), hold)
-            },
+            Kind::Publish,
+            move |engine| engine.publish(topic, payload.0, qos, retain, properties.as_deref()),
             crate::engine::publish_result,
         )
         .await;

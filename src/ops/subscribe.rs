@@ -261,7 +261,7 @@ impl Subscribe {
             &session,
             self.timeout,
             Kind::Subscribe,
-            move |engine, _| engine.subscribe(filters, props.as_ref()),
+            move |engine| engine.subscribe(filters, props.as_ref()),
             move |replies| crate::engine::subscribe_result(replies, n, v5),
         )
         .await?;

@@ -97,7 +97,7 @@ impl Unsubscribe {
             &session,
             self.timeout,
             Kind::Unsubscribe,
-            move |engine, _| engine.unsubscribe(filters, props.as_ref()),
+            move |engine| engine.unsubscribe(filters, props.as_ref()),
             crate::engine::unsubscribe_result,
         )
         .await?;

@@ -77,10 +77,9 @@ async fn inflight_window_is_enforced_on_the_wire() {
         let (qos1, qos2) = (QoS::AtLeastOnce, QoS::ExactlyOnce);
         assert_eq!(publishes_on_the_wire(Some(5), qos1, 30, 5).await, 5);
         assert_eq!(publishes_on_the_wire(Some(5), qos2, 30, 5).await, 5);
-        // By default 20 QoS 2 publishes (Mosquitto's own default window) and no bound on
-        // QoS 1 ones (see `the_v311_default_window_bounds_only_qos2`).
-        assert_eq!(publishes_on_the_wire(None, qos2, 60, 20).await, 20);
-        assert_eq!(publishes_on_the_wire(None, qos1, 300, 300).await, 300);
+        // The default window is 20 (Mosquitto's own default).
+        assert_eq!(publishes_on_the_wire(None, qos1, 30, 20).await, 20);
+        assert_eq!(publishes_on_the_wire(None, qos2, 30, 20).await, 20);
     })
     .await;
 }
@@ -91,13 +90,14 @@ fn publish_payload(p: &Packet) -> String {
     String::from_utf8_lossy(&p.body[2 + topic_len + 2..]).into_owned()
 }
 
-/// On MQTT 3.1.1 the default window bounds QoS 2 publishes (20) and not QoS 1 ones, and
-/// publishes leave in the order of the calls. Against a Mosquitto with its default window
-/// (`max_inflight_messages 20`), a mixed burst of 600 calls at once — a QoS 2 call after
-/// every two QoS 1 ones — is delivered whole, each message once, on one connection, the
-/// PUBLISH packets on the wire in call order.
+/// On MQTT 3.1.1 the default window (20 QoS 1 and 2 publishes together) is safe against
+/// a Mosquitto with its default window (`max_inflight_messages 20`): a mixed burst of 600
+/// calls at once — a QoS 2 call after every two QoS 1 ones — is delivered whole, each
+/// message once, on one connection, the PUBLISH packets on the wire in call order. (A
+/// default that bounded only QoS 2 publishes lost this connection in 7 of 8 runs: under a
+/// burst Mosquitto counts QoS 1 messages against its window too.)
 #[tokio::test(flavor = "multi_thread")]
-async fn the_v311_default_window_bounds_only_qos2() {
+async fn the_v311_default_window_survives_a_mixed_burst() {
     with_timeout(T, async {
         let broker = Broker::builder()
             .max_inflight_messages(20)

@@ -113,6 +113,10 @@ async fn several_handles_share_one_queue_each_message_delivered_once() {
                         match item {
                             Ok(m) => {
                                 let _ = tx.send((id, text(&m)));
+                                // Work on it: a consumer busy with one message leaves the
+                                // next to the others (under a loaded machine, one task
+                                // that is never descheduled could otherwise take all).
+                                tokio::time::sleep(Duration::from_millis(1)).await;
                             }
                             Err(e) => ending = Some(e),
                         }
