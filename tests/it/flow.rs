@@ -43,9 +43,8 @@ async fn publishes_on_the_wire_to(
     let calls: Vec<_> = (0..n)
         .map(|i| conn.publish(&topic, i).qos(qos).into_future())
         .collect();
-    // The calls run in a task of their own, which hands each to the engine (in turns:
-    // tokio's budget lets a task take ~128 locks per poll); the engine sends as many as
-    // its window allows. Wait for the window to be on the wire (an event), then give the
+    // The calls run in a task of their own, which hands each to the engine when it first
+    // polls it; the engine sends as many as its window allows. Wait for the window to be on the wire (an event), then give the
     // rest time to follow: nothing beyond the window may. (A window that were not
     // enforced would send the rest within microseconds; this settling time can only make
     // the test pass wrongly, never fail wrongly.)
@@ -94,8 +93,7 @@ fn publish_payload(p: &Packet) -> String {
 /// a Mosquitto with its default window (`max_inflight_messages 20`): a mixed burst of 600
 /// calls at once — a QoS 2 call after every two QoS 1 ones — is delivered whole, each
 /// message once, on one connection, the PUBLISH packets on the wire in call order. (A
-/// default that bounded only QoS 2 publishes lost this connection in 7 of 8 runs: under a
-/// burst Mosquitto counts QoS 1 messages against its window too.)
+/// default that bounded only QoS 2 publishes, to 20, lost this connection in 7 of 8 runs.)
 #[tokio::test(flavor = "multi_thread")]
 async fn the_v311_default_window_survives_a_mixed_burst() {
     with_timeout(T, async {
