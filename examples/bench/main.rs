@@ -584,10 +584,19 @@ async fn throughput(
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
 /// Round trips per turn when the clients of a latency run take turns.
-pub const LATENCY_TURN: usize = 50;
+const LATENCY_TURN: usize = 50;
+
+/// The turns of `clients` clients that each make `trips` round trips: (client, round
+/// trips), [`LATENCY_TURN`] at a time, the first to go rotating turn by turn.
+pub fn turns(clients: usize, trips: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..trips.div_ceil(LATENCY_TURN)).flat_map(move |turn| {
+        let n = LATENCY_TURN.min(trips - turn * LATENCY_TURN);
+        (0..clients).map(move |k| ((turn + k) % clients, n))
+    })
+}
 
 /// A latency client of either kind.
-enum Trips {
+pub enum Trips {
     Ours(ours::Trips),
     Raw(raw::Trips),
 }
@@ -603,21 +612,21 @@ impl Trips {
     }
 
     /// The unmeasured round trips.
-    async fn warm_up(&mut self) -> Result<(), BoxError> {
+    pub async fn warm_up(&mut self) -> Result<(), BoxError> {
         for _ in 0..LATENCY_WARMUP {
             self.trip().await?;
         }
         Ok(())
     }
 
-    async fn trip(&mut self) -> Result<Duration, BoxError> {
+    pub async fn trip(&mut self) -> Result<Duration, BoxError> {
         match self {
             Trips::Ours(t) => t.trip().await,
             Trips::Raw(t) => t.trip().await,
         }
     }
 
-    async fn close(self) -> Result<(), BoxError> {
+    pub async fn close(self) -> Result<(), BoxError> {
         match self {
             Trips::Ours(t) => t.close().await,
             Trips::Raw(t) => t.close().await,
@@ -674,18 +683,14 @@ async fn latency(
                 }
             }
         }
-        for turn in 0..trips.div_ceil(LATENCY_TURN) {
-            let n = LATENCY_TURN.min(trips - turn * LATENCY_TURN);
-            for k in 0..clients.len() {
-                let i = (turn + k) % clients.len();
-                let Ok(c) = &mut clients[i] else { continue };
-                for _ in 0..n {
-                    match c.trip().await {
-                        Ok(d) => samples[i].push(d),
-                        Err(e) => {
-                            clients[i] = Err(e);
-                            break;
-                        }
+        for (i, n) in turns(clients.len(), trips) {
+            let Ok(c) = &mut clients[i] else { continue };
+            for _ in 0..n {
+                match c.trip().await {
+                    Ok(d) => samples[i].push(d),
+                    Err(e) => {
+                        clients[i] = Err(e);
+                        break;
                     }
                 }
             }

@@ -135,23 +135,17 @@ pub async fn run(cfg: &Config, port: u16, window: usize) -> Result<(), BoxError>
                     run,
                 )
                 .await?;
-                clients.push((l, t));
+                clients.push((l, crate::Trips::Ours(t)));
             }
             let mut samples: Vec<Vec<Duration>> = LINKS.iter().map(|_| Vec::new()).collect();
             let turns = async {
                 for (_, c) in clients.iter_mut() {
-                    for _ in 0..crate::LATENCY_WARMUP {
-                        c.trip().await?;
-                    }
+                    c.warm_up().await?;
                 }
-                for turn in 0..cfg.trips.div_ceil(crate::LATENCY_TURN) {
-                    let n = crate::LATENCY_TURN.min(cfg.trips - turn * crate::LATENCY_TURN);
-                    let count = clients.len();
-                    for k in 0..count {
-                        let (l, c) = &mut clients[(turn + k) % count];
-                        for _ in 0..n {
-                            samples[*l].push(c.trip().await?);
-                        }
+                for (i, n) in crate::turns(clients.len(), cfg.trips) {
+                    let (l, c) = &mut clients[i];
+                    for _ in 0..n {
+                        samples[*l].push(c.trip().await?);
                     }
                 }
                 Ok::<_, BoxError>(())

@@ -159,6 +159,17 @@ impl Packet {
             *self.body.get(at + 1)?,
         ]))
     }
+    /// PUBLISH payload (after the topic, the packet identifier at QoS > 0 and, on MQTT 5,
+    /// the properties), within [`BODY_CAP`].
+    pub fn payload(&self) -> Option<&[u8]> {
+        if self.kind != PacketType::Publish {
+            return None;
+        }
+        let topic_len = u16::from_be_bytes([*self.body.first()?, *self.body.get(1)?]) as usize;
+        let id_len = if self.qos() > 0 { 2 } else { 0 };
+        let at = self.skip_props(2 + topic_len + id_len)?;
+        self.body.get(at..)
+    }
     /// Offset of what follows the v5 properties that start at `at`.
     fn skip_props(&self, at: usize) -> Option<usize> {
         if !self.is_v5() {
