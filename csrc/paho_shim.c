@@ -16,6 +16,7 @@
  *                                          statically initialised pthread mutexes)
  *   Thread.c:         int  Paho_thread_lock_mutex(mutex_type), Paho_thread_unlock_mutex
  *   Socket.c:         int  Socket_noPendingWrites(SOCKET)
+ *   MQTTAsync.c:      ClientStates* bstate (the version string and the list of clients)
  * The Rust side calls them only when Paho C reports that version.
  */
 
@@ -73,6 +74,45 @@ extern void *socket_mutex __attribute__((weak));
 extern int Paho_thread_lock_mutex(void *mutex) __attribute__((weak));
 extern int Paho_thread_unlock_mutex(void *mutex) __attribute__((weak));
 extern int Socket_noPendingWrites(int socket) __attribute__((weak));
+
+/*
+ * The leading members of Paho C 1.3.16's client structures on Linux (Clients.h:
+ * ClientStates, Clients, networkHandles; MQTTTime.h: START_TIME_TYPE is a struct timeval),
+ * up to the TLS session of a client's connection.
+ */
+struct paho_time {
+	long sec, usec;
+};
+
+struct paho_net {
+	int socket;
+	struct paho_time last_sent, last_received, last_ping;
+	void *ssl;
+	void *ctx;
+};
+
+struct paho_client {
+	char *client_id;
+	const char *username;
+	int password_len;
+	const void *password;
+	unsigned int flags;
+	struct paho_time ping_due_time;
+	struct paho_net net;
+};
+
+struct paho_client_states {
+	const char *version;
+	struct paho_list *clients;
+};
+
+extern struct paho_client_states *bstate __attribute__((weak));
+
+/* OpenSSL (linked for Paho C's TLS and this crate's). */
+extern int SSL_set_fd(void *ssl, int fd) __attribute__((weak));
+/* SSLSocket.c: present only in a Paho C built with TLS, whose networkHandles has the TLS
+ * members mirrored above. */
+extern int SSLSocket_close(void *net) __attribute__((weak));
 
 /* 1 if called, 0 if the symbol is not linked in. */
 int aiomqtt_set_retry_loop_interval(int keepalive)
@@ -215,6 +255,91 @@ int aiomqtt_take_over_socket(int paho_fd, unsigned long long inode, int fd, int 
 	}
 	else
 		rc = 1;
+	Paho_thread_unlock_mutex(socket_mutex);
+	Paho_thread_unlock_mutex(mqttasync_mutex);
+	*old_fd = old;
+	if (rc == -3)
+		errno = saved_errno;
+	return rc;
+}
+
+/* 1 if aiomqtt_take_over_tls can work on this Paho C, 0 if a symbol is missing. */
+int aiomqtt_can_take_over_tls(void)
+{
+#if !defined(__linux__)
+	return 0; /* the structures above are Linux's */
+#endif
+	return aiomqtt_can_take_over_sockets() && &bstate && bstate && bstate->version &&
+		strcmp(bstate->version, "1.3.16") == 0 && SSL_set_fd && SSLSocket_close;
+}
+
+/*
+ * As aiomqtt_take_over_socket, and the connection becomes a TLS one for Paho: `ssl`, a
+ * TLS session established on `fd` whose application data has not been read, is made the
+ * session of the client whose socket is `paho_fd`, reading and writing `paho_fd`.
+ * Paho C then chooses TLS for every read and write of that client (WebSocket.c:
+ * WebSocket_putdatas, WebSocket_getch, WebSocket_getdata test `net->ssl`), under the
+ * same mutexes as for a plain socket, and frees the session when it closes the
+ * connection (MQTTAsyncUtils.c: MQTTAsync_closeOnly calls SSLSocket_close: SSL_shutdown,
+ * SSL_free). On success the caller's reference to `ssl` is Paho's.
+ *
+ * The client is found in Paho's list of clients (under mqttasync_mutex, which guards
+ * it); it must be the only one on `paho_fd` and have no TLS session or context yet, as
+ * a client Paho connected in plain TCP to the private endpoint has.
+ *
+ * Returns as aiomqtt_take_over_socket, and -4 when no such client is found.
+ */
+int aiomqtt_take_over_tls(int paho_fd, unsigned long long inode, int fd, void *ssl, int *old_fd)
+{
+	struct stat st;
+	struct paho_element *e;
+	struct paho_client *client = NULL, *c;
+	int rc, saved_errno = 0, old = -1, found = 0;
+
+	if (!aiomqtt_can_take_over_tls())
+		return -2;
+	Paho_thread_lock_mutex(mqttasync_mutex);
+	Paho_thread_lock_mutex(socket_mutex);
+	if (bstate->clients)
+		for (e = bstate->clients->first; e; e = e->next)
+		{
+			c = e->content;
+			if (c && c->net.socket == paho_fd)
+			{
+				client = c;
+				found++;
+			}
+		}
+	if (fstat(paho_fd, &st) != 0 || !S_ISSOCK(st.st_mode) ||
+		(unsigned long long)st.st_ino != inode)
+		rc = -1;
+	else if (found != 1 || client->net.ssl || client->net.ctx)
+		rc = -4;
+	else if (!Socket_noPendingWrites(paho_fd))
+		rc = 0;
+	else if (SSL_set_fd(ssl, paho_fd) != 1)
+		rc = -4;
+	else if ((old = fcntl(paho_fd, F_DUPFD_CLOEXEC, 0)) == -1)
+	{
+		saved_errno = errno;
+		rc = -3;
+	}
+#if defined(__linux__)
+	else if (dup3(fd, paho_fd, O_CLOEXEC) == -1)
+#else
+	else if (dup2(fd, paho_fd) == -1)
+#endif
+	{
+		saved_errno = errno;
+		close(old);
+		old = -1;
+		rc = -3;
+	}
+	else
+	{
+		client->net.ssl = ssl;
+		rc = 1;
+	}
 	Paho_thread_unlock_mutex(socket_mutex);
 	Paho_thread_unlock_mutex(mqttasync_mutex);
 	*old_fd = old;

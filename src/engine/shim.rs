@@ -20,6 +20,14 @@ unsafe extern "C" {
         fd: std::os::raw::c_int,
         old_fd: *mut std::os::raw::c_int,
     ) -> std::os::raw::c_int;
+    fn aiomqtt_can_take_over_tls() -> std::os::raw::c_int;
+    fn aiomqtt_take_over_tls(
+        paho_fd: std::os::raw::c_int,
+        inode: std::os::raw::c_ulonglong,
+        fd: std::os::raw::c_int,
+        ssl: *mut openssl_sys::SSL,
+        old_fd: *mut std::os::raw::c_int,
+    ) -> std::os::raw::c_int;
 }
 
 /// `true` when the linked Paho C is the one the shim was written for.
@@ -141,6 +149,8 @@ pub(crate) enum TakeOver {
     Unavailable,
     /// `dup2` failed.
     Failed(std::io::Error),
+    /// No single client of Paho's without a TLS session holds the socket (TLS only).
+    NoClient,
 }
 
 /// Makes Paho's socket descriptor `paho_fd`, which must be the socket with inode
@@ -170,6 +180,54 @@ pub(crate) fn take_over_socket(
         0 => TakeOver::WritePending,
         -1 => TakeOver::Gone,
         -3 => TakeOver::Failed(std::io::Error::last_os_error()),
+        _ => TakeOver::Unavailable,
+    }
+}
+
+/// `true` when [`take_over_tls`] can work: the known engine, with its symbols.
+#[allow(unsafe_code)]
+pub(crate) fn can_take_over_tls() -> bool {
+    // SAFETY: reads the addresses and values of statically initialised pointers and
+    // Paho's version string.
+    can_take_over_sockets() && unsafe { aiomqtt_can_take_over_tls() != 0 }
+}
+
+/// As [`take_over_socket`], and `ssl` — a TLS session established on `fd`, none of whose
+/// application data has been read — becomes the TLS session through which Paho reads and
+/// writes the connection (see `csrc/paho_shim.c`). Paho frees the session when it closes
+/// the connection; if it is not taken over, it is dropped here. Blocks as
+/// [`take_over_socket`] does.
+#[allow(unsafe_code)]
+pub(crate) fn take_over_tls(
+    paho_fd: std::os::fd::RawFd,
+    inode: u64,
+    fd: std::os::fd::BorrowedFd<'_>,
+    ssl: openssl::ssl::Ssl,
+) -> TakeOver {
+    use foreign_types::ForeignType;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    if !can_take_over_tls() {
+        return TakeOver::Unavailable;
+    }
+    let ssl = std::mem::ManuallyDrop::new(ssl);
+    let mut old: std::os::raw::c_int = -1;
+    // SAFETY: as for `take_over_socket`; in addition the shim finds the client whose
+    // socket `paho_fd` is in Paho's list (under the mutex that guards it), checks it has
+    // no TLS session, points the session's I/O at `paho_fd` and stores the pointer in
+    // the client. `ssl` is a live session we own one reference to.
+    let rc =
+        unsafe { aiomqtt_take_over_tls(paho_fd, inode, fd.as_raw_fd(), ssl.as_ptr(), &mut old) };
+    if rc != 1 {
+        // Not taken over: our reference is ours to release.
+        drop(std::mem::ManuallyDrop::into_inner(ssl));
+    }
+    match rc {
+        // SAFETY: on success `old` is a new descriptor that nothing else owns.
+        1 if old >= 0 => TakeOver::Done(unsafe { std::os::fd::OwnedFd::from_raw_fd(old) }),
+        0 => TakeOver::WritePending,
+        -1 => TakeOver::Gone,
+        -3 => TakeOver::Failed(std::io::Error::last_os_error()),
+        -4 => TakeOver::NoClient,
         _ => TakeOver::Unavailable,
     }
 }

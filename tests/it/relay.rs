@@ -924,12 +924,46 @@ async fn a_bare_link_is_handed_to_the_engine() {
             .timeout(CLIENT_TIMEOUT)
             .build()
             .unwrap();
+        runs_without_the_relay(&client, broker.port(), "handed").await;
+    })
+    .await;
+}
+
+/// TLS the relay does itself (here: a pinned TLS version) on a bare socket is handed to
+/// the engine with the socket once established: as for a bare link, one socket to the
+/// broker, no private endpoint, and no relay thread per packet; the messages go through
+/// the TLS session (the broker's listener speaks nothing else).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_link_is_handed_to_the_engine() {
+    if let Some(child) = isolated("relay::a_tls_link_is_handed_to_the_engine", CHILD) {
+        child.assert_passed();
+        return;
+    }
+    with_timeout(TEST, async {
+        let broker = Broker::builder().tls().start();
+        let client = tls_builder(broker.tls_port())
+            .tls_params(
+                TlsParams::new()
+                    .ca_certs(&Certs::shared().ca)
+                    .tls_version(TlsVersion::Tls13),
+            )
+            .build()
+            .unwrap();
+        runs_without_the_relay(&client, broker.tls_port(), "handed-tls").await;
+    })
+    .await;
+}
+
+/// Connects `client` (whose broker listens on `port`), checks that the link was handed to
+/// the engine and that 2,000 QoS 1 round trips run without the relay's thread.
+async fn runs_without_the_relay(client: &Client, port: u16, label: &str) {
+    {
         let conn = client.connect().await.unwrap();
-        exchange(&conn, "handed").await;
+        exchange(&conn, label).await;
         let own = sockets::own_tcp();
         let to_broker: Vec<_> = own
             .iter()
-            .filter(|(_, e)| e.remote.port() == broker.port())
+            .filter(|(_, e)| e.remote.port() == port)
             .collect();
         assert_eq!(to_broker.len(), 1, "{own:?}");
         // Every descriptor of it (Paho's and the relay's) is close-on-exec: a child
@@ -958,7 +992,7 @@ async fn a_bare_link_is_handed_to_the_engine() {
             .collect();
         assert!(internal.is_empty(), "{internal:?}");
 
-        let topic = unique_topic("handed-burst");
+        let topic = unique_topic(&format!("{label}-burst"));
         conn.subscribe((topic.as_str(), QoS::AtLeastOnce))
             .await
             .unwrap();
@@ -984,8 +1018,7 @@ async fn a_bare_link_is_handed_to_the_engine() {
         eprintln!("relay thread ran {woken} times over {ROUND_TRIPS} round trips");
         assert!(woken < 100, "the relay thread ran {woken} times");
         conn.disconnect().await.unwrap();
-    })
-    .await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1250,8 +1283,18 @@ enum Link {
     /// Plain TCP dialled by the relay (here: because of `bind_address`) and handed to the
     /// engine.
     Tcp,
+    /// TLS done by the relay (here: because of a pinned version) and handed to the engine
+    /// with the socket.
+    Tls,
     /// A WebSocket.
     Ws,
+}
+
+impl Link {
+    /// Handed to the engine, not carried by the relay.
+    fn handed(self) -> bool {
+        matches!(self, Link::Tcp | Link::Tls)
+    }
 }
 
 /// A broker, a fault proxy in front of the listener `link` needs, and a client through the
@@ -1263,20 +1306,33 @@ async fn behind_fault_proxy(
 ) -> (Broker, FaultProxy, Client) {
     let broker = match link {
         Link::Tcp => Broker::start(),
+        Link::Tls => Broker::builder().tls().start(),
         Link::Ws => Broker::builder().websockets().start(),
     };
     let target = match link {
         Link::Tcp => broker.port(),
+        Link::Tls => broker.tls_port(),
         Link::Ws => broker.ws_port(),
     };
     let proxy = FaultProxy::start(target).await;
-    let b = Client::builder("127.0.0.1")
+    // The broker's certificate names localhost.
+    let host = if link == Link::Tls {
+        "localhost"
+    } else {
+        "127.0.0.1"
+    };
+    let b = Client::builder(host)
         .port(proxy.port())
         .identifier(id)
         .keepalive(keepalive)
         .timeout(CLIENT_TIMEOUT);
     let client = match link {
         Link::Tcp => b.bind_address("127.0.0.1"),
+        Link::Tls => b.tls_params(
+            TlsParams::new()
+                .ca_certs(&Certs::shared().ca)
+                .tls_version(TlsVersion::Tls13),
+        ),
         Link::Ws => b.transport(Transport::WebSockets),
     }
     .build()
@@ -1300,21 +1356,21 @@ async fn broker_side_end(link: Link, reset: bool) {
         .unwrap_err();
     let took = started.elapsed();
     let detail = loss_detail(&err);
-    // A handed-over TCP link: the socket's state after Paho's close says the broker or
-    // the network ended it, not always which way (see `handoff::Held::end`); a carried
-    // one (WebSocket) says exactly.
+    // A handed-over link: the socket's state after Paho's close says the broker or the
+    // network ended it, not always which way (see `handoff::Held::end`); a carried one
+    // (WebSocket) says exactly.
     let ended_by_peer = "the broker or the network ended the connection (closed or reset)";
     if reset {
         assert!(
             (detail.starts_with("the connection to the broker failed:")
                 && detail.contains("reset"))
-                || (link == Link::Tcp && detail == ended_by_peer),
+                || (link.handed() && detail == ended_by_peer),
             "{link:?}: {detail}"
         );
     } else {
         assert!(
             detail == "the broker closed the connection"
-                || (link == Link::Tcp && detail == ended_by_peer),
+                || (link.handed() && detail == ended_by_peer),
             "{link:?}: {detail}"
         );
     }
@@ -1331,6 +1387,11 @@ async fn broker_reset_reaches_the_client_at_once_tcp() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn broker_reset_reaches_the_client_at_once_tls() {
+    with_timeout(TEST, broker_side_end(Link::Tls, true)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn broker_reset_reaches_the_client_at_once_websocket() {
     with_timeout(TEST, broker_side_end(Link::Ws, true)).await;
 }
@@ -1338,6 +1399,11 @@ async fn broker_reset_reaches_the_client_at_once_websocket() {
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_close_reaches_the_client_at_once_tcp() {
     with_timeout(TEST, broker_side_end(Link::Tcp, false)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_close_reaches_the_client_at_once_tls() {
+    with_timeout(TEST, broker_side_end(Link::Tls, false)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1365,6 +1431,11 @@ async fn client_side_close(link: Link) {
 #[tokio::test(flavor = "multi_thread")]
 async fn client_close_closes_the_upstream_tcp() {
     with_timeout(TEST, client_side_close(Link::Tcp)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_close_closes_the_upstream_tls() {
+    with_timeout(TEST, client_side_close(Link::Tls)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1419,6 +1490,11 @@ async fn keepalive_partition(link: Link) {
 #[tokio::test(flavor = "multi_thread")]
 async fn keepalive_detects_a_partition_behind_the_relay_tcp() {
     with_timeout(TEST, keepalive_partition(Link::Tcp)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keepalive_detects_a_partition_behind_the_relay_tls() {
+    with_timeout(TEST, keepalive_partition(Link::Tls)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1494,6 +1570,30 @@ async fn no_leaks_over_100_websocket_connections() {
             .build()
             .unwrap();
         no_leaks_over_cycles(&client, &broker, "websocket").await;
+    })
+    .await;
+}
+
+/// TLS sessions handed to the engine: each is freed by Paho C when it closes the
+/// connection, and nothing of the relay's outlives it.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_leaks_over_100_tls_connections() {
+    if let Some(child) = isolated("relay::no_leaks_over_100_tls_connections", CHILD) {
+        child.assert_passed();
+        report_counts(&child);
+        return;
+    }
+    with_timeout(CYCLES_BOUND, async {
+        let broker = Broker::builder().tls().start();
+        let client = tls_builder(broker.tls_port())
+            .tls_params(
+                TlsParams::new()
+                    .ca_certs(&Certs::shared().ca)
+                    .tls_version(TlsVersion::Tls13),
+            )
+            .build()
+            .unwrap();
+        no_leaks_over_cycles(&client, &broker, "tls").await;
     })
     .await;
 }

@@ -6,11 +6,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use openssl::ssl::{Ssl, SslConnector, SslContext, SslMethod, SslVerifyMode};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use openssl::ssl::{Ssl, SslConnector, SslContext, SslMethod, SslRef, SslVerifyMode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream, UnixStream};
 use tokio_tungstenite::WebSocketStream;
 
+use super::tls_link::TlsLink;
 use crate::options::{CertRequirements, Options, ProxyKind, TlsParams};
 use crate::{Error, TlsErrorKind, TlsVersion, Transport};
 
@@ -22,6 +23,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> ByteStream for T {}
 pub(crate) enum Upstream {
     /// A bare socket carrying MQTT bytes as they are: Paho can take it over.
     Socket(Socket),
+    /// TLS on a bare socket, established on its descriptor: Paho can take both over.
+    Tls(TlsLink),
     /// A link only the relay can carry.
     Stream(Stream),
 }
@@ -47,15 +50,40 @@ impl Socket {
             Socket::Unix(s) => Box::new(s),
         }
     }
+
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Socket::Tcp(s) => s.as_raw_fd(),
+            Socket::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    /// Waits until the socket may be ready for `interest`.
+    pub(crate) async fn ready(&self, interest: Interest) -> std::io::Result<()> {
+        match self {
+            Socket::Tcp(s) => s.ready(interest).await.map(drop),
+            Socket::Unix(s) => s.ready(interest).await.map(drop),
+        }
+    }
+
+    /// Runs `f`, a system call on the socket; readiness for `interest` is cleared when
+    /// it fails with `WouldBlock`.
+    pub(crate) fn try_io<R>(
+        &self,
+        interest: Interest,
+        f: impl FnOnce() -> std::io::Result<R>,
+    ) -> std::io::Result<R> {
+        match self {
+            Socket::Tcp(s) => s.try_io(interest, f),
+            Socket::Unix(s) => s.try_io(interest, f),
+        }
+    }
 }
 
-impl Upstream {
-    /// The link as the pipe carries it.
-    pub(crate) fn into_stream(self) -> Stream {
-        match self {
-            Upstream::Socket(s) => Stream::Bytes(s.boxed()),
-            Upstream::Stream(s) => s,
-        }
+impl From<Socket> for Stream {
+    fn from(socket: Socket) -> Stream {
+        Stream::Bytes(socket.boxed())
     }
 }
 
@@ -102,12 +130,21 @@ pub(crate) async fn dial(o: &Options) -> Result<Upstream, Error> {
     };
     let layered =
         o.tls_params.is_some() || o.tls_context.is_some() || o.transport == Transport::WebSockets;
+    let with_tls = o.tls_params.is_some() || o.tls_context.is_some();
     let stream = match link {
         Ok(socket) if !layered => return Ok(Upstream::Socket(socket)),
+        // TLS on the socket itself, for the engine to take over with it.
+        Ok(socket)
+            if with_tls
+                && o.transport != Transport::WebSockets
+                && super::handoff::tls_available() =>
+        {
+            return tls_on_socket(o, &host, socket).await.map(Upstream::Tls);
+        }
         Ok(socket) => socket.boxed(),
         Err(stream) => stream,
     };
-    let stream = if o.tls_params.is_some() || o.tls_context.is_some() {
+    let stream = if with_tls {
         Box::new(tls(o, &host, stream).await?) as Box<dyn ByteStream>
     } else {
         stream
@@ -432,6 +469,29 @@ async fn tls(
     host: &str,
     stream: Box<dyn ByteStream>,
 ) -> Result<tokio_openssl::SslStream<Box<dyn ByteStream>>, Error> {
+    let ssl = session(o, host)?;
+    let mut tls = tokio_openssl::SslStream::new(ssl, stream).map_err(tls_setup)?;
+    if let Err(e) = Pin::new(&mut tls).connect().await {
+        let codes: Vec<u64> = e
+            .ssl_error()
+            .map(|s| s.errors().iter().map(|e| e.code()).collect())
+            .unwrap_or_default();
+        return Err(handshake_error(o, host, tls.ssl(), &codes, &e.to_string()));
+    }
+    Ok(tls)
+}
+
+/// The TLS handshake on `socket` itself (see `tls_link`).
+async fn tls_on_socket(o: &Options, host: &str, socket: Socket) -> Result<TlsLink, Error> {
+    let ssl = session(o, host)?;
+    TlsLink::connect(socket, ssl)
+        .await
+        .map_err(|(ssl, failure)| handshake_error(o, host, &ssl, &failure.codes, &failure.detail))
+}
+
+/// A client session of the configured context, for `host` (SNI, and the name or address
+/// the certificate must match when verifying).
+fn session(o: &Options, host: &str) -> Result<Ssl, Error> {
     let context = match (&o.tls_context, &o.tls_params) {
         (Some(ctx), _) => ctx.0.clone(),
         (None, Some(params)) => context_from_params(params)?,
@@ -449,31 +509,30 @@ async fn tls(
             Err(_) => param.set_host(host).map_err(tls_setup)?,
         }
     }
-    let mut tls = tokio_openssl::SslStream::new(ssl, stream).map_err(tls_setup)?;
-    if let Err(e) = Pin::new(&mut tls).connect().await {
-        let addr = format!("{host}:{}", o.port);
-        let verify = tls.ssl().verify_result();
-        if verify.as_raw() != 0 {
-            return Err(Error::tls(
-                super::super::diagnose::verify_kind(verify.as_raw()),
-                format!("{addr}: {}", verify.error_string()),
-            ));
-        }
-        let codes: Vec<u64> = e
-            .ssl_error()
-            .map(|s| s.errors().iter().map(|e| e.code()).collect())
-            .unwrap_or_default();
-        let kind = codes
-            .iter()
-            .find_map(|&c| super::super::diagnose::kind_of(c))
-            .unwrap_or(if tls.ssl().peer_certificate().is_some() {
-                TlsErrorKind::ClientCertificateRejected
-            } else {
-                TlsErrorKind::NotTls
-            });
-        return Err(Error::tls(kind, format!("{addr}: {e}")));
+    Ok(ssl)
+}
+
+/// The error of a failed handshake: a failed verification by its result, otherwise by
+/// OpenSSL's error `codes`; a failure after the server saw our certificate without a
+/// code that says more is the server's refusal of it.
+fn handshake_error(o: &Options, host: &str, ssl: &SslRef, codes: &[u64], detail: &str) -> Error {
+    let addr = format!("{host}:{}", o.port);
+    let verify = ssl.verify_result();
+    if verify.as_raw() != 0 {
+        return Error::tls(
+            super::super::diagnose::verify_kind(verify.as_raw()),
+            format!("{addr}: {}", verify.error_string()),
+        );
     }
-    Ok(tls)
+    let kind = codes
+        .iter()
+        .find_map(|&c| super::super::diagnose::kind_of(c))
+        .unwrap_or(if ssl.peer_certificate().is_some() {
+            TlsErrorKind::ClientCertificateRejected
+        } else {
+            TlsErrorKind::NotTls
+        });
+    Error::tls(kind, format!("{addr}: {detail}"))
 }
 
 /// The WebSocket upgrade (subprotocol `mqtt`, the configured path and headers).

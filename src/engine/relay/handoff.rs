@@ -6,6 +6,12 @@
 //! `csrc/paho_shim.c`), and Paho reads and writes the broker's socket itself: no copies
 //! and no thread wake-ups of ours per packet.
 //!
+//! TLS the relay established on the dialled socket goes over with it (`run_tls`): Paho C
+//! chooses TLS or plain reads and writes per call from its connection's TLS session
+//! (WebSocket.c: `WebSocket_putdatas`, `WebSocket_getch`, `WebSocket_getdata` test
+//! `net->ssl`), so the session is set there under the same locks, and Paho frees it when
+//! it closes the connection.
+//!
 //! What Paho wrote to the endpoint before the swap — its CONNECT at most: it sends nothing
 //! else before the CONNACK, which cannot come before the CONNECT has reached the broker —
 //! is read once the endpoint has acknowledged all of it, and sent on first. The swap
@@ -26,6 +32,7 @@ use tokio::time::Instant;
 use super::dial::Socket;
 use super::endpoint::PeerSocket;
 use super::pipe::{Failure, LinkEnd};
+use super::tls_link::{SslFailure, TlsLink};
 use crate::engine::shim::{self, TakeOver};
 use crate::engine::socket;
 
@@ -35,6 +42,11 @@ const RETRY: Duration = Duration::from_millis(1);
 /// `true` when sockets can be handed to this engine.
 pub(crate) fn available() -> bool {
     cfg!(target_os = "linux") && shim::can_take_over_sockets()
+}
+
+/// `true` when TLS sessions can be handed to this engine with their sockets.
+pub(crate) fn tls_available() -> bool {
+    available() && shim::can_take_over_tls()
 }
 
 /// The relay's own descriptor of a connection handed to Paho.
@@ -66,6 +78,137 @@ pub(crate) async fn run(
     let sender = sender?;
     let early = swapped.early(deadline).await?;
     send_all(&sender, &early, deadline).await
+}
+
+/// As [`run`], for TLS established on the dialled socket: Paho's CONNECT, read whole from
+/// the endpoint, is written through the session first (Paho writes nothing else before
+/// the CONNACK); then Paho's descriptor becomes the dialled socket and the session Paho's
+/// (`shim::take_over_tls`). The relay reads no application data: the broker's answer is
+/// Paho's to read. A write that fails is returned as the TLS failure it is.
+pub(crate) async fn run_tls(
+    mut paho: TcpStream,
+    peer: PeerSocket,
+    mut link: TlsLink,
+    deadline: Instant,
+    keep: impl FnOnce(Held),
+) -> Result<(), Handover> {
+    let connect = tokio::time::timeout_at(deadline, first_packet(&mut paho))
+        .await
+        .map_err(|_| Handover::Other("the engine's CONNECT did not arrive in time".to_owned()))?
+        .map_err(Handover::Other)?;
+    link.await_verdict(deadline).await.map_err(Handover::Tls)?;
+    tokio::time::timeout_at(deadline, link.write_all(&connect))
+        .await
+        .map_err(|_| Handover::Other("the CONNECT could not be written in time".to_owned()))?
+        .map_err(Handover::Tls)?;
+    let (socket, ssl) = link.into_parts();
+    let (fd, tcp): (OwnedFd, bool) = match socket {
+        // tokio hands the socket back non-blocking, as Paho's own sockets are.
+        Socket::Tcp(s) => (
+            s.into_std()
+                .map_err(|e| Handover::Other(e.to_string()))?
+                .into(),
+            true,
+        ),
+        Socket::Unix(s) => (
+            s.into_std()
+                .map_err(|e| Handover::Other(e.to_string()))?
+                .into(),
+            false,
+        ),
+    };
+    let ours = fd.try_clone().map_err(|e| Handover::Other(e.to_string()))?;
+    let took = crate::engine::thread::submit(move || {
+        shim::take_over_tls(peer.fd, peer.inode, ours.as_fd(), ssl)
+    })
+    .map_err(|e| Handover::Other(e.to_string()))?
+    .await
+    .map_err(|_| Handover::Other("the engine thread has stopped".to_owned()))?;
+    let replaced = match took {
+        TakeOver::Done(replaced) => replaced,
+        // The whole CONNECT was read: nothing of Paho's can be pending.
+        TakeOver::WritePending => {
+            return Err(Handover::Other("the engine is still writing".to_owned()));
+        }
+        TakeOver::Gone => {
+            return Err(Handover::Other(
+                "the engine closed its connection first".to_owned(),
+            ));
+        }
+        TakeOver::NoClient => {
+            return Err(Handover::Other(
+                "no client of the engine without TLS holds the connection".to_owned(),
+            ));
+        }
+        TakeOver::Unavailable => {
+            return Err(Handover::Other(
+                "this engine cannot take over TLS".to_owned(),
+            ));
+        }
+        TakeOver::Failed(e) => return Err(Handover::Other(format!("dup: {e}"))),
+    };
+    shim::socket_interrupt();
+    keep(Held { fd, tcp });
+    // Paho sent nothing after its CONNECT; anything it did would be lost.
+    let paho = paho
+        .into_std()
+        .map_err(|e| Handover::Other(e.to_string()))?;
+    let mut rest = Vec::new();
+    drain_available(&paho, &mut rest).map_err(Handover::Other)?;
+    drop(replaced);
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(Handover::Other(format!(
+            "the engine wrote {} bytes after its CONNECT before the handover",
+            rest.len()
+        )))
+    }
+}
+
+/// Why a link could not be handed over.
+#[derive(Debug)]
+pub(crate) enum Handover {
+    /// The TLS layer failed (writing the CONNECT).
+    Tls(SslFailure),
+    Other(String),
+}
+
+/// Reads one whole MQTT packet (the CONNECT) from `paho`.
+async fn first_packet(paho: &mut TcpStream) -> Result<Vec<u8>, String> {
+    use tokio::io::AsyncReadExt;
+    let mut packet = Vec::with_capacity(256);
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(len) = packet_len(&packet)? {
+            if packet.len() >= len {
+                if packet.len() > len {
+                    return Err("the engine wrote more than its CONNECT".to_owned());
+                }
+                return Ok(packet);
+            }
+        }
+        match paho.read(&mut buf).await {
+            Ok(0) => return Err("the engine closed its connection first".to_owned()),
+            Ok(n) => packet.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(format!("reading the engine's CONNECT: {e}")),
+        }
+    }
+}
+
+/// The length of the MQTT packet `bytes` begins with, once its fixed header is complete.
+fn packet_len(bytes: &[u8]) -> Result<Option<usize>, String> {
+    let mut remaining = 0usize;
+    for (i, &b) in bytes.iter().skip(1).take(4).enumerate() {
+        remaining |= usize::from(b & 0x7F) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(Some(1 + (i + 1) + remaining));
+        }
+    }
+    if bytes.len() > 4 {
+        return Err("the engine's first packet has a malformed length".to_owned());
+    }
+    Ok(None)
 }
 
 /// For a link the relay carries: makes Paho's end of `paho` one end of a new Unix socket
@@ -129,6 +272,7 @@ async fn swap(
                 return Err("this engine cannot take over sockets".to_owned());
             }
             TakeOver::Failed(e) => return Err(format!("dup: {e}")),
+            TakeOver::NoClient => return Err("no client of the engine holds it".to_owned()),
         }
     };
     // Paho's receive thread may sleep in poll() on the replaced connection: wake it, so

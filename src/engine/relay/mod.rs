@@ -13,8 +13,10 @@
 //!
 //! A link that is a bare socket (no TLS or WebSocket layer of ours) is handed to Paho
 //! once it is dialled (`handoff`): Paho then reads and writes the broker's socket itself,
-//! at the cost of a direct connection. The others are carried by the relay's thread
-//! (`pipe`), both ways.
+//! at the cost of a direct connection. So is TLS of ours on a bare socket, established on
+//! the socket's descriptor (`tls_link`): Paho gets the TLS session with the socket. The
+//! others (WebSockets, and TLS over an HTTP proxy that sent the broker's first bytes with
+//! its answer) are carried by the relay's thread (`pipe`), both ways.
 //!
 //! Every failure of the dial is reported before Paho is involved, precisely; how the link
 //! ended is known exactly (the broker closed it, it was reset, or the engine closed it:
@@ -26,6 +28,7 @@ mod handoff;
 mod pipe;
 mod runtime;
 mod sockopt;
+mod tls_link;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -234,40 +237,65 @@ async fn serve_once(
             continue;
         };
         drop(listener);
-        match upstream {
+        let carried = match upstream {
             dial::Upstream::Socket(socket) if handoff::available() => {
                 let keep = |held| *lock(&link.handed) = Handed::Held(held);
-                match handoff::run(stream, paho, socket, deadline, keep).await {
+                if let Err(detail) = handoff::run(stream, paho, socket, deadline, keep).await {
+                    log::warn!(
+                        target: "aiomqtt::engine",
+                        "could not hand the link to {} to the engine: {detail}",
+                        link.address
+                    );
+                }
+                return;
+            }
+            dial::Upstream::Tls(tls) => {
+                let keep = |held| *lock(&link.handed) = Handed::Held(held);
+                match handoff::run_tls(stream, paho, tls, deadline, keep).await {
                     Ok(()) => {}
-                    Err(detail) => {
+                    Err(handoff::Handover::Tls(failure)) => {
+                        let tls = failure
+                            .codes
+                            .iter()
+                            .find_map(|&c| super::diagnose::kind_of(c));
+                        pipe::record(
+                            &link.end,
+                            LinkEnd::Failed(pipe::Failure {
+                                detail: failure.detail,
+                                tls,
+                            }),
+                        );
+                    }
+                    Err(handoff::Handover::Other(detail)) => {
                         log::warn!(
                             target: "aiomqtt::engine",
-                            "could not hand the link to {} to the engine: {detail}",
+                            "could not hand the TLS link to {} to the engine: {detail}",
                             link.address
                         );
                     }
                 }
+                return;
             }
-            upstream => {
-                let paho = if handoff::available() {
-                    match handoff::pair(stream, paho, deadline).await {
-                        Ok((end, early)) => pipe::EngineSide::Unix(end, early),
-                        Err(detail) => {
-                            log::warn!(
-                                target: "aiomqtt::engine",
-                                "could not give the engine a socket pair for the link to {}: \
-                                 {detail}",
-                                link.address
-                            );
-                            return;
-                        }
-                    }
-                } else {
-                    pipe::EngineSide::Tcp(stream)
-                };
-                pipe::run(paho, upstream.into_stream(), link.end).await;
+            dial::Upstream::Socket(socket) => pipe::Stream::from(socket),
+            dial::Upstream::Stream(stream) => stream,
+        };
+        let paho = if handoff::available() {
+            match handoff::pair(stream, paho, deadline).await {
+                Ok((end, early)) => pipe::EngineSide::Unix(end, early),
+                Err(detail) => {
+                    log::warn!(
+                        target: "aiomqtt::engine",
+                        "could not give the engine a socket pair for the link to {}: \
+                         {detail}",
+                        link.address
+                    );
+                    return;
+                }
             }
-        }
+        } else {
+            pipe::EngineSide::Tcp(stream)
+        };
+        pipe::run(paho, carried, link.end).await;
         return;
     }
 }

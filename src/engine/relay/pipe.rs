@@ -19,7 +19,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 
-use super::dial::Stream;
+pub(crate) use super::dial::Stream;
 use crate::TlsErrorKind;
 
 /// How a relayed link ended, first cause first.
@@ -87,7 +87,7 @@ impl std::fmt::Display for Failure {
 /// Where a link records its end (one per link).
 pub(crate) type EndSlot = Arc<Mutex<Option<LinkEnd>>>;
 
-fn record(slot: &EndSlot, end: LinkEnd) {
+pub(crate) fn record(slot: &EndSlot, end: LinkEnd) {
     let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
     if s.is_none() {
         *s = Some(end);
