@@ -31,6 +31,8 @@ pub struct Broker {
     /// A TLS listener and the PEM file of the certificate it presents (self-signed, for
     /// 127.0.0.1), when asked for.
     pub tls: Option<(u16, PathBuf)>,
+    /// A WebSocket listener, with the TLS one.
+    pub ws: Option<u16>,
     dir: PathBuf,
 }
 
@@ -113,7 +115,8 @@ pub fn version() -> String {
 }
 
 impl Broker {
-    /// A broker with `max_inflight_messages` set so, and a TLS listener too if `tls`.
+    /// A broker with `max_inflight_messages` set so, and a TLS and a WebSocket listener
+    /// too if `tls`.
     pub fn start(max_inflight: u32, tls: bool) -> Result<Broker, String> {
         if !std::path::Path::new(MOSQUITTO).exists() {
             return Err(format!("{MOSQUITTO} not found (apt-get install mosquitto)"));
@@ -144,6 +147,12 @@ impl Broker {
                 let _ = writeln!(conf, "keyfile {}", key.display());
                 tls_listener = Some((tls_port, cert));
             }
+            let mut ws_listener = None;
+            if tls {
+                let ws_port = free_port().map_err(|e| e.to_string())?;
+                let _ = writeln!(conf, "listener {ws_port} 127.0.0.1\nprotocol websockets");
+                ws_listener = Some(ws_port);
+            }
             conf.push_str("allow_anonymous true\n");
             let conf_path = dir.join("mosquitto.conf");
             std::fs::write(&conf_path, conf).map_err(|e| e.to_string())?;
@@ -165,6 +174,7 @@ impl Broker {
                 child,
                 port,
                 tls: tls_listener,
+                ws: ws_listener,
                 dir,
             };
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -173,7 +183,10 @@ impl Broker {
                     .tls
                     .as_ref()
                     .is_none_or(|(p, _)| TcpStream::connect(("127.0.0.1", *p)).is_ok());
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() && tls_up {
+                let ws_up = broker
+                    .ws
+                    .is_none_or(|p| TcpStream::connect(("127.0.0.1", p)).is_ok());
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() && tls_up && ws_up {
                     return Ok(broker);
                 }
                 if let Ok(Some(status)) = broker.child.try_wait() {

@@ -270,9 +270,10 @@ usage: cargo run --release --example bench -- [options]
                        (join!) instead of awaiting the publish, then the message
   --separate-processes every throughput sample in a child process of its own (its
                        publisher and subscriber, and the CPU counted, are the child's)
-  --relay-cost         only this crate over four links: direct, handed (bind_address), TLS by
-                       Paho C, TLS by the relay; throughput at the --qos/--payload cases and
-                       latency (window: --window, or 100)
+  --relay-cost         only this crate over five links: direct, handed (bind_address), TLS by
+                       Paho C, TLS handed to Paho C, a WebSocket carried by the relay;
+                       throughput at the --qos/--payload cases and latency (window:
+                       --window, or 100)
   --peers              this crate, raw paho-mqtt, rumqttc and libmosquitto's command-line
                        clients in the same rounds: throughput at the --qos/--payload cases,
                        CPU per message, latency (window: --window, or 100)
@@ -1094,6 +1095,9 @@ fn main_with(cfg: Config) -> Result<(), BoxError> {
         let window = cfg.window.unwrap_or(FALLBACK_WINDOW);
         if let Some(tls) = broker.tls.clone() {
             relay_cost::set_tls(tls);
+        }
+        if let Some(ws) = broker.ws {
+            relay_cost::set_ws(ws);
         }
         rt.block_on(async move {
             tokio::spawn(async move { relay_cost::run(&task_cfg, port, window).await }).await

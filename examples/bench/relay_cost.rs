@@ -1,15 +1,19 @@
 //! `--relay-cost`: what a link the facade dials itself costs. The same client (this crate,
-//! tuned window) runs over four links, interleaved in every round:
+//! tuned window) runs over five links, interleaved in every round:
 //!
 //! - `direct`: plain TCP, dialled by Paho C;
 //! - `handed`: plain TCP dialled by the facade (selected with `bind_address("127.0.0.1")`,
 //!   which changes nothing else on loopback) and handed to Paho C;
 //! - `tls direct`: TLS done by Paho C (the broker's self-signed certificate);
 //! - `tls handed`: TLS done by the facade (selected by pinning TLS 1.3, the version both
-//!   negotiate anyway) on the socket it dials, handed to Paho C with the socket.
+//!   negotiate anyway) on the socket it dials, handed to Paho C with the socket;
+//! - `ws relay`: a WebSocket, which the relay's thread carries (Paho C's own WebSockets
+//!   cannot serve two connections of a process).
 //!
 //! Throughput at the configured cases, CPU per message (the relay's thread counts in
-//! "rest"), and latency; `handed` is compared with `direct`, `tls handed` with `tls direct`.
+//! "rest"), and latency; `handed` is compared with `direct`, `tls handed` with `tls direct`,
+//! `ws relay` with `direct` (the only WebSocket path; the broker's WebSocket listener counts
+//! in it too).
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -22,7 +26,13 @@ use crate::report::{Cell, median, percentile};
 use crate::{BoxError, Config, Variant, ours};
 
 /// The links, in the order of the tables.
-const LINKS: [Link; 4] = [Link::Direct, Link::Handed, Link::TlsDirect, Link::TlsHanded];
+const LINKS: [Link; 5] = [
+    Link::Direct,
+    Link::Handed,
+    Link::TlsDirect,
+    Link::TlsHanded,
+    Link::WsRelay,
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Link {
@@ -30,6 +40,7 @@ enum Link {
     Handed,
     TlsDirect,
     TlsHanded,
+    WsRelay,
 }
 
 impl Link {
@@ -39,6 +50,7 @@ impl Link {
             Link::Handed => "handed",
             Link::TlsDirect => "tls direct",
             Link::TlsHanded => "tls handed",
+            Link::WsRelay => "ws relay",
         }
     }
 }
@@ -50,6 +62,13 @@ static TLS: OnceLock<(u16, PathBuf)> = OnceLock::new();
 
 pub fn set_tls(tls: (u16, PathBuf)) {
     let _ = TLS.set(tls);
+}
+
+/// The broker's WebSocket port.
+static WS: OnceLock<u16> = OnceLock::new();
+
+pub fn set_ws(port: u16) {
+    let _ = WS.set(port);
 }
 
 fn current() -> Link {
@@ -75,26 +94,30 @@ pub fn link(b: ClientBuilder) -> ClientBuilder {
         Link::Handed => b.bind_address("127.0.0.1"),
         Link::TlsDirect => tls(b, false),
         Link::TlsHanded => tls(b, true),
+        Link::WsRelay => match WS.get() {
+            Some(port) => b.port(*port).transport(aiomqtt::Transport::WebSockets),
+            None => b,
+        },
     }
 }
 
 pub async fn run(cfg: &Config, port: u16, window: usize) -> Result<(), BoxError> {
-    if TLS.get().is_none() {
-        return Err("the benchmark's broker has no TLS listener".into());
+    if TLS.get().is_none() || WS.get().is_none() {
+        return Err("the benchmark's broker has no TLS or WebSocket listener".into());
     }
     let cases = &cfg.cases;
     // [case][link]; latency per QoS.
-    let mut tp: Vec<[Cell; 4]> = cases.iter().map(|_| Default::default()).collect();
-    let mut lat: Vec<[Cell; 4]> = crate::LATENCY_QOS
+    let mut tp: Vec<[Cell; 5]> = cases.iter().map(|_| Default::default()).collect();
+    let mut lat: Vec<[Cell; 5]> = crate::LATENCY_QOS
         .iter()
         .map(|_| Default::default())
         .collect();
     for round in 1..=cfg.rounds {
-        // Alternate which of each pair goes first.
-        let order: [usize; 4] = if round % 2 == 1 {
-            [0, 1, 2, 3]
+        // Alternate which of each pair goes first (and where the WebSocket runs).
+        let order: [usize; 5] = if round % 2 == 1 {
+            [0, 1, 2, 3, 4]
         } else {
-            [1, 0, 3, 2]
+            [4, 1, 0, 3, 2]
         };
         println!("== relay cost, round {round}/{}", cfg.rounds);
         for (i, &case) in cases.iter().enumerate() {
@@ -177,7 +200,7 @@ pub async fn run(cfg: &Config, port: u16, window: usize) -> Result<(), BoxError>
         cfg.messages, cfg.rounds
     );
     println!("Command: `{}`\n", cfg.command);
-    for (base, other) in [(0, 1), (2, 3)] {
+    for (base, other) in [(0, 1), (2, 3), (0, 4)] {
         let (b, o) = (LINKS[base].label(), LINKS[other].label());
         println!(
             "| QoS | payload | {b} msg/s | {o} msg/s | ratio (≥ 0.90) | {b} CPU/msg µs | {o} CPU/msg µs |"

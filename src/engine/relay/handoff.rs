@@ -148,29 +148,40 @@ pub(crate) async fn run_tls(
         TakeOver::Failed(e) => return Err(Handover::Other(format!("dup: {e}"))),
     };
     shim::socket_interrupt();
-    keep(Held { fd, tcp });
-    // Paho sent nothing after its CONNECT; anything it did would be lost.
-    let paho = paho
-        .into_std()
-        .map_err(|e| Handover::Other(e.to_string()))?;
-    let mut rest = Vec::new();
-    drain_available(&paho, &mut rest).map_err(Handover::Other)?;
     drop(replaced);
-    if rest.is_empty() {
-        Ok(())
-    } else {
-        Err(Handover::Other(format!(
-            "the engine wrote {} bytes after its CONNECT before the handover",
+    // Paho writes nothing after its CONNECT until the CONNACK. Had it, those bytes would
+    // be lost: the connection is failed instead.
+    let mut rest = Vec::new();
+    let drained = paho
+        .into_std()
+        .map_err(|e| e.to_string())
+        .and_then(|paho| drain_available(&paho, &mut rest));
+    let outcome = match drained {
+        Ok(()) if rest.is_empty() => Ok(()),
+        Ok(()) => Err(format!(
+            "the engine wrote {} bytes after its CONNECT",
             rest.len()
-        )))
+        )),
+        Err(e) => Err(e),
+    };
+    if outcome.is_err() {
+        // SAFETY: shuts down the open socket `fd`; Paho sees its connection fail.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR);
+        }
     }
+    keep(Held { fd, tcp });
+    outcome.map_err(Handover::Other)
 }
 
 /// Why a link could not be handed over.
 #[derive(Debug)]
 pub(crate) enum Handover {
-    /// The TLS layer failed (writing the CONNECT).
+    /// The TLS layer failed (the broker's verdict on the handshake, or writing the
+    /// CONNECT).
     Tls(SslFailure),
+    /// Anything else, said in words.
     Other(String),
 }
 
@@ -447,5 +458,23 @@ fn peek(fd: &OwnedFd) -> std::io::Result<usize> {
         Err(std::io::Error::last_os_error())
     } else {
         Ok(n.unsigned_abs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::packet_len;
+
+    #[test]
+    fn the_first_packet_length_comes_from_its_fixed_header() {
+        assert_eq!(packet_len(&[]), Ok(None));
+        assert_eq!(packet_len(&[0x10]), Ok(None));
+        // One length byte: 2 bytes of header and 12 of the rest.
+        assert_eq!(packet_len(&[0x10, 0x0c]), Ok(Some(14)));
+        // 200 = 0xC8: two length bytes (0x48 | 0x80, 0x01).
+        assert_eq!(packet_len(&[0x10, 0xC8, 0x01]), Ok(Some(203)));
+        assert_eq!(packet_len(&[0x10, 0xC8]), Ok(None));
+        // Four length bytes, all saying more follows: malformed.
+        assert!(packet_len(&[0x10, 0xFF, 0xFF, 0xFF, 0xFF]).is_err());
     }
 }
