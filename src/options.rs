@@ -644,7 +644,11 @@ impl ClientBuilder {
     }
     /// A ready OpenSSL context (certificates in memory, versions, ciphers, verification
     /// as you set them). The host name is sent (SNI) and verified unless `tls_insecure`
-    /// or the context does not verify. The connection goes through the client's relay.
+    /// or the context does not verify. The connection goes through the client's relay,
+    /// which runs the handshake and then gives the session to Paho C: a callback of the
+    /// context that OpenSSL calls after the handshake (a new-session callback, for a
+    /// session ticket a broker sends late) may then run on a thread of Paho C's that
+    /// every client of the process shares, so it must return at once.
     /// Needs the `tls-context` feature (it makes `openssl` part of this crate's API).
     #[cfg(feature = "tls-context")]
     pub fn tls_context(mut self, context: openssl::ssl::SslContext) -> Self {
