@@ -203,6 +203,40 @@ int aiomqtt_can_take_over_sockets(void)
 }
 
 /*
+ * The replacement itself, with both of Paho's mutexes held: checks that `paho_fd` is the
+ * socket `inode` (-1 if not) without a partly written packet (0 if it has one), keeps a
+ * close-on-exec duplicate of it in `*old_fd` and makes `paho_fd` refer to `fd` (1), or
+ * fails with errno set (-3).
+ */
+static int replace_locked(int paho_fd, unsigned long long inode, int fd, int *old_fd)
+{
+	struct stat st;
+	int old, saved_errno;
+
+	*old_fd = -1;
+	if (fstat(paho_fd, &st) != 0 || !S_ISSOCK(st.st_mode) ||
+		(unsigned long long)st.st_ino != inode)
+		return -1;
+	if (!Socket_noPendingWrites(paho_fd))
+		return 0;
+	if ((old = fcntl(paho_fd, F_DUPFD_CLOEXEC, 0)) == -1)
+		return -3;
+#if defined(__linux__)
+	if (dup3(fd, paho_fd, O_CLOEXEC) == -1)
+#else
+	if (dup2(fd, paho_fd) == -1)
+#endif
+	{
+		saved_errno = errno;
+		close(old);
+		errno = saved_errno;
+		return -3;
+	}
+	*old_fd = old;
+	return 1;
+}
+
+/*
  * Makes Paho's socket descriptor `paho_fd` refer to the connection `fd` refers to, if
  * `paho_fd` still is the socket with inode `inode` and Paho has no partly written packet
  * on it; `*old_fd` is then a new descriptor of the replaced socket, for the caller to
@@ -225,39 +259,16 @@ int aiomqtt_can_take_over_sockets(void)
  */
 int aiomqtt_take_over_socket(int paho_fd, unsigned long long inode, int fd, int *old_fd)
 {
-	struct stat st;
-	int rc, saved_errno = 0, old = -1;
+	int rc, saved_errno = 0;
 
 	if (!aiomqtt_can_take_over_sockets())
 		return -2;
 	Paho_thread_lock_mutex(mqttasync_mutex);
 	Paho_thread_lock_mutex(socket_mutex);
-	if (fstat(paho_fd, &st) != 0 || !S_ISSOCK(st.st_mode) ||
-		(unsigned long long)st.st_ino != inode)
-		rc = -1;
-	else if (!Socket_noPendingWrites(paho_fd))
-		rc = 0;
-	else if ((old = fcntl(paho_fd, F_DUPFD_CLOEXEC, 0)) == -1)
-	{
-		saved_errno = errno;
-		rc = -3;
-	}
-#if defined(__linux__)
-	else if (dup3(fd, paho_fd, O_CLOEXEC) == -1)
-#else
-	else if (dup2(fd, paho_fd) == -1)
-#endif
-	{
-		saved_errno = errno;
-		close(old);
-		old = -1;
-		rc = -3;
-	}
-	else
-		rc = 1;
+	rc = replace_locked(paho_fd, inode, fd, old_fd);
+	saved_errno = errno;
 	Paho_thread_unlock_mutex(socket_mutex);
 	Paho_thread_unlock_mutex(mqttasync_mutex);
-	*old_fd = old;
 	if (rc == -3)
 		errno = saved_errno;
 	return rc;
@@ -291,11 +302,11 @@ int aiomqtt_can_take_over_tls(void)
  */
 int aiomqtt_take_over_tls(int paho_fd, unsigned long long inode, int fd, void *ssl, int *old_fd)
 {
-	struct stat st;
 	struct paho_element *e;
 	struct paho_client *client = NULL, *c;
-	int rc, saved_errno = 0, old = -1, found = 0;
+	int rc, saved_errno = 0, found = 0;
 
+	*old_fd = -1;
 	if (!aiomqtt_can_take_over_tls())
 		return -2;
 	Paho_thread_lock_mutex(mqttasync_mutex);
@@ -310,39 +321,16 @@ int aiomqtt_take_over_tls(int paho_fd, unsigned long long inode, int fd, void *s
 				found++;
 			}
 		}
-	if (fstat(paho_fd, &st) != 0 || !S_ISSOCK(st.st_mode) ||
-		(unsigned long long)st.st_ino != inode)
-		rc = -1;
-	else if (found != 1 || client->net.ssl || client->net.ctx)
+	if (found != 1 || client->net.ssl || client->net.ctx)
 		rc = -4;
-	else if (!Socket_noPendingWrites(paho_fd))
-		rc = 0;
+	/* Only the session's own I/O changes: nothing of Paho's uses it yet. */
 	else if (SSL_set_fd(ssl, paho_fd) != 1)
 		rc = -4;
-	else if ((old = fcntl(paho_fd, F_DUPFD_CLOEXEC, 0)) == -1)
-	{
-		saved_errno = errno;
-		rc = -3;
-	}
-#if defined(__linux__)
-	else if (dup3(fd, paho_fd, O_CLOEXEC) == -1)
-#else
-	else if (dup2(fd, paho_fd) == -1)
-#endif
-	{
-		saved_errno = errno;
-		close(old);
-		old = -1;
-		rc = -3;
-	}
-	else
-	{
+	else if ((rc = replace_locked(paho_fd, inode, fd, old_fd)) == 1)
 		client->net.ssl = ssl;
-		rc = 1;
-	}
+	saved_errno = errno;
 	Paho_thread_unlock_mutex(socket_mutex);
 	Paho_thread_unlock_mutex(mqttasync_mutex);
-	*old_fd = old;
 	if (rc == -3)
 		errno = saved_errno;
 	return rc;

@@ -603,6 +603,13 @@ async fn socks5_resolves_host_names_at_the_proxy() {
 // ---------------------------------------------------------------------------------------------
 // 4. TLS done by the relay.
 
+/// TLS through the relay: the test CA, TLS 1.3 pinned.
+fn pinned_tls13() -> TlsParams {
+    TlsParams::new()
+        .ca_certs(&Certs::shared().ca)
+        .tls_version(TlsVersion::Tls13)
+}
+
 fn tls_builder(port: u16) -> ClientBuilder {
     Client::builder("localhost")
         .port(port)
@@ -942,11 +949,7 @@ async fn a_tls_link_is_handed_to_the_engine() {
     with_timeout(TEST, async {
         let broker = Broker::builder().tls().start();
         let client = tls_builder(broker.tls_port())
-            .tls_params(
-                TlsParams::new()
-                    .ca_certs(&Certs::shared().ca)
-                    .tls_version(TlsVersion::Tls13),
-            )
+            .tls_params(pinned_tls13())
             .build()
             .unwrap();
         runs_without_the_relay(&client, broker.tls_port(), "handed-tls").await;
@@ -1328,11 +1331,7 @@ async fn behind_fault_proxy(
         .timeout(CLIENT_TIMEOUT);
     let client = match link {
         Link::Tcp => b.bind_address("127.0.0.1"),
-        Link::Tls => b.tls_params(
-            TlsParams::new()
-                .ca_certs(&Certs::shared().ca)
-                .tls_version(TlsVersion::Tls13),
-        ),
+        Link::Tls => b.tls_params(pinned_tls13()),
         Link::Ws => b.transport(Transport::WebSockets),
     }
     .build()
@@ -1586,11 +1585,7 @@ async fn no_leaks_over_100_tls_connections() {
     with_timeout(CYCLES_BOUND, async {
         let broker = Broker::builder().tls().start();
         let client = tls_builder(broker.tls_port())
-            .tls_params(
-                TlsParams::new()
-                    .ca_certs(&Certs::shared().ca)
-                    .tls_version(TlsVersion::Tls13),
-            )
+            .tls_params(pinned_tls13())
             .build()
             .unwrap();
         no_leaks_over_cycles(&client, &broker, "tls").await;

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 
 use super::dial::Socket;
 use super::endpoint::PeerSocket;
-use super::pipe::{Failure, LinkEnd};
+use super::pipe::{self, EndSlot, Failure, LinkEnd};
 use super::tls_link::{SslFailure, TlsLink};
 use crate::engine::shim::{self, TakeOver};
 use crate::engine::socket;
@@ -84,23 +84,40 @@ pub(crate) async fn run(
 /// the endpoint, is written through the session first (Paho writes nothing else before
 /// the CONNACK); then Paho's descriptor becomes the dialled socket and the session Paho's
 /// (`shim::take_over_tls`). The relay reads no application data: the broker's answer is
-/// Paho's to read. A write that fails is returned as the TLS failure it is.
+/// Paho's to read. A failure of the TLS layer (the broker's refusal of the client's
+/// certificate, a failed write) is recorded in `end` while Paho's connection to the
+/// endpoint is still open: the connect's error, made when Paho sees it close, names it.
 pub(crate) async fn run_tls(
     mut paho: TcpStream,
     peer: PeerSocket,
     mut link: TlsLink,
     deadline: Instant,
+    end: &EndSlot,
     keep: impl FnOnce(Held),
 ) -> Result<(), Handover> {
     let connect = tokio::time::timeout_at(deadline, first_packet(&mut paho))
         .await
         .map_err(|_| Handover::Other("the engine's CONNECT did not arrive in time".to_owned()))?
         .map_err(Handover::Other)?;
-    link.await_verdict(deadline).await.map_err(Handover::Tls)?;
+    let failed = |failure: SslFailure| {
+        let tls = failure
+            .codes
+            .iter()
+            .find_map(|&c| crate::engine::diagnose::kind_of(c));
+        pipe::record(
+            end,
+            LinkEnd::Failed(Failure {
+                detail: failure.detail,
+                tls,
+            }),
+        );
+        Handover::Tls
+    };
+    link.await_verdict(deadline).await.map_err(failed)?;
     tokio::time::timeout_at(deadline, link.write_all(&connect))
         .await
         .map_err(|_| Handover::Other("the CONNECT could not be written in time".to_owned()))?
-        .map_err(Handover::Tls)?;
+        .map_err(failed)?;
     let (socket, ssl) = link.into_parts();
     let (fd, tcp): (OwnedFd, bool) = match socket {
         // tokio hands the socket back non-blocking, as Paho's own sockets are.
@@ -179,8 +196,8 @@ pub(crate) async fn run_tls(
 #[derive(Debug)]
 pub(crate) enum Handover {
     /// The TLS layer failed (the broker's verdict on the handshake, or writing the
-    /// CONNECT).
-    Tls(SslFailure),
+    /// CONNECT); recorded as the link's end.
+    Tls,
     /// Anything else, said in words.
     Other(String),
 }

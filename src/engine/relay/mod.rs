@@ -251,21 +251,9 @@ async fn serve_once(
             }
             dial::Upstream::Tls(tls) => {
                 let keep = |held| *lock(&link.handed) = Handed::Held(held);
-                match handoff::run_tls(stream, paho, tls, deadline, keep).await {
-                    Ok(()) => {}
-                    Err(handoff::Handover::Tls(failure)) => {
-                        let tls = failure
-                            .codes
-                            .iter()
-                            .find_map(|&c| super::diagnose::kind_of(c));
-                        pipe::record(
-                            &link.end,
-                            LinkEnd::Failed(pipe::Failure {
-                                detail: failure.detail,
-                                tls,
-                            }),
-                        );
-                    }
+                match handoff::run_tls(stream, paho, tls, deadline, &link.end, keep).await {
+                    // The connect's error says it.
+                    Ok(()) | Err(handoff::Handover::Tls) => {}
                     Err(handoff::Handover::Other(detail)) => {
                         log::warn!(
                             target: "aiomqtt::engine",

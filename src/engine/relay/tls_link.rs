@@ -5,11 +5,13 @@
 //!
 //! Before the handover the relay writes only Paho's CONNECT and reads no application
 //! data: every byte the broker sends in answer is Paho's to read. What a TLS 1.3 server
-//! sends right after the handshake — session tickets, or the alert with which it refuses
-//! the client's certificate, which it checks only then — the relay reads first
-//! ([`TlsLink::await_verdict`]), so that a refusal is the connect's TLS error.
+//! that asked for a client certificate sends right after the handshake — session
+//! tickets, or the alert with which it refuses the certificate, which it checks only
+//! then — the relay reads first ([`TlsLink::await_verdict`]), so that a refusal is the
+//! connect's TLS error.
 
-use std::os::raw::{c_int, c_long};
+use std::os::raw::{c_int, c_long, c_void};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use foreign_types::ForeignType;
@@ -29,6 +31,8 @@ pub(crate) struct TlsLink {
     /// it ended.
     handshake: Duration,
     finished: Instant,
+    /// The server sent a CertificateRequest: it may still refuse the certificate.
+    certificate_requested: bool,
 }
 
 /// Why a TLS operation failed: OpenSSL's packed error codes, and the text to report.
@@ -38,13 +42,50 @@ pub(crate) struct SslFailure {
     pub(crate) detail: String,
 }
 
-// OpenSSL: ssl.h.
+// OpenSSL: ssl.h, tls1.h.
 const SSL_CTRL_CLEAR_MODE: c_int = 78;
+const SSL_CTRL_SET_MSG_CALLBACK_ARG: c_int = 16;
 const SSL_MODE_ENABLE_PARTIAL_WRITE: c_long = 0x1;
+const RECORD_HANDSHAKE: c_int = 22;
+const CERTIFICATE_REQUEST: u8 = 13;
 
-/// How long past a round trip a TLS 1.3 server may take to answer the client's last
-/// handshake flight.
-const VERDICT_SLACK: Duration = Duration::from_millis(5);
+/// What a TLS 1.3 server that asked for a certificate may take, beyond twice the
+/// handshake's duration, to send its verdict on it (a loaded machine included).
+const VERDICT_SLACK: Duration = Duration::from_millis(50);
+
+type MsgCallback =
+    unsafe extern "C" fn(c_int, c_int, c_int, *const c_void, usize, *mut ffi::SSL, *mut c_void);
+
+#[allow(unsafe_code)]
+unsafe extern "C" {
+    // Not bound by openssl-sys.
+    fn SSL_set_msg_callback(ssl: *mut ffi::SSL, cb: Option<MsgCallback>);
+}
+
+/// Notes a CertificateRequest from the server in the `AtomicBool` at `arg`. Set only
+/// while the relay runs the handshake, on its thread.
+#[allow(unsafe_code)]
+unsafe extern "C" fn on_handshake_message(
+    write: c_int,
+    _version: c_int,
+    content_type: c_int,
+    buf: *const c_void,
+    len: usize,
+    _ssl: *mut ffi::SSL,
+    arg: *mut c_void,
+) {
+    if write != 0 || content_type != RECORD_HANDSHAKE || len == 0 || buf.is_null() || arg.is_null()
+    {
+        return;
+    }
+    // SAFETY: OpenSSL passes `len` bytes of a handshake message at `buf`; `arg` is the
+    // flag `TlsLink::connect` keeps alive while the callback is set.
+    unsafe {
+        if *buf.cast::<u8>() == CERTIFICATE_REQUEST {
+            (*arg.cast::<AtomicBool>()).store(true, Ordering::Relaxed);
+        }
+    }
+}
 
 impl TlsLink {
     /// The client handshake of `ssl` (host name and verification already set) on `socket`.
@@ -57,12 +98,22 @@ impl TlsLink {
             ssl,
             handshake: Duration::ZERO,
             finished: started,
+            certificate_requested: false,
         };
-        let ptr = link.ssl.as_ptr();
+        let requested = Box::new(AtomicBool::new(false));
         // SAFETY: `ptr` is the live session we own. A socket BIO on the descriptor, not
         // closing it; Paho C writes whole packets or waits (no partial writes, which a
-        // context made by `SslConnector` enables).
+        // context made by `SslConnector` enables). The message callback's flag outlives
+        // the callback, which is removed below, before the session leaves this function.
         let bio_ok = unsafe {
+            let ptr = link.ssl.as_ptr();
+            SSL_set_msg_callback(ptr, Some(on_handshake_message));
+            ffi::SSL_ctrl(
+                ptr,
+                SSL_CTRL_SET_MSG_CALLBACK_ARG,
+                0,
+                (&*requested as *const AtomicBool).cast_mut().cast(),
+            );
             ffi::SSL_ctrl(
                 ptr,
                 SSL_CTRL_CLEAR_MODE,
@@ -75,15 +126,23 @@ impl TlsLink {
             }
             !bio.is_null()
         };
-        if !bio_ok {
-            let failure = SslFailure::from_stack(ErrorStack::get());
-            return Err((link.ssl, failure));
+        let outcome = if bio_ok {
+            // SAFETY: the session is live and has its socket.
+            link.drive(|p| unsafe { ffi::SSL_connect(p) }).await
+        } else {
+            Err(SslFailure::from_stack(ErrorStack::get()))
+        };
+        // SAFETY: as above; from here on nothing refers to `requested`.
+        unsafe {
+            let ptr = link.ssl.as_ptr();
+            SSL_set_msg_callback(ptr, None);
+            ffi::SSL_ctrl(ptr, SSL_CTRL_SET_MSG_CALLBACK_ARG, 0, std::ptr::null_mut());
         }
-        // SAFETY: the session is live and has its socket.
-        match link.drive(|p| unsafe { ffi::SSL_connect(p) }).await {
+        match outcome {
             Ok(_) => Ok(TlsLink {
                 handshake: started.elapsed(),
                 finished: Instant::now(),
+                certificate_requested: requested.load(Ordering::Relaxed),
                 ..link
             }),
             Err(failure) => Err((link.ssl, failure)),
@@ -105,15 +164,16 @@ impl TlsLink {
         Ok(())
     }
 
-    /// On TLS 1.3, waits (a round trip and [`VERDICT_SLACK`] at most, and not past
-    /// `deadline`) for what the server sends once it has checked the client's last
-    /// handshake flight and reads it ([`Self::read_early_records`]); a server that sends
-    /// nothing then (no session tickets) costs that wait. On earlier versions the
-    /// handshake itself carried the verdict: what has arrived is read, without waiting.
+    /// When a TLS 1.3 server asked for a client certificate, waits (twice the handshake's
+    /// duration and [`VERDICT_SLACK`] at most, and not past `deadline`) for what it sends
+    /// once it has checked the certificate, and reads it ([`Self::read_early_records`]);
+    /// such a server that sends nothing then (no session tickets) costs that wait. Without
+    /// a request, or on earlier versions (whose handshake carries the verdict), what has
+    /// arrived is read without waiting.
     #[allow(unsafe_code)]
     pub(crate) async fn await_verdict(&self, deadline: Instant) -> Result<(), SslFailure> {
-        if self.ssl.version2() == Some(SslVersion::TLS1_3) {
-            let until = deadline.min(self.finished + self.handshake + VERDICT_SLACK);
+        if self.certificate_requested && self.ssl.version2() == Some(SslVersion::TLS1_3) {
+            let until = deadline.min(self.finished + self.handshake * 2 + VERDICT_SLACK);
             let mut poll = libc::pollfd {
                 fd: self.socket.raw_fd(),
                 events: libc::POLLIN,
