@@ -271,7 +271,8 @@ usage: cargo run --release --example bench -- [options]
   --separate-processes every throughput sample in a child process of its own (its
                        publisher and subscriber, and the CPU counted, are the child's)
   --relay-cost         only this crate over five links: direct, handed (bind_address), TLS by
-                       Paho C, TLS handed to Paho C, a WebSocket carried by the relay;
+                       Paho C, TLS handed to Paho C, a WebSocket carried by the relay
+                       (its latency also against raw paho-mqtt's own WebSocket);
                        throughput at the --qos/--payload cases and latency (window:
                        --window, or 100)
   --peers              this crate, raw paho-mqtt, rumqttc and libmosquitto's command-line

@@ -28,8 +28,13 @@ fn version() -> u32 {
 /// which refuses publishes while connected, ENGINE.md 17) to the value this
 /// crate uses; it only counts, so its size costs nothing.
 fn create(port: u16, id: &str, variant: Variant) -> paho::CreateOptions {
+    create_at(&format!("tcp://127.0.0.1:{port}"), id, variant)
+}
+
+/// [`create`] for a server URI of any scheme.
+fn create_at(uri: &str, id: &str, variant: Variant) -> paho::CreateOptions {
     let builder = paho::CreateOptionsBuilder::new()
-        .server_uri(format!("tcp://127.0.0.1:{port}"))
+        .server_uri(uri)
         .client_id(id)
         .persistence(paho::PersistenceType::None)
         .mqtt_version(version());
@@ -195,9 +200,22 @@ impl Trips {
         payload: usize,
         run: u64,
     ) -> Result<Trips, BoxError> {
+        let uri = format!("tcp://127.0.0.1:{port}");
+        Trips::open_at(&uri, variant, window, q, payload, run).await
+    }
+
+    /// [`Trips::open`] at a server URI of any scheme (`ws://` for Paho C's WebSockets).
+    pub async fn open_at(
+        uri: &str,
+        variant: Variant,
+        window: usize,
+        q: u8,
+        payload: usize,
+        run: u64,
+    ) -> Result<Trips, BoxError> {
         let topic = format!("bench/{run}");
         let q = i32::from(q);
-        let mut cli = paho::AsyncClient::new(create(port, &format!("bench-{run}-lat"), variant))?;
+        let mut cli = paho::AsyncClient::new(create_at(uri, &format!("bench-{run}-lat"), variant))?;
         let stream = cli.get_stream(None);
         cli.connect(connect_options(variant, window)).await?;
         cli.subscribe(topic.as_str(), q).await?;

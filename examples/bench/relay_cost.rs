@@ -12,8 +12,9 @@
 //!
 //! Throughput at the configured cases, CPU per message (the relay's thread counts in
 //! "rest"), and latency; `handed` is compared with `direct`, `tls handed` with `tls direct`,
-//! `ws relay` with `direct` (the only WebSocket path; the broker's WebSocket listener counts
-//! in it too).
+//! `ws relay` with `direct` (the broker's WebSocket listener counts in it too). For latency
+//! only, `ws paho`: raw paho-mqtt with Paho C's own WebSockets, which one connection of the
+//! process may use (a throughput run needs two), compared with `ws relay`.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -67,6 +68,9 @@ pub fn set_tls(tls: (u16, PathBuf)) {
 /// The broker's WebSocket port.
 static WS: OnceLock<u16> = OnceLock::new();
 
+/// Where `ws paho`'s latency goes, after the links'.
+const WS_PAHO: usize = LINKS.len();
+
 pub fn set_ws(port: u16) {
     let _ = WS.set(port);
 }
@@ -108,7 +112,8 @@ pub async fn run(cfg: &Config, port: u16, window: usize) -> Result<(), BoxError>
     let cases = &cfg.cases;
     // [case][link]; latency per QoS.
     let mut tp: Vec<[Cell; 5]> = cases.iter().map(|_| Default::default()).collect();
-    let mut lat: Vec<[Cell; 5]> = crate::LATENCY_QOS
+    // The five links and `ws paho` (latency only).
+    let mut lat: Vec<[Cell; 6]> = crate::LATENCY_QOS
         .iter()
         .map(|_| Default::default())
         .collect();
@@ -160,7 +165,20 @@ pub async fn run(cfg: &Config, port: u16, window: usize) -> Result<(), BoxError>
                 .await?;
                 clients.push((l, crate::Trips::Ours(t)));
             }
-            let mut samples: Vec<Vec<Duration>> = LINKS.iter().map(|_| Vec::new()).collect();
+            if let Some(ws) = WS.get() {
+                let t = crate::raw::Trips::open_at(
+                    &format!("ws://127.0.0.1:{ws}/mqtt"),
+                    Variant::RawTuned,
+                    window,
+                    qos,
+                    crate::LATENCY_PAYLOAD,
+                    crate::next_run(),
+                )
+                .await?;
+                clients.push((WS_PAHO, crate::Trips::Raw(t)));
+            }
+            let mut samples: Vec<Vec<Duration>> = (0..=WS_PAHO).map(|_| Vec::new()).collect();
+            let budget = crate::latency_budget(cfg.trips * clients.len());
             let turns = async {
                 for (_, c) in clients.iter_mut() {
                     c.warm_up().await?;
@@ -173,7 +191,7 @@ pub async fn run(cfg: &Config, port: u16, window: usize) -> Result<(), BoxError>
                 }
                 Ok::<_, BoxError>(())
             };
-            tokio::time::timeout(crate::latency_budget(cfg.trips * LINKS.len()), turns)
+            tokio::time::timeout(budget, turns)
                 .await
                 .map_err(|_| "latency run timed out")??;
             for (_, c) in clients {
@@ -234,6 +252,20 @@ pub async fn run(cfg: &Config, port: u16, window: usize) -> Result<(), BoxError>
         }
         println!();
     }
+    println!("| QoS | ws paho p50 / p99 µs | ws relay p50 / p99 µs | p50 difference µs |");
+    println!("|---|--:|--:|--:|");
+    for (i, qos) in crate::LATENCY_QOS.iter().enumerate() {
+        let (d, r) = (&lat[i][WS_PAHO], &lat[i][4]);
+        println!(
+            "| {qos} | {:.0} / {:.0} | {:.0} / {:.0} | {:+.0} |",
+            m(&d.p50),
+            m(&d.p99),
+            m(&r.p50),
+            m(&r.p99),
+            m(&r.p50) - m(&d.p50)
+        );
+    }
+    println!();
     let _ = Duration::ZERO;
     Ok(())
 }
