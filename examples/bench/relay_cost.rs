@@ -237,25 +237,22 @@ pub async fn run(cfg: &Config, port: u16, window: usize) -> Result<(), BoxError>
                 m(&r.cpu)
             );
         }
-        println!("\n| QoS | {b} p50 / p99 µs | {o} p50 / p99 µs | p50 difference µs (≤ +50) |");
-        println!("|---|--:|--:|--:|");
-        for (i, qos) in crate::LATENCY_QOS.iter().enumerate() {
-            let (d, r) = (&lat[i][base], &lat[i][other]);
-            println!(
-                "| {qos} | {:.0} / {:.0} | {:.0} / {:.0} | {:+.0} |",
-                m(&d.p50),
-                m(&d.p99),
-                m(&r.p50),
-                m(&r.p99),
-                m(&r.p50) - m(&d.p50)
-            );
-        }
         println!();
+        latency_table(&lat, (b, base), (o, other), " (≤ +50)");
     }
-    println!("| QoS | ws paho p50 / p99 µs | ws relay p50 / p99 µs | p50 difference µs |");
+    let ws = LINKS.len() - 1;
+    latency_table(&lat, ("ws paho", WS_PAHO), (LINKS[ws].label(), ws), "");
+    Ok(())
+}
+
+/// Prints the p50 / p99 table of `other` against `base` (label, index in `lat`).
+fn latency_table(lat: &[[Cell; 6]], base: (&str, usize), other: (&str, usize), bound: &str) {
+    let m = |v: &[f64]| median(v.to_vec()).unwrap_or(f64::NAN);
+    let ((b, base), (o, other)) = (base, other);
+    println!("| QoS | {b} p50 / p99 µs | {o} p50 / p99 µs | p50 difference µs{bound} |");
     println!("|---|--:|--:|--:|");
     for (i, qos) in crate::LATENCY_QOS.iter().enumerate() {
-        let (d, r) = (&lat[i][WS_PAHO], &lat[i][4]);
+        let (d, r) = (&lat[i][base], &lat[i][other]);
         println!(
             "| {qos} | {:.0} / {:.0} | {:.0} / {:.0} | {:+.0} |",
             m(&d.p50),
@@ -266,6 +263,4 @@ pub async fn run(cfg: &Config, port: u16, window: usize) -> Result<(), BoxError>
         );
     }
     println!();
-    let _ = Duration::ZERO;
-    Ok(())
 }
