@@ -217,6 +217,8 @@ pub(crate) fn take_over_tls(
     // the client. `ssl` is a live session we own one reference to.
     let rc =
         unsafe { aiomqtt_take_over_tls(paho_fd, inode, fd.as_raw_fd(), ssl.as_ptr(), &mut old) };
+    // Before anything else can change errno (freeing the session below).
+    let os_error = std::io::Error::last_os_error();
     if rc != 1 {
         // Not taken over: our reference is ours to release.
         drop(std::mem::ManuallyDrop::into_inner(ssl));
@@ -226,7 +228,7 @@ pub(crate) fn take_over_tls(
         1 if old >= 0 => TakeOver::Done(unsafe { std::os::fd::OwnedFd::from_raw_fd(old) }),
         0 => TakeOver::WritePending,
         -1 => TakeOver::Gone,
-        -3 => TakeOver::Failed(std::io::Error::last_os_error()),
+        -3 => TakeOver::Failed(os_error),
         -4 => TakeOver::NoClient,
         _ => TakeOver::Unavailable,
     }
