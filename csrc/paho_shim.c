@@ -202,6 +202,26 @@ int aiomqtt_can_take_over_sockets(void)
 		&mqttasync_mutex && &socket_mutex && mqttasync_mutex && socket_mutex;
 }
 
+/* Takes Paho's two socket mutexes in Paho's order (mqttasync_mutex, then socket_mutex, as
+ * MQTTAsync_closeOnly takes them). */
+static void lock_paho(void)
+{
+	Paho_thread_lock_mutex(mqttasync_mutex);
+	Paho_thread_lock_mutex(socket_mutex);
+}
+
+/* Releases what lock_paho took and returns `rc`; errno as it was before, for a -3. */
+static int unlock_paho(int rc)
+{
+	int saved_errno = errno;
+
+	Paho_thread_unlock_mutex(socket_mutex);
+	Paho_thread_unlock_mutex(mqttasync_mutex);
+	if (rc == -3)
+		errno = saved_errno;
+	return rc;
+}
+
 /*
  * The replacement itself, with both of Paho's mutexes held: checks that `paho_fd` is the
  * socket `inode` (-1 if not) without a partly written packet (0 if it has one), keeps a
@@ -259,19 +279,10 @@ static int replace_locked(int paho_fd, unsigned long long inode, int fd, int *ol
  */
 int aiomqtt_take_over_socket(int paho_fd, unsigned long long inode, int fd, int *old_fd)
 {
-	int rc, saved_errno = 0;
-
 	if (!aiomqtt_can_take_over_sockets())
 		return -2;
-	Paho_thread_lock_mutex(mqttasync_mutex);
-	Paho_thread_lock_mutex(socket_mutex);
-	rc = replace_locked(paho_fd, inode, fd, old_fd);
-	saved_errno = errno;
-	Paho_thread_unlock_mutex(socket_mutex);
-	Paho_thread_unlock_mutex(mqttasync_mutex);
-	if (rc == -3)
-		errno = saved_errno;
-	return rc;
+	lock_paho();
+	return unlock_paho(replace_locked(paho_fd, inode, fd, old_fd));
 }
 
 /* 1 if aiomqtt_take_over_tls can work on this Paho C, 0 if a symbol is missing. */
@@ -304,13 +315,12 @@ int aiomqtt_take_over_tls(int paho_fd, unsigned long long inode, int fd, void *s
 {
 	struct paho_element *e;
 	struct paho_client *client = NULL, *c;
-	int rc, saved_errno = 0, found = 0;
+	int rc, found = 0;
 
 	*old_fd = -1;
 	if (!aiomqtt_can_take_over_tls())
 		return -2;
-	Paho_thread_lock_mutex(mqttasync_mutex);
-	Paho_thread_lock_mutex(socket_mutex);
+	lock_paho();
 	if (bstate->clients)
 		for (e = bstate->clients->first; e; e = e->next)
 		{
@@ -328,10 +338,5 @@ int aiomqtt_take_over_tls(int paho_fd, unsigned long long inode, int fd, void *s
 		rc = -4;
 	else if ((rc = replace_locked(paho_fd, inode, fd, old_fd)) == 1)
 		client->net.ssl = ssl;
-	saved_errno = errno;
-	Paho_thread_unlock_mutex(socket_mutex);
-	Paho_thread_unlock_mutex(mqttasync_mutex);
-	if (rc == -3)
-		errno = saved_errno;
-	return rc;
+	return unlock_paho(rc);
 }

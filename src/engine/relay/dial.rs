@@ -128,9 +128,8 @@ pub(crate) async fn dial(o: &Options) -> Result<Upstream, Error> {
             }
         }
     };
-    let layered =
-        o.tls_params.is_some() || o.tls_context.is_some() || o.transport == Transport::WebSockets;
     let with_tls = o.tls_params.is_some() || o.tls_context.is_some();
+    let layered = with_tls || o.transport == Transport::WebSockets;
     let stream = match link {
         Ok(socket) if !layered => return Ok(Upstream::Socket(socket)),
         // TLS on the socket itself, for the engine to take over with it.

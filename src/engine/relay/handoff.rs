@@ -67,11 +67,7 @@ pub(crate) async fn run(
     deadline: Instant,
     keep: impl FnOnce(Held),
 ) -> Result<(), String> {
-    let (fd, tcp): (OwnedFd, bool) = match upstream {
-        // tokio hands the socket back non-blocking, as Paho's own sockets are.
-        Socket::Tcp(s) => (s.into_std().map_err(|e| e.to_string())?.into(), true),
-        Socket::Unix(s) => (s.into_std().map_err(|e| e.to_string())?.into(), false),
-    };
+    let (fd, tcp) = descriptor(upstream)?;
     let swapped = swap(paho, peer, &fd, deadline).await?;
     let sender = fd.try_clone().map_err(|e| e.to_string());
     keep(Held { fd, tcp });
@@ -119,51 +115,14 @@ pub(crate) async fn run_tls(
         .map_err(|_| Handover::Other("the CONNECT could not be written in time".to_owned()))?
         .map_err(failed)?;
     let (socket, ssl) = link.into_parts();
-    let (fd, tcp): (OwnedFd, bool) = match socket {
-        // tokio hands the socket back non-blocking, as Paho's own sockets are.
-        Socket::Tcp(s) => (
-            s.into_std()
-                .map_err(|e| Handover::Other(e.to_string()))?
-                .into(),
-            true,
-        ),
-        Socket::Unix(s) => (
-            s.into_std()
-                .map_err(|e| Handover::Other(e.to_string()))?
-                .into(),
-            false,
-        ),
-    };
+    let (fd, tcp) = descriptor(socket).map_err(Handover::Other)?;
     let ours = fd.try_clone().map_err(|e| Handover::Other(e.to_string()))?;
-    let took = crate::engine::thread::submit(move || {
-        shim::take_over_tls(peer.fd, peer.inode, ours.as_fd(), ssl)
-    })
-    .map_err(|e| Handover::Other(e.to_string()))?
-    .await
-    .map_err(|_| Handover::Other("the engine thread has stopped".to_owned()))?;
-    let replaced = match took {
-        TakeOver::Done(replaced) => replaced,
-        // The whole CONNECT was read: nothing of Paho's can be pending.
-        TakeOver::WritePending => {
-            return Err(Handover::Other("the engine is still writing".to_owned()));
-        }
-        TakeOver::Gone => {
-            return Err(Handover::Other(
-                "the engine closed its connection first".to_owned(),
-            ));
-        }
-        TakeOver::NoClient => {
-            return Err(Handover::Other(
-                "no client of the engine without TLS holds the connection".to_owned(),
-            ));
-        }
-        TakeOver::Unavailable => {
-            return Err(Handover::Other(
-                "this engine cannot take over TLS".to_owned(),
-            ));
-        }
-        TakeOver::Failed(e) => return Err(Handover::Other(format!("dup: {e}"))),
-    };
+    let took =
+        on_engine_thread(move || shim::take_over_tls(peer.fd, peer.inode, ours.as_fd(), ssl))
+            .await
+            .map_err(Handover::Other)?;
+    // The whole CONNECT was read: nothing of Paho's can be pending (`WritePending`).
+    let replaced = replaced(took).map_err(Handover::Other)?;
     shim::socket_interrupt();
     drop(replaced);
     // Paho writes nothing after its CONNECT until the CONNACK. Had it, those bytes would
@@ -256,6 +215,41 @@ pub(crate) async fn pair(
     Ok((ours, swapped.early(deadline).await?))
 }
 
+/// The descriptor of a dialled socket, and whether it is TCP. tokio hands the socket back
+/// non-blocking, as Paho's own sockets are.
+fn descriptor(socket: Socket) -> Result<(OwnedFd, bool), String> {
+    Ok(match socket {
+        Socket::Tcp(s) => (s.into_std().map_err(|e| e.to_string())?.into(), true),
+        Socket::Unix(s) => (s.into_std().map_err(|e| e.to_string())?.into(), false),
+    })
+}
+
+/// Runs a take-over on the engine thread: it blocks while another thread holds Paho's
+/// global mutex (a connect resolving a host name), and the engine thread is made for
+/// blocking calls into Paho (never the relay's, which carries other links meanwhile).
+async fn on_engine_thread(
+    take_over: impl FnOnce() -> TakeOver + Send + 'static,
+) -> Result<TakeOver, String> {
+    crate::engine::thread::submit(take_over)
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|_| "the engine thread has stopped".to_owned())
+}
+
+/// The descriptor of the connection a take-over replaced, or why there is none.
+fn replaced(took: TakeOver) -> Result<OwnedFd, String> {
+    match took {
+        TakeOver::Done(replaced) => Ok(replaced),
+        TakeOver::WritePending => Err("the engine is still writing to the endpoint".to_owned()),
+        TakeOver::Gone => Err("the engine closed its connection first".to_owned()),
+        TakeOver::NoClient => {
+            Err("no client of the engine without a TLS session holds the connection".to_owned())
+        }
+        TakeOver::Unavailable => Err("this engine cannot take over the connection".to_owned()),
+        TakeOver::Failed(e) => Err(format!("dup: {e}")),
+    }
+}
+
 /// A swap done: the replaced connection, and what was read of it meanwhile.
 struct Swapped {
     replaced: OwnedFd,
@@ -276,32 +270,18 @@ async fn swap(
     let mut early = Vec::new();
     let replaced = loop {
         let ours = fd.try_clone().map_err(|e| e.to_string())?;
-        // Blocks while another thread holds Paho's global mutex (a connect resolving a
-        // host name): on the engine thread, made for blocking calls into Paho (never on
-        // the relay's, which carries other links meanwhile).
-        let took = crate::engine::thread::submit(move || {
-            shim::take_over_socket(peer.fd, peer.inode, ours.as_fd())
-        })
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|_| "the engine thread has stopped".to_owned())?;
-        match took {
-            TakeOver::Done(replaced) => break replaced,
-            TakeOver::WritePending => {
-                // Room for the rest of the packet.
-                drain_available(&paho, &mut early)?;
-                if Instant::now() >= deadline {
-                    return Err("the engine's first packet was not written in time".to_owned());
-                }
-                tokio::time::sleep(RETRY).await;
-            }
-            TakeOver::Gone => return Err("the engine closed its connection first".to_owned()),
-            TakeOver::Unavailable => {
-                return Err("this engine cannot take over sockets".to_owned());
-            }
-            TakeOver::Failed(e) => return Err(format!("dup: {e}")),
-            TakeOver::NoClient => return Err("no client of the engine holds it".to_owned()),
+        let took =
+            on_engine_thread(move || shim::take_over_socket(peer.fd, peer.inode, ours.as_fd()))
+                .await?;
+        if !matches!(took, TakeOver::WritePending) {
+            break replaced(took)?;
         }
+        // Room for the rest of the packet.
+        drain_available(&paho, &mut early)?;
+        if Instant::now() >= deadline {
+            return Err("the engine's first packet was not written in time".to_owned());
+        }
+        tokio::time::sleep(RETRY).await;
     };
     // Paho's receive thread may sleep in poll() on the replaced connection: wake it, so
     // that it polls the new one.

@@ -237,9 +237,10 @@ async fn serve_once(
             continue;
         };
         drop(listener);
+        // Where a handed-over link's descriptor goes once Paho has the link.
+        let keep = |held| *lock(&link.handed) = Handed::Held(held);
         let carried = match upstream {
             dial::Upstream::Socket(socket) if handoff::available() => {
-                let keep = |held| *lock(&link.handed) = Handed::Held(held);
                 if let Err(detail) = handoff::run(stream, paho, socket, deadline, keep).await {
                     log::warn!(
                         target: "aiomqtt::engine",
@@ -250,7 +251,6 @@ async fn serve_once(
                 return;
             }
             dial::Upstream::Tls(tls) => {
-                let keep = |held| *lock(&link.handed) = Handed::Held(held);
                 match handoff::run_tls(stream, paho, tls, deadline, &link.end, keep).await {
                     // The connect's error says it.
                     Ok(()) | Err(handoff::Handover::Tls) => {}

@@ -211,19 +211,7 @@ impl TlsLink {
         }
         match error {
             ffi::SSL_ERROR_WANT_READ | ffi::SSL_ERROR_WANT_WRITE => Ok(()),
-            ffi::SSL_ERROR_ZERO_RETURN => Err(SslFailure::text(
-                "the broker closed the TLS connection after the handshake",
-            )),
-            _ => {
-                let stack = ErrorStack::get();
-                if stack.errors().is_empty() {
-                    Err(SslFailure::text(
-                        std::io::Error::last_os_error().to_string(),
-                    ))
-                } else {
-                    Err(SslFailure::from_stack(stack))
-                }
-            }
+            error => Err(SslFailure::of_error(error)),
         }
     }
 
@@ -256,23 +244,7 @@ impl TlsLink {
             match unsafe { ffi::SSL_get_error(ptr, rc) } {
                 ffi::SSL_ERROR_WANT_READ => Step::Want(Interest::READABLE),
                 ffi::SSL_ERROR_WANT_WRITE => Step::Want(Interest::WRITABLE),
-                ffi::SSL_ERROR_ZERO_RETURN => {
-                    Step::Failed(SslFailure::text("the broker closed the TLS connection"))
-                }
-                ffi::SSL_ERROR_SYSCALL => {
-                    let stack = ErrorStack::get();
-                    if stack.errors().is_empty() {
-                        let e = std::io::Error::last_os_error();
-                        Step::Failed(SslFailure::text(if e.raw_os_error() == Some(0) {
-                            "the broker closed the connection".to_owned()
-                        } else {
-                            e.to_string()
-                        }))
-                    } else {
-                        Step::Failed(SslFailure::from_stack(stack))
-                    }
-                }
-                _ => Step::Failed(SslFailure::from_stack(ErrorStack::get())),
+                error => Step::Failed(SslFailure::of_error(error)),
             }
         };
         let mut wait: Option<Interest> = None;
@@ -321,6 +293,24 @@ impl SslFailure {
             codes: Vec::new(),
             detail: detail.into(),
         }
+    }
+
+    /// The failure `SSL_get_error` reported as `error` (not a want of I/O), with this
+    /// thread's OpenSSL error queue and errno as the failed call left them.
+    fn of_error(error: c_int) -> SslFailure {
+        if error == ffi::SSL_ERROR_ZERO_RETURN {
+            return SslFailure::text("the broker closed the TLS connection");
+        }
+        let stack = ErrorStack::get();
+        if error != ffi::SSL_ERROR_SYSCALL || !stack.errors().is_empty() {
+            return SslFailure::from_stack(stack);
+        }
+        let e = std::io::Error::last_os_error();
+        SslFailure::text(if e.raw_os_error() == Some(0) {
+            "the broker closed the connection".to_owned()
+        } else {
+            e.to_string()
+        })
     }
 
     fn from_stack(stack: ErrorStack) -> SslFailure {
