@@ -699,6 +699,47 @@ async fn tls_verification_failures_through_the_relay_are_typed() {
     .await;
 }
 
+/// A TLS 1.3 server that asked for a client certificate judges it only after the
+/// handshake, so the relay waits for the server's first record before it writes the
+/// CONNECT. A server that then sends nothing (no session tickets; here one that takes a
+/// client without a certificate) costs that wait — twice the handshake's duration and
+/// 50 ms — not the connect's timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_tls13_server_that_asked_for_a_certificate_costs_a_bounded_wait() {
+    with_timeout(TEST, async {
+        let broker = Broker::start();
+        let front = TlsFront::tls13_asking_for_a_certificate_without_tickets(
+            Certs::shared(),
+            broker.port(),
+        );
+        let client = tls_builder(front.port)
+            .tls_params(pinned_tls13())
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let conn = with_timeout(CLIENT_TIMEOUT * 2, client.connect())
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e} ({e:?})"));
+        let took = started.elapsed();
+        // The wait's floor is its slack (nothing arrives to end it); its ceiling is far
+        // below the client's timeout of 10 s.
+        assert!(
+            took >= Duration::from_millis(50) && took < FAST,
+            "connect took {took:?}"
+        );
+        exchange(&conn, "silent_tls13").await;
+        conn.disconnect().await.unwrap();
+        assert_eq!(
+            front.handshakes(),
+            [Ok(Handshake {
+                suite: "TLS_AES_256_GCM_SHA384".to_owned(),
+                client_certificate: false,
+            })]
+        );
+    })
+    .await;
+}
+
 #[cfg(feature = "tls-context")]
 mod tls_context {
     use super::*;

@@ -6,7 +6,6 @@
 //! Every test starts its own Mosquitto (and, where needed, tinyproxy or an in-test relay) on
 //! free loopback ports, uses unique topics and is bounded by a timeout.
 
-use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -1148,139 +1147,12 @@ async fn cipher_list_restricts_tls12_suites_but_not_tls13() {
     .await;
 }
 
-/// A TLS 1.2-only server (OpenSSL, in the test) in front of Mosquitto's plain TCP port: the
-/// broker cannot be limited to TLS 1.2 (`tls_version` is a minimum in 2.0), and only TLS 1.2
-/// suites are governed by a cipher list.
-struct Tls12Front {
-    port: u16,
-    /// The suite negotiated on each accepted handshake, or the handshake error.
-    handshakes: Arc<Mutex<Vec<Result<String, String>>>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Tls12Front {
-    fn start(certs: &Certs, cipher_list: &str, backend_port: u16) -> Tls12Front {
-        use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod, SslVersion};
-        let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
-        b.set_min_proto_version(Some(SslVersion::TLS1_2)).unwrap();
-        b.set_max_proto_version(Some(SslVersion::TLS1_2)).unwrap();
-        b.set_cipher_list(cipher_list).unwrap();
-        b.set_certificate_chain_file(&certs.server_cert).unwrap();
-        b.set_private_key_file(&certs.server_key, SslFiletype::PEM)
-            .unwrap();
-        b.check_private_key().unwrap();
-        let acceptor = Arc::new(b.build());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let handshakes: Arc<Mutex<Vec<Result<String, String>>>> = Arc::default();
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (log, stopped) = (handshakes.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stopped.load(std::sync::atomic::Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(stream) = stream else { continue };
-                let (acceptor, log) = (acceptor.clone(), log.clone());
-                std::thread::spawn(move || {
-                    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                    match acceptor.accept(stream) {
-                        Ok(tls) => {
-                            let suite = tls
-                                .ssl()
-                                .current_cipher()
-                                .map(|c| c.name().to_owned())
-                                .unwrap_or_default();
-                            log.lock().unwrap().push(Ok(suite));
-                            relay_tls(tls, backend_port);
-                        }
-                        Err(e) => log.lock().unwrap().push(Err(e.to_string())),
-                    }
-                });
-            }
-        });
-        Tls12Front {
-            port,
-            handshakes,
-            stop,
-        }
-    }
-
-    fn handshakes(&self) -> Vec<Result<String, String>> {
-        self.handshakes.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Tls12Front {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
-    }
-}
-
-/// Relays a server-side TLS stream to the broker's plain port (both non-blocking, one thread).
-fn relay_tls(mut tls: openssl::ssl::SslStream<std::net::TcpStream>, backend_port: u16) {
-    use openssl::ssl::ErrorCode;
-    let Ok(mut backend) = std::net::TcpStream::connect(("127.0.0.1", backend_port)) else {
-        return;
-    };
-    if tls.get_ref().set_nonblocking(true).is_err() || backend.set_nonblocking(true).is_err() {
-        return;
-    }
-    let deadline = Instant::now() + TEST;
-    let mut buf = vec![0u8; 16 * 1024];
-    let pause = || std::thread::sleep(Duration::from_millis(1));
-    while Instant::now() < deadline {
-        let mut idle = true;
-        match tls.ssl_read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                idle = false;
-                let mut out = &buf[..n];
-                while !out.is_empty() {
-                    match backend.write(out) {
-                        Ok(k) => out = &out[k..],
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => pause(),
-                        Err(_) => return,
-                    }
-                }
-            }
-            Err(e) if e.code() == ErrorCode::WANT_READ || e.code() == ErrorCode::WANT_WRITE => {}
-            Err(_) => return,
-        }
-        match backend.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                idle = false;
-                let mut out = &buf[..n];
-                while !out.is_empty() {
-                    match tls.ssl_write(out) {
-                        Ok(k) => out = &out[k..],
-                        Err(e)
-                            if e.code() == ErrorCode::WANT_READ
-                                || e.code() == ErrorCode::WANT_WRITE =>
-                        {
-                            pause()
-                        }
-                        Err(_) => return,
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
-        }
-        if idle {
-            pause();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn cipher_list_against_a_tls12_only_server() {
     with_timeout(TEST, async {
         let broker = Broker::start();
         let certs = Certs::shared();
-        let front = Tls12Front::start(certs, "ECDHE-ECDSA-AES128-GCM-SHA256", broker.port());
+        let front = TlsFront::tls12(certs, "ECDHE-ECDSA-AES128-GCM-SHA256", broker.port());
         let with_ciphers = |ciphers: &str| {
             Client::builder("localhost")
                 .port(front.port)
@@ -1295,7 +1167,10 @@ async fn cipher_list_against_a_tls12_only_server() {
         .await;
         assert_eq!(
             front.handshakes(),
-            [Ok("ECDHE-ECDSA-AES128-GCM-SHA256".to_owned())]
+            [Ok(Handshake {
+                suite: "ECDHE-ECDSA-AES128-GCM-SHA256".to_owned(),
+                client_certificate: false,
+            })]
         );
 
         // No shared suite: a TLS error, at once.
@@ -1324,7 +1199,7 @@ async fn cipher_mismatch_is_not_a_client_certificate_error() {
     with_timeout(TEST, async {
         let broker = Broker::start();
         let certs = Certs::shared();
-        let front = Tls12Front::start(certs, "ECDHE-ECDSA-AES128-GCM-SHA256", broker.port());
+        let front = TlsFront::tls12(certs, "ECDHE-ECDSA-AES128-GCM-SHA256", broker.port());
         let client = quick_client(
             Client::builder("localhost").port(front.port).tls_params(
                 TlsParams::new()

@@ -20,6 +20,9 @@
 //! - [`socks`]: SOCKS proxies — Dante (4/5), microsocks (5 with credentials, remote DNS in
 //!   a private mount namespace) and a scripted 4/4a/5 server that records requests.
 //! - [`sockets`]: this process's TCP sockets, file descriptors and threads from `/proc`.
+//! - [`TlsFront`]: an OpenSSL server in the test before a broker's plain port, for TLS
+//!   behaviour Mosquitto cannot be configured to (TLS 1.2 only with chosen suites; a TLS 1.3
+//!   server that asks for a client certificate and sends no session tickets).
 //! - [`isolated`]: run one test alone in a child process (crashes, whole-process views).
 //! - Helpers: [`unique_topic`], [`init_logging`], [`with_timeout`], `within!`,
 //!   [`run_bounded`], [`run_with_timeout`], [`ChildGuard`], [`wait_until`].
@@ -37,6 +40,7 @@ pub mod logcap;
 pub mod mqtt;
 pub mod sockets;
 pub mod socks;
+pub mod tls_front;
 pub mod util;
 
 pub use broker::{Broker, BrokerBuilder, DEFAULT_REFUSED, Listener};
@@ -46,6 +50,7 @@ pub use fault_proxy::{CutMode, Direction, FaultProxy, Packet, PacketType};
 pub use http_proxy::HttpProxy;
 pub use isolate::{ChildRun, in_child, isolated};
 pub use logcap::{all_records, capture_logger, logged};
+pub use tls_front::{Handshake, TlsFront};
 pub use util::{
     ChildGuard, IntoTimeout, Watchdog, free_port, free_ports, init_logging, port_accepts,
     process_alive, process_state, run_bounded, run_with_timeout, send_signal, try_signal,
