@@ -114,6 +114,24 @@ impl Drop for CProps {
 
 /// Reads a list Paho received. Values our types cannot represent are left out.
 ///
+/// [`read`] into a box, for a received message. An empty list — the common case — is not
+/// read, and the box is made in place: a `Properties` is large, and moving it through
+/// the message's construction cost more than the rest of the callback.
+///
+/// # Safety
+/// `props` must point to a list valid for the duration of the call, or be null.
+#[allow(unsafe_code)]
+pub(crate) unsafe fn read_boxed(props: *const sys::MQTTProperties) -> Box<Properties> {
+    // SAFETY: the caller guarantees `props` is null or valid for this call.
+    match unsafe { props.as_ref() } {
+        Some(list) if list.count > 0 && !list.array.is_null() => {
+            // SAFETY: as above.
+            Box::new(unsafe { read(props) })
+        }
+        _ => Box::default(),
+    }
+}
+
 /// # Safety
 /// `props` must point to a list valid for the duration of the call, or be null.
 #[allow(unsafe_code)]

@@ -23,7 +23,7 @@ pub(crate) struct Incoming<'a> {
     pub(crate) retain: bool,
     pub(crate) dup: bool,
     pub(crate) packet_id: u16,
-    pub(crate) properties: Option<Properties>,
+    pub(crate) properties: Option<Box<Properties>>,
 }
 
 /// Why a connection ended without our DISCONNECT.
@@ -238,7 +238,7 @@ impl Hooks {
             qos,
             retain: m.retain,
             mid: m.packet_id,
-            properties: m.properties.map(Box::new),
+            properties: m.properties,
         });
     }
 }

@@ -736,7 +736,7 @@ unsafe extern "C" fn on_message(
         };
         let properties = if h.v5 {
             // SAFETY: the message's own properties, valid for the call.
-            Some(unsafe { cprops::read(&m.properties) })
+            Some(unsafe { cprops::read_boxed(&m.properties) })
         } else {
             None
         };
