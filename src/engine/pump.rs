@@ -24,15 +24,15 @@
 //! lock of Paho's but that event's leaf mutex, and none of ours; with nothing pending it
 //! parks.
 //!
-//! A wake-up comes only when a publish is still pending a period after the pump started
-//! or last looked: a QoS 0 publish that fits the socket completes within microseconds,
-//! and waking Paho's two threads for it would only put a spurious loop of its receive
-//! thread in the way of the next packet. Once nothing is pending the pump keeps ticking
+//! A wake-up comes only when a publish is still pending a period after the pump last
+//! looked (one that started since is not yet waited for): a QoS 0 publish that fits the
+//! socket completes within microseconds, and waking Paho's two threads for it would only
+//! put a spurious loop of its receive thread in the way of the next packet. Once nothing is pending the pump keeps ticking
 //! for [`LINGER`] periods before it parks, so that publishes going out one at a time do
 //! not each pay for unparking it.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::{self, Thread};
 use std::time::Duration;
 
@@ -46,8 +46,10 @@ const PERIOD: Duration = Duration::from_millis(1);
 /// Idle periods before the pump parks.
 const LINGER: u32 = 20;
 
-/// Publishes in Paho's hands that need the pump (each holds one [`Active`]).
-static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+/// Publishes handed to Paho that need the pump, and those of them that have ended (each
+/// holds one [`Active`] meanwhile); the difference is how many are in Paho's hands.
+static STARTED: AtomicU64 = AtomicU64::new(0);
+static ENDED: AtomicU64 = AtomicU64::new(0);
 static PUMP: OnceLock<Option<Thread>> = OnceLock::new();
 
 /// Keeps the pump running while alive (held by the publish's registry entry, so it ends
@@ -57,8 +59,15 @@ pub(crate) struct Active(());
 
 impl Drop for Active {
     fn drop(&mut self) {
-        ACTIVE.fetch_sub(1, Ordering::AcqRel);
+        ENDED.fetch_add(1, Ordering::AcqRel);
     }
+}
+
+/// Whether any publish that needs the pump is in Paho's hands.
+fn any_active() -> bool {
+    // `ENDED` first: every publish it counts was counted in `STARTED` before.
+    let ended = ENDED.load(Ordering::Acquire);
+    STARTED.load(Ordering::Acquire) > ended
 }
 
 /// An [`Active`] for a publish of `payload_len` bytes, when it needs the pump (QoS 0,
@@ -68,7 +77,7 @@ pub(crate) fn for_publish(qos0: bool, payload_len: usize) -> Option<Active> {
         return None;
     }
     let pump = PUMP.get_or_init(start).as_ref()?;
-    ACTIVE.fetch_add(1, Ordering::AcqRel);
+    STARTED.fetch_add(1, Ordering::AcqRel);
     // No system call unless the pump is parked.
     pump.unpark();
     Some(Active(()))
@@ -93,21 +102,30 @@ fn start() -> Option<Thread> {
 
 fn run() {
     let mut idle = 0;
+    // How many publishes had started when the pump last looked.
+    let mut seen = STARTED.load(Ordering::Acquire);
     loop {
         if idle >= LINGER {
             // `park` returns at once if `for_publish` unparked since the last check.
-            while ACTIVE.load(Ordering::Acquire) == 0 {
+            while !any_active() {
                 thread::park();
             }
             idle = 0;
         }
         thread::sleep(PERIOD);
-        if ACTIVE.load(Ordering::Acquire) > 0 {
+        let ended = ENDED.load(Ordering::Acquire);
+        let started = STARTED.load(Ordering::Acquire);
+        // Fewer have ended than had started at the last look: one of those is still in
+        // Paho's hands a period later. Publishes started since are not waited for yet.
+        if ended < seen {
             super::shim::socket_interrupt();
             super::shim::wake_sender();
+            idle = 0;
+        } else if started > ended {
             idle = 0;
         } else {
             idle += 1;
         }
+        seen = started;
     }
 }
