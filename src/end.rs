@@ -101,16 +101,14 @@ impl End {
     pub(crate) async fn wait(&self) -> EndCause {
         let notified = self.ended.notified();
         tokio::pin!(notified);
-        loop {
-            // Registered before the cause is read: `finish` sets the cause before it
-            // wakes the registered waiters, so the end is either seen here or wakes us.
-            notified.as_mut().enable();
-            if let Some(cause) = self.cause.get() {
-                return cause.clone();
-            }
-            notified.as_mut().await;
-            notified.set(self.ended.notified());
+        // Registered before the cause is read: `finish` sets the cause before it wakes
+        // the registered waiters (the only wake-up), so the end is either seen here or
+        // wakes us with the cause set.
+        notified.as_mut().enable();
+        if self.cause.get().is_none() {
+            notified.await;
         }
+        self.cause().unwrap_or(EndCause::Closed)
     }
 }
 

@@ -39,24 +39,17 @@ pub(crate) enum Kind {
 /// call fails as soon as the connection ends only when the engine will forget it
 /// ([`Session::calls_fail_at_end`]).
 pub(crate) async fn run<T>(
-    session: &Arc<Session>,
+    session: Arc<Session>,
     timeout: Option<Duration>,
     kind: Kind,
     start: impl FnOnce(&dyn Driver) -> Call,
     finish: impl FnOnce(Vec<Reply>) -> Result<T, Error>,
 ) -> Result<T, Error> {
+    let session = &session;
     session.check_live()?;
     let deadline = crate::deadline::after(timeout.unwrap_or(session.options.timeout));
     let _slot = match &session.calls.slots {
-        Some(slots) => tokio::select! {
-            permit = tokio::time::timeout_at(deadline, slots.acquire()) => match permit {
-                Ok(Ok(permit)) => Some(permit),
-                // The semaphore is never closed.
-                Ok(Err(_)) => return Err(Error::NotConnected),
-                Err(_) => return Err(Error::Timeout),
-            },
-            cause = session.ended() => return Err(cause),
-        },
+        Some(slots) => Some(Box::pin(acquire_slot(session, slots, deadline)).await?),
         None => None,
     };
     // A call that was made before the end and waited for a slot fails as its
@@ -66,7 +59,7 @@ pub(crate) async fn run<T>(
     }
     let _pending = session.enter_call();
     if session.reconnects() && !session.is_up() && kind != Kind::Publish {
-        wait_for_link(session, deadline).await?;
+        Box::pin(wait_for_link(session, deadline)).await?;
     }
     let mut call = start(session.engine.as_ref());
     let fail_at_end = session.calls_fail_at_end();
@@ -94,12 +87,29 @@ pub(crate) async fn run<T>(
         // Paho learnt that the link was gone before the loss reached this session: the
         // session's end is on its way, and says why.
         Err(Error::NotConnected) if fail_at_end => {
-            match tokio::time::timeout_at(deadline, session.ended()).await {
+            match Box::pin(tokio::time::timeout_at(deadline, session.ended())).await {
                 Ok(cause) => Err(cause),
                 Err(_) => Err(Error::NotConnected),
             }
         }
         result => result,
+    }
+}
+
+/// Waits for a `max_concurrent_outgoing_calls` slot, within `deadline`.
+async fn acquire_slot<'a>(
+    session: &Session,
+    slots: &'a tokio::sync::Semaphore,
+    deadline: Instant,
+) -> Result<tokio::sync::SemaphorePermit<'a>, Error> {
+    tokio::select! {
+        permit = tokio::time::timeout_at(deadline, slots.acquire()) => match permit {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed.
+            Ok(Err(_)) => Err(Error::NotConnected),
+            Err(_) => Err(Error::Timeout),
+        },
+        cause = session.ended() => Err(cause),
     }
 }
 

@@ -1,6 +1,8 @@
 //! `Connection::publish`.
 
 use std::future::{Future, IntoFuture};
+
+use futures_util::FutureExt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,9 +64,9 @@ impl Publish {
         self
     }
 
-    async fn send(self) -> Result<(), Error> {
-        // Everything is moved out before the first await, so the future holds
-        // only what the call needs.
+    /// The checks of the call's arguments (they read nothing that a later poll could see
+    /// differently), and what is left to do: the future of the call.
+    fn send(self) -> Result<impl Future<Output = Result<(), Error>> + Send + use<>, Error> {
         let Publish {
             session,
             topic,
@@ -89,18 +91,20 @@ impl Publish {
         )?;
         let timeout =
             timeout.or_else(|| allow_for_payload(session.options.timeout, payload.0.len()));
-        let result = super::run(
-            &session,
+        // The runner's future is the call's, not one nested in another: every publish in
+        // flight holds it, and what a nesting future captured would stay in it too.
+        let qos2 = (qos == QoS::ExactlyOnce).then(|| session.clone());
+        let call = super::run(
+            session,
             timeout,
             Kind::Publish,
             move |engine| engine.publish(topic, payload.0, qos, retain, properties.as_deref()),
             crate::engine::publish_result,
-        )
-        .await;
-        if qos == QoS::ExactlyOnce {
-            return qos2_outcome(&session, result);
-        }
-        result
+        );
+        Ok(call.map(move |result| match qos2 {
+            Some(session) => qos2_outcome(&session, result),
+            None => result,
+        }))
     }
 }
 
@@ -146,7 +150,10 @@ impl IntoFuture for Publish {
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.send())
+        match self.send() {
+            Ok(call) => Box::pin(call),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
     }
 }
 
@@ -171,5 +178,19 @@ mod tests {
             allow_for_payload(Duration::MAX, 64 << 20),
             Some(Duration::MAX)
         );
+    }
+
+    /// Every publish in flight holds this future: with a window of 1,000 its size is most of
+    /// the facade's working set, and a larger one costs cache misses per message.
+    #[tokio::test]
+    async fn a_publish_in_flight_is_small() {
+        let fake = crate::engine::fake::FakeEngine::new();
+        let client = crate::Client::with_fake_engine(crate::Client::builder("127.0.0.1"), &fake);
+        let conn = client.connect().await.unwrap();
+        let send = conn.publish("a/b", "x").send().unwrap();
+        // 568 bytes with Rust 1.95 (920 when the call's future was nested in one that
+        // captured the whole `Publish`); the tokio timer and the end's waiter are 232.
+        let size = std::mem::size_of_val(&send);
+        assert!(size <= 640, "a publish in flight holds {size} bytes");
     }
 }

@@ -258,7 +258,7 @@ impl Subscribe {
         let n = filters.len();
         let v5 = session.options.protocol == crate::ProtocolVersion::V5;
         let codes = super::run(
-            &session,
+            session.clone(),
             self.timeout,
             Kind::Subscribe,
             move |engine| engine.subscribe(filters, props.as_ref()),

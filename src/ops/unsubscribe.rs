@@ -94,7 +94,7 @@ impl Unsubscribe {
         let filters = self.filters.0;
         let record = filters.clone();
         super::run(
-            &session,
+            session.clone(),
             self.timeout,
             Kind::Unsubscribe,
             move |engine| engine.unsubscribe(filters, props.as_ref()),
