@@ -173,6 +173,8 @@ pub(crate) struct Inner {
     /// The client's options (the relay dials with them).
     client_options: Arc<Options>,
     outgoing_limit: Option<usize>,
+    /// This client's pumped publishes (see `pump`).
+    progress: Arc<pump::Progress>,
     _keepalive: keepalive::Registration,
 }
 
@@ -286,6 +288,7 @@ impl Engine {
                     relay,
                     client_options,
                     outgoing_limit,
+                    progress: pump::Progress::watched(),
                     _keepalive: keepalive::Registration::new(keepalive),
                 })
             })
@@ -504,9 +507,9 @@ impl Engine {
             // session outlives the link: its call then waits for that (see registry).
             let resumable = qos != QoS::AtMostOnce && inner.client_options.keeps_session();
             let (key, rx) = if qos == QoS::AtMostOnce {
-                registry::register_qos0(inner.id, payload.len())
+                registry::register_qos0(inner.id, &inner.progress, payload.len())
             } else {
-                registry::register_publish(inner.id, payload.len(), resumable)
+                registry::register_publish(inner.id, &inner.progress, payload.len(), resumable)
             };
             let m = paho::Outgoing {
                 topic: topic.as_str(),

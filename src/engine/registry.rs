@@ -15,8 +15,8 @@
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
@@ -129,12 +129,16 @@ pub(crate) fn register(engine: u64) -> (Key, oneshot::Receiver<Reply>) {
 
 /// Registers a QoS 0 publish of `engine` of `payload_len` bytes before it is handed to
 /// Paho; [`qos0_sent`] once Paho took it.
-pub(crate) fn register_qos0(engine: u64, payload_len: usize) -> (Key, oneshot::Receiver<Reply>) {
+pub(crate) fn register_qos0(
+    engine: u64,
+    progress: &Arc<pump::Progress>,
+    payload_len: usize,
+) -> (Key, oneshot::Receiver<Reply>) {
     let before = QOS0_SEQ.load(Ordering::Acquire);
     insert(
         engine,
         None,
-        pump::for_publish(true, payload_len),
+        pump::for_publish(progress, true, payload_len),
         Some(before),
     )
 }
@@ -143,6 +147,7 @@ pub(crate) fn register_qos0(engine: u64, payload_len: usize) -> (Key, oneshot::R
 /// when its session outlives a lost link.
 pub(crate) fn register_publish(
     engine: u64,
+    progress: &Arc<pump::Progress>,
     payload_len: usize,
     resumable: bool,
 ) -> (Key, oneshot::Receiver<Reply>) {
@@ -154,7 +159,7 @@ pub(crate) fn register_publish(
             packet_id: 0,
             parked: false,
         }),
-        pump::for_publish(false, payload_len),
+        pump::for_publish(progress, false, payload_len),
         None,
     )
 }
@@ -477,11 +482,11 @@ mod tests {
     #[test]
     fn a_parked_publish_completes_on_delivery_or_fails_with_its_session() {
         // The write fails before the sender knows the packet id, then learns it.
-        let (a, mut a_rx) = register_publish(10, 5, true);
+        let (a, mut a_rx) = register_publish(10, &pump::Progress::watched(), 5, true);
         assert_eq!(write_failed(a, 0), WriteFailed::Parked { payload_len: 5 });
         sent(a, 7);
         // The write fails with the packet id known.
-        let (b, mut b_rx) = register_publish(10, 6, true);
+        let (b, mut b_rx) = register_publish(10, &pump::Progress::watched(), 6, true);
         sent(b, 8);
         assert_eq!(write_failed(b, 8), WriteFailed::Parked { payload_len: 6 });
         assert!(a_rx.try_recv().is_err() && b_rx.try_recv().is_err());
@@ -497,7 +502,7 @@ mod tests {
 
     #[test]
     fn a_publish_of_a_clean_session_is_not_parked() {
-        let (key, _rx) = register_publish(12, 3, false);
+        let (key, _rx) = register_publish(12, &pump::Progress::watched(), 3, false);
         assert_eq!(write_failed(key, 0), WriteFailed::Fail { payload_len: 3 });
         let (qos0, _rx0) = register(12);
         assert_eq!(write_failed(qos0, 0), WriteFailed::Unknown);
@@ -507,11 +512,11 @@ mod tests {
     fn a_lost_qos0_completion_is_made_good_by_a_later_one() {
         let done = || Reply::Done(Response::default());
         // a and b taken by Paho one after the other; Paho reports only b.
-        let (a, mut a_rx) = register_qos0(20, 10);
+        let (a, mut a_rx) = register_qos0(20, &pump::Progress::watched(), 10);
         qos0_sent(20, a);
-        let (b, mut b_rx) = register_qos0(20, 10);
+        let (b, mut b_rx) = register_qos0(20, &pump::Progress::watched(), 10);
         qos0_sent(20, b);
-        let (other, mut other_rx) = register_qos0(21, 10);
+        let (other, mut other_rx) = register_qos0(21, &pump::Progress::watched(), 10);
         qos0_sent(21, other);
         complete(b, done());
         assert!(matches!(a_rx.try_recv(), Ok(Reply::Done(_))));
@@ -523,8 +528,8 @@ mod tests {
 
         // d taken by Paho after c was registered: their order in Paho is unknown, so c's
         // completion does not vouch for d.
-        let (c, mut c_rx) = register_qos0(20, 10);
-        let (d, mut d_rx) = register_qos0(20, 10);
+        let (c, mut c_rx) = register_qos0(20, &pump::Progress::watched(), 10);
+        let (d, mut d_rx) = register_qos0(20, &pump::Progress::watched(), 10);
         qos0_sent(20, d);
         qos0_sent(20, c);
         complete(c, done());
@@ -532,12 +537,12 @@ mod tests {
         assert!(d_rx.try_recv().is_err());
 
         // A failure vouches for nothing; a completion before `qos0_sent` is tracked no more.
-        let (e, mut e_rx) = register_qos0(20, 10);
+        let (e, mut e_rx) = register_qos0(20, &pump::Progress::watched(), 10);
         qos0_sent(20, e);
         complete(d, Reply::Failed(Failure::code(-1)));
         assert!(matches!(d_rx.try_recv(), Ok(Reply::Failed(_))));
         assert!(e_rx.try_recv().is_err());
-        let (f, _f_rx) = register_qos0(20, 10);
+        let (f, _f_rx) = register_qos0(20, &pump::Progress::watched(), 10);
         complete(f, done());
         qos0_sent(20, f);
         complete(e, done());
