@@ -112,8 +112,6 @@ impl Drop for CProps {
     }
 }
 
-/// Reads a list Paho received. Values our types cannot represent are left out.
-///
 /// [`read`] into a box, for a received message. An empty list — the common case — is not
 /// read, and the box is made in place: a `Properties` is large, and moving it through
 /// the message's construction cost more than the rest of the callback.
@@ -132,6 +130,8 @@ pub(crate) unsafe fn read_boxed(props: *const sys::MQTTProperties) -> Box<Proper
     }
 }
 
+/// Reads a list Paho received. Values our types cannot represent are left out.
+///
 /// # Safety
 /// `props` must point to a list valid for the duration of the call, or be null.
 #[allow(unsafe_code)]

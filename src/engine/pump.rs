@@ -18,9 +18,10 @@
 //! their acknowledgements, which wake both threads.
 //!
 //! So while a QoS 0 publish or a large one is in Paho's hands, a thread of ours looks
-//! every millisecond and wakes both when needed, with Paho's own means: `Socket_interrupt` (one byte on Paho's
-//! wake-up socket pair, as Paho does when it closes a socket) and `Thread_signal_evt` on
-//! the send thread's event (as Paho does when a command is queued). The pump takes no
+//! every millisecond and wakes both when needed, with Paho's own means:
+//! `Socket_interrupt` (one byte on Paho's wake-up socket pair, as Paho does when it
+//! closes a socket) and `Thread_signal_evt` on the send thread's event (as Paho does when
+//! a command is queued). The pump takes no
 //! lock of Paho's but that event's leaf mutex, and none of ours; with nothing pending it
 //! parks.
 //!

@@ -1,11 +1,11 @@
 //! `Connection::publish`.
 
 use std::future::{Future, IntoFuture};
-
-use futures_util::FutureExt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::FutureExt;
 
 use super::Kind;
 use crate::properties::PacketKind;
@@ -64,8 +64,9 @@ impl Publish {
         self
     }
 
-    /// The checks of the call's arguments (they read nothing that a later poll could see
-    /// differently), and what is left to do: the future of the call.
+    /// Checks the call's arguments — the topic, the properties, and the broker's limits as
+    /// of now (a publish is made to be awaited at once) — and returns the future of the
+    /// call, which does the rest when first polled.
     fn send(self) -> Result<impl Future<Output = Result<(), Error>> + Send + use<>, Error> {
         let Publish {
             session,
