@@ -1275,3 +1275,19 @@ fn run_bounded_fails_a_hanging_body() {
 fn run_with_timeout_kills_a_hanging_command() {
     run_with_timeout(Command::new("sleep").arg("30"), Duration::from_millis(200));
 }
+
+/// A port that accepts connections is told apart by the process that listens on it (the
+/// foreign brokers' start-up relies on it: rumqttd keeps running when a port it was given
+/// was taken by another process first).
+#[test]
+fn a_listening_port_is_told_apart_by_its_owner() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    assert!(sockets::process_listens_on(std::process::id(), port));
+    let mut other = Command::new("sleep").arg("5").spawn().unwrap();
+    assert!(!sockets::process_listens_on(other.id(), port));
+    let _ = other.kill();
+    let _ = other.wait();
+    drop(listener);
+    assert!(!sockets::process_listens_on(std::process::id(), port));
+}

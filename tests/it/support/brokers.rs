@@ -589,7 +589,7 @@ fn start_rumqttd() -> Result<MqttBroker, String> {
     let log = dir.path().join("rumqttd.log");
     let mut last = String::new();
     // rumqttd binds ports we chose: another process may take one first; then retry.
-    for _attempt in 0..5 {
+    'attempt: for _ in 0..5 {
         let ports = free_ports(2);
         let (v4, v5) = (ports[0], ports[1]);
         std::fs::write(&conf, rumqttd_config(v4, v5)).map_err(|e| e.to_string())?;
@@ -612,7 +612,21 @@ fn start_rumqttd() -> Result<MqttBroker, String> {
                 break Some(status);
             }
             if port_accepts(v4) && port_accepts(v5) {
-                break None;
+                // rumqttd keeps running when one of its listeners cannot bind: a port
+                // another process took between `free_ports` and the bind accepts too.
+                if super::sockets::process_listens_on(child.id(), v4)
+                    && super::sockets::process_listens_on(child.id(), v5)
+                {
+                    break None;
+                }
+                drop(watchdog);
+                let _ = child.kill();
+                let _ = child.wait();
+                last = format!(
+                    "rumqttd did not get ports {v4} and {v5}:\n{}",
+                    read_lossy(&log)
+                );
+                continue 'attempt;
             }
             if Instant::now() >= deadline {
                 drop(watchdog);

@@ -48,7 +48,24 @@ pub fn tcp_table() -> Vec<TcpEntry> {
 
 /// Every socket file descriptor of this process, with its socket's inode.
 fn socket_descriptors() -> Vec<(u64, RawFd)> {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+    descriptors_in("/proc/self/fd")
+}
+
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (or any address's
+/// `port`): a port that accepts connections may belong to another process.
+pub fn process_listens_on(pid: u32, port: u16) -> bool {
+    let held: Vec<u64> = descriptors_in(&format!("/proc/{pid}/fd"))
+        .into_iter()
+        .map(|(inode, _)| inode)
+        .collect();
+    tcp_table()
+        .iter()
+        .any(|e| e.state == LISTEN && e.local.port() == port && held.contains(&e.inode))
+}
+
+/// The socket descriptors in a `/proc/<pid>/fd` directory, with their sockets' inodes.
+fn descriptors_in(dir: &str) -> Vec<(u64, RawFd)> {
+    let Ok(dir) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     dir.flatten()
