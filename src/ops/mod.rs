@@ -5,6 +5,7 @@ mod publish;
 mod subscribe;
 mod unsubscribe;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,34 +97,38 @@ pub(crate) async fn run<T>(
     }
 }
 
+/// Awaits `wait` until `deadline` ([`Error::Timeout`]) or the connection's end (its
+/// error), whichever comes first: the waits of a call before it reaches the engine.
+async fn before_deadline_or_end<F: Future>(
+    session: &Session,
+    deadline: Instant,
+    wait: F,
+) -> Result<F::Output, Error> {
+    tokio::select! {
+        out = tokio::time::timeout_at(deadline, wait) => out.map_err(|_| Error::Timeout),
+        cause = session.ended() => Err(cause),
+    }
+}
+
 /// Waits for a `max_concurrent_outgoing_calls` slot, within `deadline`.
 async fn acquire_slot<'a>(
     session: &Session,
     slots: &'a tokio::sync::Semaphore,
     deadline: Instant,
 ) -> Result<tokio::sync::SemaphorePermit<'a>, Error> {
-    tokio::select! {
-        permit = tokio::time::timeout_at(deadline, slots.acquire()) => match permit {
-            Ok(Ok(permit)) => Ok(permit),
-            // The semaphore is never closed.
-            Ok(Err(_)) => Err(Error::NotConnected),
-            Err(_) => Err(Error::Timeout),
-        },
-        cause = session.ended() => Err(cause),
-    }
+    // The semaphore is never closed.
+    before_deadline_or_end(session, deadline, slots.acquire())
+        .await?
+        .map_err(|_| Error::NotConnected)
 }
 
 /// Waits for the link to come back (automatic reconnects), within `deadline`.
 async fn wait_for_link(session: &Session, deadline: Instant) -> Result<(), Error> {
     let mut link = session.link();
-    tokio::select! {
-        up = tokio::time::timeout_at(deadline, link.wait_for(|l| l.up.is_some())) => match up {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(Error::NotConnected),
-            Err(_) => Err(Error::Timeout),
-        },
-        cause = session.ended() => Err(cause),
-    }
+    before_deadline_or_end(session, deadline, link.wait_for(|l| l.up.is_some()))
+        .await?
+        .map(|_| ())
+        .map_err(|_| Error::NotConnected)
 }
 
 /// Subscribes again after a reconnect found no session (the supervisor's own call,
