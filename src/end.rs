@@ -51,10 +51,11 @@ impl EndCause {
 
 /// The end signal of one connection.
 ///
-/// Every pending call waits on it, so waiting is kept cheap: the cause is read without a
-/// lock, and a waiter costs one registration with a [`Notify`] (a `watch` channel cost
-/// three times as many instructions per call: a receiver, and a waiter on one of its
-/// eight `Notify`s picked at random).
+/// Waiting is kept cheap: the cause is read without a lock, and a waiter costs one
+/// registration with a [`Notify`] (a `watch` channel cost three times as many
+/// instructions: a receiver, and a waiter on one of its eight `Notify`s picked at
+/// random). Calls the engine armed do not wait here at all: the session's registry
+/// scope ends them (see `ops::run`).
 pub(crate) struct End {
     claimed: AtomicBool,
     cause: OnceLock<EndCause>,

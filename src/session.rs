@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::client::ClientShared;
 use crate::end::{End, EndCause};
-use crate::engine::{ConnectInfo, Driven, Events, LinkEnd, Loss};
+use crate::engine::{ConnectInfo, Driven, Events, LinkEnd, Loss, Scope};
 use crate::incoming::Queue;
 use crate::options::Options;
 use crate::reconnect::ConnectionEvent;
@@ -73,6 +73,9 @@ pub(crate) struct Session {
     pub(crate) logger: Arc<str>,
     pub(crate) options: Arc<Options>,
     pub(crate) end: End,
+    /// This connection's calls in the engine's registry: closed at the end when calls
+    /// fail at the end ([`Session::calls_fail_at_end`]).
+    pub(crate) scope: Scope,
     link: watch::Sender<Link>,
     /// The latest CONNACK, kept while the link is down.
     last: Mutex<Option<Arc<Established>>>,
@@ -121,6 +124,7 @@ impl Session {
             logger,
             options,
             end: End::new(),
+            scope: Scope::new(),
             link: watch::Sender::new(Link::default()),
             last: Mutex::new(None),
             up_since: Mutex::new(Instant::now()),
@@ -343,6 +347,10 @@ impl Session {
         self.router.detach(self);
         self.queue.close(cause.to_stream_error());
         self.end.finish(cause);
+        // After the cause is visible: the calls whose waits this ends read it.
+        if self.calls_fail_at_end() {
+            self.scope.close();
+        }
         true
     }
 

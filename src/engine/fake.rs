@@ -2,7 +2,8 @@
 //! operations runner, the claim and release of a client): every call is recorded and
 //! answered when the test says so, and losses and messages are injected through the
 //! same `Events` the Paho engine reports to. No socket, no Paho, and tokio's paused
-//! clock works (nothing runs on another thread).
+//! clock works (nothing runs on another thread): its calls are never armed, so the
+//! runner's own timer and end waiter serve them.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -12,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{Call, ConnectInfo, Driver, Events, Loss, Reply};
+use super::{Call, ConnectInfo, Driver, Events, Loss, Reply, Ticket};
 use crate::{Error, Properties, QoS, SubscribeOptions, Topic};
 
 /// One call the facade made.
@@ -137,6 +138,7 @@ impl Driver for FakeEngine {
         qos: QoS,
         _retain: bool,
         _props: Option<&Properties>,
+        _ticket: Option<&Ticket<'_>>,
     ) -> Call {
         self.record(Command::Publish {
             topic: topic.into_string(),
@@ -149,13 +151,19 @@ impl Driver for FakeEngine {
         &self,
         filters: Vec<(String, SubscribeOptions)>,
         _props: Option<&Properties>,
+        _ticket: Option<&Ticket<'_>>,
     ) -> Call {
         self.record(Command::Subscribe {
             filters: filters.into_iter().map(|(f, _)| f).collect(),
         })
     }
 
-    fn unsubscribe(&self, filters: Vec<String>, _props: Option<&Properties>) -> Call {
+    fn unsubscribe(
+        &self,
+        filters: Vec<String>,
+        _props: Option<&Properties>,
+        _ticket: Option<&Ticket<'_>>,
+    ) -> Call {
         self.record(Command::Unsubscribe { filters })
     }
 

@@ -61,6 +61,7 @@
 mod cprops;
 mod diagnose;
 mod errors;
+mod expiry;
 #[cfg(test)]
 pub(crate) mod fake;
 mod hooks;
@@ -93,7 +94,7 @@ pub(crate) use diagnose::{Report, diagnose, preflight};
 pub(crate) use hooks::{Events, Loss};
 #[cfg(test)]
 pub(crate) use registry::Response;
-pub(crate) use registry::{Failure, Reply};
+pub(crate) use registry::{Failure, Reply, Scope, Ticket};
 pub(crate) use relay::LinkEnd;
 pub(crate) use transport::check_transport;
 
@@ -116,7 +117,9 @@ pub(crate) struct ConnectInfo {
 
 /// What the layers above call on an engine: the Paho engine, or a fake one in the unit
 /// tests of the facade's own state machines. Calls return at once; their effects are
-/// awaited through the returned [`Call`] (or future).
+/// awaited through the returned [`Call`] (or future). A call given a [`Ticket`] may be
+/// [armed](Call::is_armed): its wait then ends at the ticket's deadline or scope's close
+/// without a timer or waiter of the caller's.
 pub(crate) trait Driver: Send + Sync + 'static {
     /// CONNECT, then CONNACK, within `deadline`.
     fn connect(
@@ -132,15 +135,22 @@ pub(crate) trait Driver: Send + Sync + 'static {
         qos: QoS,
         retain: bool,
         props: Option<&Properties>,
+        ticket: Option<&Ticket<'_>>,
     ) -> Call;
     /// Queues a SUBSCRIBE for every filter.
     fn subscribe(
         &self,
         filters: Vec<(String, SubscribeOptions)>,
         props: Option<&Properties>,
+        ticket: Option<&Ticket<'_>>,
     ) -> Call;
     /// Queues an UNSUBSCRIBE for every filter.
-    fn unsubscribe(&self, filters: Vec<String>, props: Option<&Properties>) -> Call;
+    fn unsubscribe(
+        &self,
+        filters: Vec<String>,
+        props: Option<&Properties>,
+        ticket: Option<&Ticket<'_>>,
+    ) -> Call;
     /// Sends DISCONNECT.
     fn disconnect(&self) -> Call;
     /// Queues a DISCONNECT without waiting (safe from any thread, Paho's callbacks too).
@@ -457,18 +467,26 @@ impl Engine {
     }
 
     /// Runs `send` (which hands one or more commands to Paho) directly, or on the engine
-    /// thread while a connect in the process may be holding Paho's mutex for long.
+    /// thread while a connect in the process may be holding Paho's mutex for long. Run
+    /// directly, the commands are registered with `ticket` and the call is armed; on the
+    /// engine thread, without (the caller's timer covers the wait for that thread too).
     fn call(
         &self,
-        send: impl FnOnce(&Inner) -> Result<Vec<oneshot::Receiver<Reply>>, Error> + Send + 'static,
+        ticket: Option<&Ticket<'_>>,
+        send: impl FnOnce(&Inner, Option<&Ticket<'_>>) -> Result<Vec<oneshot::Receiver<Reply>>, Error>
+        + Send
+        + 'static,
     ) -> Call {
         if !hooks::slow_connect_in_flight() {
-            return Call::sent(send(&self.0));
+            let mut call = Call::sent(send(&self.0, ticket));
+            call.armed = ticket.is_some();
+            return call;
         }
         let inner = self.0.clone();
-        match thread::submit_withdrawable(move || send(&inner)) {
+        match thread::submit_withdrawable(move || send(&inner, None)) {
             Ok((rx, withdraw)) => Call {
                 stage: Stage::Queued(rx, withdraw),
+                armed: false,
             },
             Err(e) => Call::sent(Err(e)),
         }
@@ -477,9 +495,10 @@ impl Engine {
     /// Hands one command to Paho under a fresh registry key.
     fn one(
         inner: &Inner,
+        ticket: Option<&Ticket<'_>>,
         send: impl FnOnce(registry::Key) -> Result<i32, Error>,
     ) -> Result<oneshot::Receiver<Reply>, Error> {
-        let (key, rx) = registry::register(inner.id);
+        let (key, rx) = registry::register(inner.id, ticket).ok_or_else(closed_scope)?;
         match send(key) {
             Ok(0) => Ok(rx),
             Ok(rc) => {
@@ -501,16 +520,24 @@ impl Engine {
         qos: QoS,
         retain: bool,
         props: Option<CProps>,
+        ticket: Option<&Ticket<'_>>,
     ) -> Call {
-        self.call(move |inner| {
+        self.call(ticket, move |inner, ticket| {
             // A QoS 1/2 publish whose write fails at a loss is resent on resume when the
             // session outlives the link: its call then waits for that (see registry).
             let resumable = qos != QoS::AtMostOnce && inner.client_options.keeps_session();
             let (key, rx) = if qos == QoS::AtMostOnce {
-                registry::register_qos0(inner.id, &inner.progress, payload.len())
+                registry::register_qos0(inner.id, ticket, &inner.progress, payload.len())
             } else {
-                registry::register_publish(inner.id, &inner.progress, payload.len(), resumable)
-            };
+                registry::register_publish(
+                    inner.id,
+                    ticket,
+                    &inner.progress,
+                    payload.len(),
+                    resumable,
+                )
+            }
+            .ok_or_else(closed_scope)?;
             let m = paho::Outgoing {
                 topic: topic.as_str(),
                 payload: &payload,
@@ -544,8 +571,13 @@ impl Engine {
     /// carried, so a SUBACK with fewer codes than filters would make it read past them.
     /// MQTT 3.1.1 (§3.8.4) makes a multi-filter SUBSCRIBE equivalent to a sequence of
     /// single ones.
-    fn subscribe_c(&self, filters: Vec<(String, SubscribeOptions)>, props: Option<CProps>) -> Call {
-        self.call(move |inner| {
+    fn subscribe_c(
+        &self,
+        filters: Vec<(String, SubscribeOptions)>,
+        props: Option<CProps>,
+        ticket: Option<&Ticket<'_>>,
+    ) -> Call {
+        self.call(ticket, move |inner, ticket| {
             let filters: Vec<(CString, SubscribeOptions)> = filters
                 .into_iter()
                 .map(|(f, o)| {
@@ -555,7 +587,7 @@ impl Engine {
                 })
                 .collect::<Result<_, _>>()?;
             if inner.v5 {
-                return Engine::one(inner, |key| {
+                return Engine::one(inner, ticket, |key| {
                     Ok(paho::subscribe(
                         inner.handle,
                         true,
@@ -569,7 +601,7 @@ impl Engine {
             filters
                 .chunks(1)
                 .map(|one| {
-                    Engine::one(inner, |key| {
+                    Engine::one(inner, ticket, |key| {
                         Ok(paho::subscribe(inner.handle, false, one, None, key))
                     })
                 })
@@ -578,8 +610,13 @@ impl Engine {
     }
 
     /// Queues an UNSUBSCRIBE for every filter.
-    fn unsubscribe_c(&self, filters: Vec<String>, props: Option<CProps>) -> Call {
-        self.call(move |inner| {
+    fn unsubscribe_c(
+        &self,
+        filters: Vec<String>,
+        props: Option<CProps>,
+        ticket: Option<&Ticket<'_>>,
+    ) -> Call {
+        self.call(ticket, move |inner, ticket| {
             let filters: Vec<CString> = filters
                 .into_iter()
                 .map(|f| {
@@ -587,7 +624,7 @@ impl Engine {
                         .map_err(|_| Error::InvalidArgument("a filter contains NUL".to_owned()))
                 })
                 .collect::<Result<_, _>>()?;
-            Engine::one(inner, |key| {
+            Engine::one(inner, ticket, |key| {
                 Ok(paho::unsubscribe(
                     inner.handle,
                     inner.v5,
@@ -603,8 +640,8 @@ impl Engine {
     /// Sends DISCONNECT; the call completes once it is written and the socket closed.
     fn disconnect_c(&self) -> Call {
         self.release_link();
-        self.call(|inner| {
-            Engine::one(inner, |key| {
+        self.call(None, |inner, _| {
+            Engine::one(inner, None, |key| {
                 Ok(paho::disconnect(inner.handle, inner.v5, 0, Some(key)))
             })
             .map(|rx| vec![rx])
@@ -658,9 +695,10 @@ impl Driver for Engine {
         qos: QoS,
         retain: bool,
         props: Option<&Properties>,
+        ticket: Option<&Ticket<'_>>,
     ) -> Call {
         match c_props(props) {
-            Ok(props) => self.publish_c(topic, payload, qos, retain, props),
+            Ok(props) => self.publish_c(topic, payload, qos, retain, props, ticket),
             Err(e) => Call::failed(e),
         }
     }
@@ -669,16 +707,22 @@ impl Driver for Engine {
         &self,
         filters: Vec<(String, SubscribeOptions)>,
         props: Option<&Properties>,
+        ticket: Option<&Ticket<'_>>,
     ) -> Call {
         match c_props(props) {
-            Ok(props) => self.subscribe_c(filters, props),
+            Ok(props) => self.subscribe_c(filters, props, ticket),
             Err(e) => Call::failed(e),
         }
     }
 
-    fn unsubscribe(&self, filters: Vec<String>, props: Option<&Properties>) -> Call {
+    fn unsubscribe(
+        &self,
+        filters: Vec<String>,
+        props: Option<&Properties>,
+        ticket: Option<&Ticket<'_>>,
+    ) -> Call {
         match c_props(props) {
-            Ok(props) => self.unsubscribe_c(filters, props),
+            Ok(props) => self.unsubscribe_c(filters, props, ticket),
             Err(e) => Call::failed(e),
         }
     }
@@ -696,6 +740,12 @@ impl Driver for Engine {
     }
 }
 
+/// A command refused because its connection is closing (see [`Scope`]): the caller
+/// reports the connection's end.
+fn closed_scope() -> Error {
+    Error::NotConnected
+}
+
 fn engine_thread_gone() -> Error {
     Error::Io(std::io::Error::other("the engine thread has stopped"))
 }
@@ -706,6 +756,8 @@ fn engine_thread_gone() -> Error {
 #[must_use]
 pub(crate) struct Call {
     stage: Stage,
+    /// Every command was registered with the caller's [`Ticket`].
+    armed: bool,
 }
 
 enum Stage {
@@ -736,7 +788,15 @@ impl Call {
                 Ok(rx) => Stage::Sent(rx, Vec::new()),
                 Err(e) => Stage::Failed(Some(e)),
             },
+            armed: false,
         }
+    }
+
+    /// Whether the call's wait ends by itself at its ticket's deadline ([`Reply::Expired`])
+    /// and when its ticket's scope closes ([`Reply::Ended`]). A refused call is armed too:
+    /// it ends at once.
+    pub(crate) fn is_armed(&self) -> bool {
+        self.armed
     }
 
     /// A call refused before anything was handed over.
@@ -762,13 +822,20 @@ impl Future for Call {
             match &mut self.stage {
                 Stage::Queued(rx, _) => match Pin::new(rx).poll(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(handed)) => *self = Call::sent(handed),
+                    Poll::Ready(Ok(handed)) => self.stage = Call::sent(handed).stage,
                     Poll::Ready(Err(_)) => self.stage = Stage::Failed(Some(engine_thread_gone())),
                 },
                 Stage::Sent(pending, done) => {
                     while let Some(rx) = pending.first_mut() {
                         match Pin::new(rx).poll(cx) {
                             Poll::Pending => return Poll::Pending,
+                            // An armed call's wait ended first: Paho may still have it.
+                            Poll::Ready(Ok(Reply::Expired)) => {
+                                return Poll::Ready(Err(Error::Timeout));
+                            }
+                            Poll::Ready(Ok(Reply::Ended)) => {
+                                return Poll::Ready(Err(Error::NotConnected));
+                            }
                             Poll::Ready(reply) => {
                                 pending.remove(0);
                                 done.push(reply.unwrap_or(Reply::Failed(Failure::code(
@@ -792,7 +859,8 @@ pub(crate) fn publish_result(replies: Vec<Reply>) -> Result<(), Error> {
     match replies.into_iter().next() {
         Some(Reply::Done(_)) => Ok(()),
         Some(Reply::Failed(f)) => Err(errors::from_failure(f)),
-        None => Err(Error::NotConnected),
+        Some(Reply::Expired) => Err(Error::Timeout),
+        Some(Reply::Ended) | None => Err(Error::NotConnected),
     }
 }
 
@@ -817,6 +885,8 @@ pub(crate) fn subscribe_result(
                 codes.push(ReasonCode::UNSPECIFIED_ERROR)
             }
             Reply::Failed(f) => return Err(errors::from_failure(f)),
+            Reply::Expired => return Err(Error::Timeout),
+            Reply::Ended => return Err(Error::NotConnected),
         }
     }
     if codes.len() != filters {
@@ -859,6 +929,8 @@ pub(crate) fn unsubscribe_result(replies: Vec<Reply>) -> Result<(), Error> {
                 }
             }
             Reply::Failed(f) => return Err(errors::from_failure(f)),
+            Reply::Expired => return Err(Error::Timeout),
+            Reply::Ended => return Err(Error::NotConnected),
         }
     }
     Ok(())

@@ -7,6 +7,13 @@
 //! command, or one after the entry was swept — is ignored, so no pattern of Paho
 //! callbacks can double-free or touch freed memory.
 //!
+//! A command registered with a [`Ticket`] has its wait ended here too, so that its
+//! caller needs no timer and no waiter on the connection's end of its own: at its
+//! deadline by the [`expiry`] thread ([`Reply::Expired`]), and when its [`Scope`] — the
+//! connection — is closed ([`Reply::Ended`]). Such an entry stays registered until Paho
+//! reports the command (or its client is destroyed): a publish still in Paho's hands is
+//! still pumped.
+//!
 //! Locking: nothing is locked inside a shard's lock, and a shard's lock is taken inside
 //! no other lock but the QoS 0 order lock (in `qos0_sent`). No lock here is held across
 //! a call into Paho (keys are registered before the call and cancelled after a refused
@@ -15,12 +22,13 @@
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use super::pump;
+use super::{expiry, pump};
 
 /// The context Paho hands back: never 0 (a null context).
 pub(crate) type Key = usize;
@@ -30,6 +38,10 @@ pub(crate) type Key = usize;
 pub(crate) enum Reply {
     Done(Response),
     Failed(Failure),
+    /// The command's [`Ticket`] deadline passed first (Paho may still send it).
+    Expired,
+    /// The command's [`Scope`] was closed first.
+    Ended,
 }
 
 /// A successful completion.
@@ -62,9 +74,57 @@ impl Failure {
     }
 }
 
+/// How long the caller of a command waits, and for which connection: given at
+/// registration, the registry ends the wait itself (see the module's documentation).
+#[derive(Clone, Copy)]
+pub(crate) struct Ticket<'a> {
+    deadline: Instant,
+    scope: Option<&'a Scope>,
+}
+
+impl<'a> Ticket<'a> {
+    /// A ticket until `deadline`, whose wait also ends when `scope` closes; `None` if
+    /// the expiry thread cannot run (the caller must then keep its own timer).
+    pub(crate) fn new(deadline: Instant, scope: Option<&'a Scope>) -> Option<Ticket<'a>> {
+        expiry::start().then_some(Ticket { deadline, scope })
+    }
+}
+
+/// The commands of one connection whose waits end with it: once closed, it refuses new
+/// ones and ends the waits of those registered.
+pub(crate) struct Scope {
+    id: u64,
+    closed: AtomicBool,
+}
+
+static NEXT_SCOPE: AtomicU64 = AtomicU64::new(1);
+
+impl Scope {
+    pub(crate) fn new() -> Scope {
+        Scope {
+            id: NEXT_SCOPE.fetch_add(1, Ordering::Relaxed),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Refuses the scope's commands from now on and answers the waiting ones with
+    /// [`Reply::Ended`] (their entries stay for Paho's report).
+    pub(crate) fn close(&self) {
+        // Set before any shard is locked: a registration under a shard's lock either
+        // comes before the sweep of that shard, or sees the scope closed.
+        self.closed.store(true, Ordering::Release);
+        take_waiters(|e| e.scope == self.id, || Reply::Ended);
+    }
+}
+
 struct Entry {
     engine: u64,
-    tx: oneshot::Sender<Reply>,
+    /// Taken when the wait ended before Paho's report (expired, or its scope closed).
+    tx: Option<oneshot::Sender<Reply>>,
+    /// The [`Scope`] of a ticket (0: none).
+    scope: u64,
+    /// A ticket's deadline: the expiry thread ends the wait then.
+    deadline: Option<Instant>,
     /// Set for a QoS 1/2 publish.
     publish: Option<Publish>,
     /// Set for a QoS 0 or large publish: keeps its writes moving until it completes.
@@ -122,21 +182,27 @@ fn shard(
         .unwrap_or_else(|e| e.into_inner())
 }
 
-/// Registers a command of `engine` before it is handed to Paho.
-pub(crate) fn register(engine: u64) -> (Key, oneshot::Receiver<Reply>) {
-    insert(engine, None, None, None)
+/// A registered command: its key for Paho, and where its reply comes.
+pub(crate) type Registered = (Key, oneshot::Receiver<Reply>);
+
+/// Registers a command of `engine` before it is handed to Paho; `None` if its ticket's
+/// scope is closed.
+pub(crate) fn register(engine: u64, ticket: Option<&Ticket<'_>>) -> Option<Registered> {
+    insert(engine, ticket, None, None, None)
 }
 
 /// Registers a QoS 0 publish of `engine` of `payload_len` bytes before it is handed to
 /// Paho; [`qos0_sent`] once Paho took it.
 pub(crate) fn register_qos0(
     engine: u64,
+    ticket: Option<&Ticket<'_>>,
     progress: &Arc<pump::Progress>,
     payload_len: usize,
-) -> (Key, oneshot::Receiver<Reply>) {
+) -> Option<Registered> {
     let before = QOS0_SEQ.load(Ordering::Acquire);
     insert(
         engine,
+        ticket,
         None,
         pump::for_publish(progress, true, payload_len),
         Some(before),
@@ -147,12 +213,14 @@ pub(crate) fn register_qos0(
 /// when its session outlives a lost link.
 pub(crate) fn register_publish(
     engine: u64,
+    ticket: Option<&Ticket<'_>>,
     progress: &Arc<pump::Progress>,
     payload_len: usize,
     resumable: bool,
-) -> (Key, oneshot::Receiver<Reply>) {
+) -> Option<Registered> {
     insert(
         engine,
+        ticket,
         Some(Publish {
             payload_len,
             resumable,
@@ -166,10 +234,11 @@ pub(crate) fn register_publish(
 
 fn insert(
     engine: u64,
+    ticket: Option<&Ticket<'_>>,
     publish: Option<Publish>,
     pump: Option<pump::Active>,
     qos0_before: Option<u64>,
-) -> (Key, oneshot::Receiver<Reply>) {
+) -> Option<Registered> {
     let (tx, rx) = oneshot::channel();
     let key = loop {
         let key = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -177,18 +246,33 @@ fn insert(
             break key;
         }
     };
-    shard(key).insert(
+    let scope = ticket.and_then(|t| t.scope);
+    let deadline = ticket.map(|t| t.deadline);
+    let mut map = shard(key);
+    // Under the shard's lock, which `Scope::close` takes after closing (see there).
+    if scope.is_some_and(|s| s.closed.load(Ordering::Acquire)) {
+        return None;
+    }
+    map.insert(
         key,
         Entry {
             engine,
-            tx,
+            tx: Some(tx),
+            scope: scope.map_or(0, |s| s.id),
+            deadline,
             publish,
             _pump: pump,
             qos0_before,
             qos0_queued: false,
         },
     );
-    (key, rx)
+    // Under the shard's lock too, which the expiry thread takes after it last looked
+    // at the earliest deadline (see `expiry`).
+    if let Some(deadline) = deadline {
+        expiry::watch(deadline);
+    }
+    drop(map);
+    Some((key, rx))
 }
 
 /// Forgets a key whose command Paho refused (no callback will come).
@@ -206,8 +290,59 @@ pub(crate) fn complete(key: Key, reply: Reply) {
             qos0_completed(entry.engine, key, done.then_some(before));
         }
         // The waiter may be gone (its call timed out): nothing to do then.
-        let _ = entry.tx.send(reply);
+        entry.reply(reply);
     }
+}
+
+impl Entry {
+    fn reply(self, reply: Reply) {
+        if let Some(tx) = self.tx {
+            let _ = tx.send(reply);
+        }
+    }
+}
+
+/// Ends the waits of the entries `which` selects with `reply`, leaving the entries.
+fn take_waiters(which: impl Fn(&Entry) -> bool, reply: impl Fn() -> Reply) {
+    for shard in &TABLE {
+        let taken: Vec<oneshot::Sender<Reply>> = {
+            let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+            map.values_mut()
+                .filter(|e| e.tx.is_some() && which(e))
+                .filter_map(|e| e.tx.take())
+                .collect()
+        };
+        for tx in taken {
+            let _ = tx.send(reply());
+        }
+    }
+}
+
+/// The expiry thread's look at `now`: answers every ticket whose deadline has passed with
+/// [`Reply::Expired`]; returns the earliest deadline still to come.
+pub(crate) fn expire(now: Instant) -> Option<Instant> {
+    let mut next: Option<Instant> = None;
+    for shard in &TABLE {
+        let expired: Vec<oneshot::Sender<Reply>> = {
+            let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let mut expired = Vec::new();
+            for entry in map.values_mut() {
+                let Some(deadline) = entry.deadline.filter(|_| entry.tx.is_some()) else {
+                    continue;
+                };
+                if deadline <= now {
+                    expired.extend(entry.tx.take());
+                } else if next.is_none_or(|n| deadline < n) {
+                    next = Some(deadline);
+                }
+            }
+            expired
+        };
+        for tx in expired {
+            let _ = tx.send(Reply::Expired);
+        }
+    }
+    next
 }
 
 // ---------------------------------------------------------------------------------------
@@ -295,7 +430,7 @@ fn qos0_completed(engine: u64, key: Key, written_before: Option<u64>) {
                 target: "aiomqtt::engine",
                 "a QoS 0 publish completed with a later one (Paho lost its completion)"
             );
-            let _ = entry.tx.send(Reply::Done(Response::default()));
+            entry.reply(Reply::Done(Response::default()));
         }
     }
 }
@@ -413,7 +548,7 @@ pub(crate) fn delivered(engine: u64, packet_id: i32) {
     };
     if let Some(entry) = entry {
         PARKED.fetch_sub(1, Ordering::SeqCst);
-        let _ = entry.tx.send(Reply::Done(Response::default()));
+        entry.reply(Reply::Done(Response::default()));
     }
 }
 
@@ -436,7 +571,7 @@ pub(crate) fn fail_parked(engine: u64, reply: impl Fn() -> Reply) {
             failed
         };
         for entry in failed {
-            let _ = entry.tx.send(reply());
+            entry.reply(reply());
         }
     }
 }
@@ -461,7 +596,7 @@ pub(crate) fn sweep(engine: u64, reply: impl Fn() -> Reply) {
             keys.iter().filter_map(|k| map.remove(k)).collect()
         };
         for entry in swept {
-            let _ = entry.tx.send(reply());
+            entry.reply(reply());
         }
     }
 }
@@ -472,7 +607,7 @@ mod tests {
 
     #[test]
     fn a_reply_reaches_its_waiter_once() {
-        let (key, mut rx) = register(1);
+        let (key, mut rx) = register(1, None).unwrap();
         complete(key, Reply::Done(Response::default()));
         assert!(matches!(rx.try_recv(), Ok(Reply::Done(_))));
         // A second callback for the same key is ignored.
@@ -482,11 +617,13 @@ mod tests {
     #[test]
     fn a_parked_publish_completes_on_delivery_or_fails_with_its_session() {
         // The write fails before the sender knows the packet id, then learns it.
-        let (a, mut a_rx) = register_publish(10, &pump::Progress::watched(), 5, true);
+        let (a, mut a_rx) =
+            register_publish(10, None, &pump::Progress::watched(), 5, true).unwrap();
         assert_eq!(write_failed(a, 0), WriteFailed::Parked { payload_len: 5 });
         sent(a, 7);
         // The write fails with the packet id known.
-        let (b, mut b_rx) = register_publish(10, &pump::Progress::watched(), 6, true);
+        let (b, mut b_rx) =
+            register_publish(10, None, &pump::Progress::watched(), 6, true).unwrap();
         sent(b, 8);
         assert_eq!(write_failed(b, 8), WriteFailed::Parked { payload_len: 6 });
         assert!(a_rx.try_recv().is_err() && b_rx.try_recv().is_err());
@@ -502,9 +639,9 @@ mod tests {
 
     #[test]
     fn a_publish_of_a_clean_session_is_not_parked() {
-        let (key, _rx) = register_publish(12, &pump::Progress::watched(), 3, false);
+        let (key, _rx) = register_publish(12, None, &pump::Progress::watched(), 3, false).unwrap();
         assert_eq!(write_failed(key, 0), WriteFailed::Fail { payload_len: 3 });
-        let (qos0, _rx0) = register(12);
+        let (qos0, _rx0) = register(12, None).unwrap();
         assert_eq!(write_failed(qos0, 0), WriteFailed::Unknown);
     }
 
@@ -512,11 +649,12 @@ mod tests {
     fn a_lost_qos0_completion_is_made_good_by_a_later_one() {
         let done = || Reply::Done(Response::default());
         // a and b taken by Paho one after the other; Paho reports only b.
-        let (a, mut a_rx) = register_qos0(20, &pump::Progress::watched(), 10);
+        let (a, mut a_rx) = register_qos0(20, None, &pump::Progress::watched(), 10).unwrap();
         qos0_sent(20, a);
-        let (b, mut b_rx) = register_qos0(20, &pump::Progress::watched(), 10);
+        let (b, mut b_rx) = register_qos0(20, None, &pump::Progress::watched(), 10).unwrap();
         qos0_sent(20, b);
-        let (other, mut other_rx) = register_qos0(21, &pump::Progress::watched(), 10);
+        let (other, mut other_rx) =
+            register_qos0(21, None, &pump::Progress::watched(), 10).unwrap();
         qos0_sent(21, other);
         complete(b, done());
         assert!(matches!(a_rx.try_recv(), Ok(Reply::Done(_))));
@@ -528,8 +666,8 @@ mod tests {
 
         // d taken by Paho after c was registered: their order in Paho is unknown, so c's
         // completion does not vouch for d.
-        let (c, mut c_rx) = register_qos0(20, &pump::Progress::watched(), 10);
-        let (d, mut d_rx) = register_qos0(20, &pump::Progress::watched(), 10);
+        let (c, mut c_rx) = register_qos0(20, None, &pump::Progress::watched(), 10).unwrap();
+        let (d, mut d_rx) = register_qos0(20, None, &pump::Progress::watched(), 10).unwrap();
         qos0_sent(20, d);
         qos0_sent(20, c);
         complete(c, done());
@@ -537,12 +675,12 @@ mod tests {
         assert!(d_rx.try_recv().is_err());
 
         // A failure vouches for nothing; a completion before `qos0_sent` is tracked no more.
-        let (e, mut e_rx) = register_qos0(20, &pump::Progress::watched(), 10);
+        let (e, mut e_rx) = register_qos0(20, None, &pump::Progress::watched(), 10).unwrap();
         qos0_sent(20, e);
         complete(d, Reply::Failed(Failure::code(-1)));
         assert!(matches!(d_rx.try_recv(), Ok(Reply::Failed(_))));
         assert!(e_rx.try_recv().is_err());
-        let (f, _f_rx) = register_qos0(20, &pump::Progress::watched(), 10);
+        let (f, _f_rx) = register_qos0(20, None, &pump::Progress::watched(), 10).unwrap();
         complete(f, done());
         qos0_sent(20, f);
         complete(e, done());
@@ -556,14 +694,39 @@ mod tests {
     }
 
     #[test]
+    fn a_tickets_wait_ends_at_its_deadline_or_when_its_scope_closes() {
+        let started = Instant::now();
+        let due = started + std::time::Duration::from_millis(30);
+        let (a, a_rx) = register(30, Ticket::new(due, None).as_ref()).unwrap();
+        let scope = Scope::new();
+        let later = Ticket::new(started + std::time::Duration::from_secs(3600), Some(&scope));
+        let (b, mut b_rx) = register(30, later.as_ref()).unwrap();
+
+        assert!(matches!(a_rx.blocking_recv(), Ok(Reply::Expired)));
+        assert!(Instant::now() >= due, "not before its deadline");
+        assert!(b_rx.try_recv().is_err(), "a later deadline still waits");
+        scope.close();
+        assert!(matches!(b_rx.try_recv(), Ok(Reply::Ended)));
+        assert!(
+            register(30, later.as_ref()).is_none(),
+            "a closed scope takes no more"
+        );
+        // Both stay registered for Paho's report, which finds no waiter.
+        assert!(shard(a).contains_key(&a) && shard(b).contains_key(&b));
+        complete(a, Reply::Done(Response::default()));
+        complete(b, Reply::Done(Response::default()));
+        assert!(!shard(a).contains_key(&a) && !shard(b).contains_key(&b));
+    }
+
+    #[test]
     fn cancel_and_sweep() {
-        let (key, mut rx) = register(2);
+        let (key, mut rx) = register(2, None).unwrap();
         cancel(key);
         assert!(rx.try_recv().is_err());
         complete(key, Reply::Done(Response::default()));
 
-        let (_, mut a) = register(3);
-        let (_, mut b) = register(4);
+        let (_, mut a) = register(3, None).unwrap();
+        let (_, mut b) = register(4, None).unwrap();
         sweep(3, || Reply::Failed(Failure::code(-11)));
         assert!(matches!(a.try_recv(), Ok(Reply::Failed(f)) if f.code == -11));
         assert!(b.try_recv().is_err(), "another engine's command stays");

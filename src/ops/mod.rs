@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::Error;
-use crate::engine::{Abandoned, Call, Driver, Reply};
+use crate::engine::{Abandoned, Call, Driver, Reply, Ticket};
 use crate::session::{Session, Subscription};
 
 pub use publish::Publish;
@@ -39,11 +39,17 @@ pub(crate) enum Kind {
 /// that times out after is [`Error::Unacknowledged`] (it may still be delivered). A
 /// call fails as soon as the connection ends only when the engine will forget it
 /// ([`Session::calls_fail_at_end`]).
+///
+/// The wait for the broker costs no timer and no waiter on the end of its own when the
+/// engine arms the call (the usual case): the call's registry entries carry a
+/// [`Ticket`] with the deadline, which the engine's expiry thread enforces, and the
+/// session's scope, whose close at the end fails them. Otherwise (the fake engine, or a
+/// call handed over on the engine thread) the runner keeps both itself.
 pub(crate) async fn run<T>(
     session: Arc<Session>,
     timeout: Option<Duration>,
     kind: Kind,
-    start: impl FnOnce(&dyn Driver) -> Call,
+    start: impl FnOnce(&dyn Driver, Option<&Ticket<'_>>) -> Call,
     finish: impl FnOnce(Vec<Reply>) -> Result<T, Error>,
 ) -> Result<T, Error> {
     let session = &session;
@@ -62,21 +68,25 @@ pub(crate) async fn run<T>(
     if session.reconnects() && !session.is_up() && kind != Kind::Publish {
         Box::pin(wait_for_link(session, deadline)).await?;
     }
-    let mut call = start(session.engine.as_ref());
     let fail_at_end = session.calls_fail_at_end();
-    let replies = tokio::select! {
-        biased;
-        replies = tokio::time::timeout_at(deadline, &mut call) => match replies {
-            Ok(replies) => replies,
-            Err(_) => {
-                return Err(match (call.abandon(), kind) {
-                    (Abandoned::MaybeSent, Kind::Publish) => Error::Unacknowledged,
-                    _ => Error::Timeout,
-                });
-            }
-        },
-        cause = session.ended(), if fail_at_end => Err(cause),
+    let call = {
+        let ticket = Ticket::new(deadline.into_std(), fail_at_end.then_some(&session.scope));
+        start(session.engine.as_ref(), ticket.as_ref())
     };
+    let replies = if call.is_armed() {
+        // The registry ends the wait at the deadline, and with the connection when calls
+        // fail at its end: no timer and no waiter on the end per call.
+        match call.await {
+            Err(Error::Timeout) => Err(timed_out(kind, Abandoned::MaybeSent)),
+            replies => replies,
+        }
+    } else {
+        // Boxed: rare, and its timer and waiter would enlarge every call's future.
+        Box::pin(wait_unarmed(session, deadline, call, kind, fail_at_end)).await
+    };
+    if let Err(e @ (Error::Timeout | Error::Unacknowledged)) = replies {
+        return Err(e);
+    }
     let result = replies.and_then(finish);
     // When the broker ends the session, Paho reports the end first and fails the
     // pending calls after: the end's cause (e.g. the broker's DISCONNECT reason code)
@@ -94,6 +104,34 @@ pub(crate) async fn run<T>(
             }
         }
         result => result,
+    }
+}
+
+/// Waits for a call the engine did not arm, until `deadline` or (with `fail_at_end`) the
+/// connection's end.
+async fn wait_unarmed(
+    session: &Session,
+    deadline: Instant,
+    mut call: Call,
+    kind: Kind,
+    fail_at_end: bool,
+) -> Result<Vec<Reply>, Error> {
+    tokio::select! {
+        biased;
+        replies = tokio::time::timeout_at(deadline, &mut call) => match replies {
+            Ok(replies) => replies,
+            Err(_) => Err(timed_out(kind, call.abandon())),
+        },
+        cause = session.ended(), if fail_at_end => Err(cause),
+    }
+}
+
+/// The error of a call whose deadline passed: a publish that Paho may still send is
+/// [`Error::Unacknowledged`].
+fn timed_out(kind: Kind, abandoned: Abandoned) -> Error {
+    match (abandoned, kind) {
+        (Abandoned::MaybeSent, Kind::Publish) => Error::Unacknowledged,
+        _ => Error::Timeout,
     }
 }
 
@@ -141,7 +179,7 @@ pub(crate) async fn resubscribe(
     let n = sub.filters.len();
     let call = session
         .engine
-        .subscribe(sub.filters.clone(), sub.properties.as_ref());
+        .subscribe(sub.filters.clone(), sub.properties.as_ref(), None);
     match tokio::time::timeout_at(deadline, call).await {
         Ok(replies) => crate::engine::subscribe_result(
             replies?,

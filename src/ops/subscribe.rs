@@ -261,7 +261,7 @@ impl Subscribe {
             session.clone(),
             self.timeout,
             Kind::Subscribe,
-            move |engine| engine.subscribe(filters, props.as_ref()),
+            move |engine, ticket| engine.subscribe(filters, props.as_ref(), ticket),
             move |replies| crate::engine::subscribe_result(replies, n, v5),
         )
         .await?;

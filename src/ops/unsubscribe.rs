@@ -97,7 +97,7 @@ impl Unsubscribe {
             session.clone(),
             self.timeout,
             Kind::Unsubscribe,
-            move |engine| engine.unsubscribe(filters, props.as_ref()),
+            move |engine, ticket| engine.unsubscribe(filters, props.as_ref(), ticket),
             crate::engine::unsubscribe_result,
         )
         .await?;

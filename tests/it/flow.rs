@@ -417,6 +417,68 @@ async fn the_pump_parks_when_nothing_is_pending() {
     assert_eq!(idle, Duration::ZERO, "the pump ran with nothing pending");
 }
 
+/// A call's timeout costs no timer of its own: the expiry thread sleeps until the earliest
+/// deadline of any call, so a stream of calls that complete in time wakes it a few times
+/// at most (once per timeout of the client's), not once per call; and it still ends a
+/// call whose deadline passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_completing_in_time_leave_the_expiry_thread_asleep() {
+    if let Some(child) = isolated(
+        "flow::calls_completing_in_time_leave_the_expiry_thread_asleep",
+        Duration::from_secs(60),
+    ) {
+        child.assert_passed();
+        return;
+    }
+    let mut broker = Broker::start();
+    let conn = connect_on(broker.port(), ProtocolVersion::V311).await;
+    assert_eq!(conn.timeout(), Duration::from_secs(5));
+    let topic = unique_topic("expiry");
+    conn.publish(&topic, "first")
+        .qos(QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let runs = || {
+        sockets::thread_schedstat("aiomqtt-expiry")
+            .expect("the expiry thread")
+            .1
+    };
+    let before = runs();
+    let started = std::time::Instant::now();
+    let results: Vec<_> = futures::stream::iter(0..6000)
+        .map(|i| {
+            let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][i % 3];
+            conn.publish(&topic, "x").qos(qos).into_future()
+        })
+        .buffer_unordered(200)
+        .collect()
+        .await;
+    let took = started.elapsed();
+    let woken = runs() - before;
+    assert!(results.iter().all(Result::is_ok));
+    // One wake-up per 5 s that the stream lasts, and one to spare.
+    let allowed = 1 + took.as_secs() / 5;
+    assert!(
+        woken <= allowed,
+        "the expiry thread ran {woken} times for 6,000 calls in {took:?}"
+    );
+
+    broker.pause();
+    let started = std::time::Instant::now();
+    let late = conn
+        .publish(&topic, "late")
+        .qos(QoS::AtLeastOnce)
+        .timeout(Duration::from_millis(200))
+        .await;
+    let took = started.elapsed();
+    broker.resume();
+    assert!(matches!(late, Err(Error::Unacknowledged)), "{late:?}");
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+}
+
 /// A QoS 0 publish that completes at once does not make the pump wake Paho's threads:
 /// publishes sent one at a time (a round-trip pattern) leave Paho's receive thread
 /// asleep. Waking it for each would put a spurious loop of that thread in the way of

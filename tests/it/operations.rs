@@ -6,6 +6,7 @@
 //! Every test starts its own broker, uses unique topics and is bounded in time.
 
 use std::error::Error as _;
+use std::future::IntoFuture;
 use std::time::{Duration, Instant};
 
 use crate::support::mqtt::{
@@ -1424,6 +1425,70 @@ async fn pending_call_fails_when_the_broker_is_killed() {
             }
             other => panic!("expected ConnectionLost, got {other:?}"),
         }
+    })
+    .await
+}
+
+/// Calls that Paho still holds in its command queue when the connection is closed (the
+/// socket is full: the broker reads nothing) fail at once with the end, not at their
+/// timeout: Paho keeps a disconnected client's queued commands, and the engine is not
+/// destroyed while calls hold the connection, so only the end can answer them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_queued_in_the_engine_fail_at_once_when_the_connection_is_closed() {
+    with_timeout(T, async {
+        let mut broker = Broker::start();
+        let t = unique_topic("queued_at_close");
+        let conn = builder(broker.port(), ProtocolVersion::V5)
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        broker.pause();
+        // 200 x 64 KiB: far more than the socket's buffers hold.
+        let calls: Vec<_> = (0..200)
+            .map(|i| {
+                let publish =
+                    conn.publish(format!("{t}/{i}"), vec![b'x'; 64 * 1024])
+                        .qos(if i % 2 == 0 {
+                            QoS::AtMostOnce
+                        } else {
+                            QoS::AtLeastOnce
+                        });
+                tokio::spawn(publish.into_future())
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        let closing = tokio::spawn({
+            let conn = conn.clone();
+            async move { conn.disconnect().await }
+        });
+        let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+        for call in calls {
+            let outcome = match call.await.unwrap() {
+                Ok(()) => "Ok".to_owned(),
+                Err(e) => format!("{e:?}"),
+            };
+            *outcomes.entry(outcome).or_default() += 1;
+        }
+        let took = started.elapsed();
+        broker.resume();
+        let _ = closing.await;
+        assert!(
+            took < Duration::from_secs(3),
+            "the calls resolved {took:?} after the close (timeout 20 s): {outcomes:?}"
+        );
+        let failed = outcomes.get("NotConnected").copied().unwrap_or(0);
+        assert!(
+            failed > 100,
+            "most calls were still in the engine and fail with the close: {outcomes:?}"
+        );
+        assert!(
+            outcomes.keys().all(|o| o == "Ok" || o == "NotConnected"),
+            "{outcomes:?}"
+        );
     })
     .await
 }
