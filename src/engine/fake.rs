@@ -110,7 +110,7 @@ impl FakeEngine {
         let mut state = self.lock();
         state.commands.push(command);
         state.waiting.push_back(tx);
-        Call::sent(Ok(vec![rx]))
+        Call::sent(Ok(rx.into()))
     }
 }
 

@@ -58,6 +58,7 @@
 //! - Per-command completions go through the [registry], which tolerates any pattern of
 //!   callbacks.
 
+mod call;
 mod cprops;
 mod diagnose;
 mod errors;
@@ -81,7 +82,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -90,6 +90,7 @@ use tokio::time::Instant;
 use crate::options::Options;
 use crate::{Error, Properties, ProtocolVersion, QoS, ReasonCode, SubscribeOptions, Topic};
 
+pub(crate) use call::{Abandoned, Call, Handed, Replies};
 pub(crate) use diagnose::{Report, diagnose, preflight};
 pub(crate) use hooks::{Events, Loss};
 #[cfg(test)]
@@ -100,7 +101,6 @@ pub(crate) use transport::check_transport;
 
 use cprops::CProps;
 use hooks::{Hooks, SlowConnect};
-use thread::Withdraw;
 
 /// Paho C's version, as it reports it (e.g. `"1.3.16"`).
 pub(crate) fn paho_version() -> Option<&'static str> {
@@ -473,9 +473,7 @@ impl Engine {
     fn call(
         &self,
         ticket: Option<&Ticket<'_>>,
-        send: impl FnOnce(&Inner, Option<&Ticket<'_>>) -> Result<Vec<oneshot::Receiver<Reply>>, Error>
-        + Send
-        + 'static,
+        send: impl FnOnce(&Inner, Option<&Ticket<'_>>) -> Result<Handed, Error> + Send + 'static,
     ) -> Call {
         if !hooks::slow_connect_in_flight() {
             let mut call = Call::sent(send(&self.0, ticket));
@@ -484,10 +482,7 @@ impl Engine {
         }
         let inner = self.0.clone();
         match thread::submit_withdrawable(move || send(&inner, None)) {
-            Ok((rx, withdraw)) => Call {
-                stage: Stage::Queued(rx, withdraw),
-                armed: false,
-            },
+            Ok((rx, withdraw)) => Call::queued(rx, withdraw),
             Err(e) => Call::sent(Err(e)),
         }
     }
@@ -552,7 +547,7 @@ impl Engine {
                     } else if qos == QoS::AtMostOnce {
                         registry::qos0_sent(inner.id, key);
                     }
-                    Ok(vec![rx])
+                    Ok(rx.into())
                 }
                 Ok((rc, _)) => {
                     registry::cancel(key);
@@ -596,7 +591,7 @@ impl Engine {
                         key,
                     ))
                 })
-                .map(|rx| vec![rx]);
+                .map(Handed::from);
             }
             filters
                 .chunks(1)
@@ -633,7 +628,7 @@ impl Engine {
                     key,
                 ))
             })
-            .map(|rx| vec![rx])
+            .map(Handed::from)
         })
     }
 
@@ -644,7 +639,7 @@ impl Engine {
             Engine::one(inner, None, |key| {
                 Ok(paho::disconnect(inner.handle, inner.v5, 0, Some(key)))
             })
-            .map(|rx| vec![rx])
+            .map(Handed::from)
         })
     }
 
@@ -750,112 +745,8 @@ fn engine_thread_gone() -> Error {
     Error::Io(std::io::Error::other("the engine thread has stopped"))
 }
 
-/// Commands handed (or being handed) to Paho, awaiting their acknowledgements.
-///
-/// If its caller gives up, [`Call::abandon`] says whether anything reached Paho.
-#[must_use]
-pub(crate) struct Call {
-    stage: Stage,
-    /// Every command was registered with the caller's [`Ticket`].
-    armed: bool,
-}
-
-enum Stage {
-    /// Waiting for the engine thread to hand the commands over.
-    Queued(
-        oneshot::Receiver<Result<Vec<oneshot::Receiver<Reply>>, Error>>,
-        Withdraw,
-    ),
-    /// Handed over: one reply per command, collected in order.
-    Sent(Vec<oneshot::Receiver<Reply>>, Vec<Reply>),
-    Failed(Option<Error>),
-}
-
-/// What happened to an abandoned [`Call`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Abandoned {
-    /// Nothing reached Paho.
-    NeverSent,
-    /// Paho has it: it may still be sent and acknowledged.
-    MaybeSent,
-}
-
-impl Call {
-    /// Commands handed over, whose replies come through `handed` (or a refusal).
-    pub(crate) fn sent(handed: Result<Vec<oneshot::Receiver<Reply>>, Error>) -> Call {
-        Call {
-            stage: match handed {
-                Ok(rx) => Stage::Sent(rx, Vec::new()),
-                Err(e) => Stage::Failed(Some(e)),
-            },
-            armed: false,
-        }
-    }
-
-    /// Whether the call's wait ends by itself at its ticket's deadline ([`Reply::Expired`])
-    /// and when its ticket's scope closes ([`Reply::Ended`]). A refused call is armed too:
-    /// it ends at once.
-    pub(crate) fn is_armed(&self) -> bool {
-        self.armed
-    }
-
-    /// A call refused before anything was handed over.
-    pub(crate) fn failed(e: Error) -> Call {
-        Call::sent(Err(e))
-    }
-
-    /// Gives up on the call; says whether Paho got it.
-    pub(crate) fn abandon(self) -> Abandoned {
-        match self.stage {
-            Stage::Queued(_, withdraw) if withdraw.withdraw() => Abandoned::NeverSent,
-            Stage::Queued(..) | Stage::Sent(..) => Abandoned::MaybeSent,
-            Stage::Failed(_) => Abandoned::NeverSent,
-        }
-    }
-}
-
-impl Future for Call {
-    type Output = Result<Vec<Reply>, Error>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        loop {
-            match &mut self.stage {
-                Stage::Queued(rx, _) => match Pin::new(rx).poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(handed)) => self.stage = Call::sent(handed).stage,
-                    Poll::Ready(Err(_)) => self.stage = Stage::Failed(Some(engine_thread_gone())),
-                },
-                Stage::Sent(pending, done) => {
-                    while let Some(rx) = pending.first_mut() {
-                        match Pin::new(rx).poll(cx) {
-                            Poll::Pending => return Poll::Pending,
-                            // An armed call's wait ended first: Paho may still have it.
-                            Poll::Ready(Ok(Reply::Expired)) => {
-                                return Poll::Ready(Err(Error::Timeout));
-                            }
-                            Poll::Ready(Ok(Reply::Ended)) => {
-                                return Poll::Ready(Err(Error::NotConnected));
-                            }
-                            Poll::Ready(reply) => {
-                                pending.remove(0);
-                                done.push(reply.unwrap_or(Reply::Failed(Failure::code(
-                                    errors::OPERATION_INCOMPLETE,
-                                ))));
-                            }
-                        }
-                    }
-                    return Poll::Ready(Ok(std::mem::take(done)));
-                }
-                Stage::Failed(e) => {
-                    return Poll::Ready(Err(e.take().unwrap_or(Error::NotConnected)));
-                }
-            }
-        }
-    }
-}
-
 /// Maps the replies of a publish.
-pub(crate) fn publish_result(replies: Vec<Reply>) -> Result<(), Error> {
+pub(crate) fn publish_result(replies: Replies) -> Result<(), Error> {
     match replies.into_iter().next() {
         Some(Reply::Done(_)) => Ok(()),
         Some(Reply::Failed(f)) => Err(errors::from_failure(f)),
@@ -868,7 +759,7 @@ pub(crate) fn publish_result(replies: Vec<Reply>) -> Result<(), Error> {
 /// code, not an error (as aiomqtt). A SUBACK that does not fit the SUBSCRIBE (another
 /// number of codes, a code MQTT does not define) is [`Error::Protocol`].
 pub(crate) fn subscribe_result(
-    replies: Vec<Reply>,
+    replies: Replies,
     filters: usize,
     v5: bool,
 ) -> Result<Vec<ReasonCode>, Error> {
@@ -915,7 +806,7 @@ fn suback_code_defined(code: u8, v5: bool) -> bool {
 }
 
 /// Maps the replies of an unsubscribe: a refused filter (MQTT 5) is an error.
-pub(crate) fn unsubscribe_result(replies: Vec<Reply>) -> Result<(), Error> {
+pub(crate) fn unsubscribe_result(replies: Replies) -> Result<(), Error> {
     for reply in replies {
         match reply {
             Reply::Done(r) => {
@@ -937,7 +828,7 @@ pub(crate) fn unsubscribe_result(replies: Vec<Reply>) -> Result<(), Error> {
 }
 
 /// Maps the replies of a disconnect: an already closed connection is fine.
-pub(crate) fn disconnect_result(replies: Vec<Reply>) -> Result<(), Error> {
+pub(crate) fn disconnect_result(replies: Replies) -> Result<(), Error> {
     match replies.into_iter().next() {
         Some(Reply::Failed(f)) if f.code != errors::DISCONNECTED => Err(errors::from_failure(f)),
         _ => Ok(()),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::Error;
-use crate::engine::{Abandoned, Call, Driver, Reply, Ticket};
+use crate::engine::{Abandoned, Call, Driver, Replies, Ticket};
 use crate::session::{Session, Subscription};
 
 pub use publish::Publish;
@@ -50,7 +50,7 @@ pub(crate) async fn run<T>(
     timeout: Option<Duration>,
     kind: Kind,
     start: impl FnOnce(&dyn Driver, Option<&Ticket<'_>>) -> Call,
-    finish: impl FnOnce(Vec<Reply>) -> Result<T, Error>,
+    finish: impl FnOnce(Replies) -> Result<T, Error>,
 ) -> Result<T, Error> {
     let session = &session;
     session.check_live()?;
@@ -115,7 +115,7 @@ async fn wait_unarmed(
     mut call: Call,
     kind: Kind,
     fail_at_end: bool,
-) -> Result<Vec<Reply>, Error> {
+) -> Result<Replies, Error> {
     tokio::select! {
         biased;
         replies = tokio::time::timeout_at(deadline, &mut call) => match replies {
