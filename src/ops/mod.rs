@@ -84,6 +84,7 @@ pub(crate) async fn run<T>(
         // Boxed: rare, and its timer and waiter would enlarge every call's future.
         Box::pin(wait_unarmed(session, deadline, call, kind, fail_at_end)).await
     };
+    // A call that ran out of time says so, even if the connection has ended meanwhile.
     if let Err(e @ (Error::Timeout | Error::Unacknowledged)) = replies {
         return Err(e);
     }
