@@ -1480,10 +1480,12 @@ async fn calls_queued_in_the_engine_fail_at_once_when_the_connection_is_closed()
             took < Duration::from_secs(3),
             "the calls resolved {took:?} after the close (timeout 20 s): {outcomes:?}"
         );
+        // The 100 QoS 1 calls wait for a PUBACK that never comes; QoS 0 calls complete
+        // once written, unless they were still in the engine.
         let failed = outcomes.get("NotConnected").copied().unwrap_or(0);
         assert!(
-            failed > 100,
-            "most calls were still in the engine and fail with the close: {outcomes:?}"
+            failed >= 100,
+            "every QoS 1 call fails with the close: {outcomes:?}"
         );
         assert!(
             outcomes.keys().all(|o| o == "Ok" || o == "NotConnected"),
