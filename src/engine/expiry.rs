@@ -30,8 +30,8 @@ fn base() -> Instant {
 }
 
 /// `at` in nanoseconds after [`base`] (0 for anything before it; `u64::MAX - 1` at most,
-/// about 584 years).
-fn nanos(at: Instant) -> u64 {
+/// about 584 years): what [`watch`] takes.
+pub(crate) fn nanos(at: Instant) -> u64 {
     let since = at.saturating_duration_since(base()).as_nanos();
     u64::try_from(since)
         .unwrap_or(u64::MAX - 1)
@@ -53,11 +53,11 @@ pub(crate) fn start() -> bool {
         .is_some()
 }
 
-/// A command with `deadline` was registered. Called under the registry shard's lock that
-/// holds the entry: the thread clears [`EARLIEST`] before it locks each shard to look, so
-/// either it finds the entry, or this sees the cleared value and lowers it.
-pub(crate) fn watch(deadline: Instant) {
-    let at = nanos(deadline);
+/// A command with a deadline `at` ([`nanos`], computed before the lock) was registered.
+/// Called under the registry shard's lock that holds the entry: the thread clears
+/// [`EARLIEST`] before it locks each shard to look, so either it finds the entry, or this
+/// sees the cleared value and lowers it.
+pub(crate) fn watch(at: u64) {
     if at < EARLIEST.load(Ordering::Acquire) && at < EARLIEST.fetch_min(at, Ordering::AcqRel) {
         if let Some(Some(thread)) = THREAD.get() {
             thread.unpark();

@@ -248,6 +248,8 @@ fn insert(
     };
     let scope = ticket.and_then(|t| t.scope);
     let deadline = ticket.map(|t| t.deadline);
+    // Converted before the lock: the expiry thread's clock, for the check under it.
+    let watched = deadline.map(expiry::nanos);
     let mut map = shard(key);
     // Under the shard's lock, which `Scope::close` takes after closing (see there).
     if scope.is_some_and(|s| s.closed.load(Ordering::Acquire)) {
@@ -268,8 +270,8 @@ fn insert(
     );
     // Under the shard's lock too, which the expiry thread takes after it last looked
     // at the earliest deadline (see `expiry`).
-    if let Some(deadline) = deadline {
-        expiry::watch(deadline);
+    if let Some(at) = watched {
+        expiry::watch(at);
     }
     drop(map);
     Some((key, rx))
