@@ -12,23 +12,24 @@ use tokio::sync::oneshot;
 
 use super::errors;
 use super::registry::{Failure, Reply};
+use super::slot;
 use super::thread::Withdraw;
 use crate::Error;
 
 /// Where the replies of a call's commands come, in order.
 pub(crate) enum Handed {
-    One(oneshot::Receiver<Reply>),
-    Many(Vec<oneshot::Receiver<Reply>>),
+    One(slot::Receiver),
+    Many(Vec<slot::Receiver>),
 }
 
-impl From<oneshot::Receiver<Reply>> for Handed {
-    fn from(rx: oneshot::Receiver<Reply>) -> Handed {
+impl From<slot::Receiver> for Handed {
+    fn from(rx: slot::Receiver) -> Handed {
         Handed::One(rx)
     }
 }
 
-impl FromIterator<oneshot::Receiver<Reply>> for Handed {
-    fn from_iter<I: IntoIterator<Item = oneshot::Receiver<Reply>>>(iter: I) -> Handed {
+impl FromIterator<slot::Receiver> for Handed {
+    fn from_iter<I: IntoIterator<Item = slot::Receiver>>(iter: I) -> Handed {
         Handed::Many(iter.into_iter().collect())
     }
 }
@@ -72,9 +73,9 @@ enum Stage {
     /// Waiting for the engine thread to hand the commands over.
     Queued(oneshot::Receiver<Result<Handed, Error>>, Withdraw),
     /// Handed over: one command.
-    One(oneshot::Receiver<Reply>),
+    One(slot::Receiver),
     /// Handed over: several commands, their replies collected in order.
-    Many(Vec<oneshot::Receiver<Reply>>, Vec<Reply>),
+    Many(Vec<slot::Receiver>, Vec<Reply>),
     Failed(Option<Error>),
 }
 
@@ -139,7 +140,7 @@ impl From<Result<Handed, Error>> for Stage {
 
 /// A command's reply as the call sees it: an armed call's wait that ended first is an
 /// error (Paho may still have the command); a reply never sent is Paho's "incomplete".
-fn received(reply: Result<Reply, oneshot::error::RecvError>) -> Result<Reply, Error> {
+fn received(reply: Result<Reply, slot::Closed>) -> Result<Reply, Error> {
     match reply {
         Ok(Reply::Expired) => Err(Error::Timeout),
         Ok(Reply::Ended) => Err(Error::NotConnected),
@@ -204,12 +205,12 @@ mod tests {
 
     #[tokio::test]
     async fn replies_come_in_command_order_and_cut_waits_are_errors() {
-        let (tx, rx) = oneshot::channel();
-        tx.send(Reply::Done(Response { codes: vec![1] })).unwrap();
+        let (tx, rx) = slot::channel();
+        tx.send(Reply::Done(Response { codes: vec![1] }));
         let one = Call::sent(Ok(rx.into())).await.unwrap();
         assert_eq!(codes(one), vec![Ok(vec![1])]);
 
-        let (channels, receivers): (Vec<_>, Vec<_>) = (0..3).map(|_| oneshot::channel()).unzip();
+        let (channels, receivers): (Vec<_>, Vec<_>) = (0..3).map(|_| slot::channel()).unzip();
         let many = Call::sent(Ok(receivers.into_iter().collect()));
         let mut channels = channels.into_iter().rev();
         // Answered last to first; dropped unanswered: Paho's "incomplete".
@@ -217,21 +218,19 @@ mod tests {
         channels
             .next()
             .unwrap()
-            .send(Reply::Done(Response { codes: vec![2] }))
-            .unwrap();
+            .send(Reply::Done(Response { codes: vec![2] }));
         channels
             .next()
             .unwrap()
-            .send(Reply::Done(Response { codes: vec![0] }))
-            .unwrap();
+            .send(Reply::Done(Response { codes: vec![0] }));
         assert_eq!(
             codes(many.await.unwrap()),
             vec![Ok(vec![0]), Ok(vec![2]), Err(errors::OPERATION_INCOMPLETE)]
         );
 
         for (cut, expected) in [(Reply::Expired, "Timeout"), (Reply::Ended, "NotConnected")] {
-            let (tx, rx) = oneshot::channel();
-            tx.send(cut).unwrap();
+            let (tx, rx) = slot::channel();
+            tx.send(cut);
             let err = Call::sent(Ok(rx.into())).await.unwrap_err();
             assert_eq!(format!("{err:?}"), expected);
         }

@@ -10,10 +10,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{Call, ConnectInfo, Driver, Events, Loss, Reply, Ticket};
+use super::{Call, ConnectInfo, Driver, Events, Loss, Reply, Ticket, slot};
 use crate::{Error, Properties, QoS, SubscribeOptions, Topic};
 
 /// One call the facade made.
@@ -41,7 +40,7 @@ pub(crate) enum Command {
 struct State {
     commands: Vec<Command>,
     /// Replies to give, oldest command first.
-    waiting: VecDeque<oneshot::Sender<Reply>>,
+    waiting: VecDeque<slot::Sender>,
     /// What the next connects return (default: success without a session).
     connects: VecDeque<Result<ConnectInfo, Error>>,
     events: Option<Arc<dyn Events>>,
@@ -80,7 +79,7 @@ impl FakeEngine {
     /// Answers the oldest unanswered call.
     pub(crate) fn reply(&self, reply: Reply) {
         if let Some(tx) = self.lock().waiting.pop_front() {
-            let _ = tx.send(reply);
+            tx.send(reply);
         }
     }
 
@@ -106,7 +105,7 @@ impl FakeEngine {
     }
 
     fn record(&self, command: Command) -> Call {
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = slot::channel();
         let mut state = self.lock();
         state.commands.push(command);
         state.waiting.push_back(tx);

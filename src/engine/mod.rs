@@ -72,6 +72,7 @@ mod pump;
 mod registry;
 mod relay;
 mod shim;
+mod slot;
 mod socket;
 mod thread;
 mod tls_config;
@@ -492,7 +493,7 @@ impl Engine {
         inner: &Inner,
         ticket: Option<&Ticket<'_>>,
         send: impl FnOnce(registry::Key) -> Result<i32, Error>,
-    ) -> Result<oneshot::Receiver<Reply>, Error> {
+    ) -> Result<slot::Receiver, Error> {
         let (key, rx) = registry::register(inner.id, ticket).ok_or_else(closed_scope)?;
         match send(key) {
             Ok(0) => Ok(rx),

@@ -26,9 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::oneshot;
-
-use super::{expiry, pump};
+use super::{expiry, pump, slot};
 
 /// The context Paho hands back: never 0 (a null context).
 pub(crate) type Key = usize;
@@ -120,7 +118,7 @@ impl Scope {
 struct Entry {
     engine: u64,
     /// Taken when the wait ended before Paho's report (expired, or its scope closed).
-    tx: Option<oneshot::Sender<Reply>>,
+    tx: Option<slot::Sender>,
     /// The [`Scope`] of a ticket (0: none).
     scope: u64,
     /// A ticket's deadline: the expiry thread ends the wait then.
@@ -183,7 +181,7 @@ fn shard(
 }
 
 /// A registered command: its key for Paho, and where its reply comes.
-pub(crate) type Registered = (Key, oneshot::Receiver<Reply>);
+pub(crate) type Registered = (Key, slot::Receiver);
 
 /// Registers a command of `engine` before it is handed to Paho; `None` if its ticket's
 /// scope is closed.
@@ -239,7 +237,7 @@ fn insert(
     pump: Option<pump::Active>,
     qos0_before: Option<u64>,
 ) -> Option<Registered> {
-    let (tx, rx) = oneshot::channel();
+    let (tx, rx) = slot::channel();
     let key = loop {
         let key = NEXT.fetch_add(1, Ordering::Relaxed);
         if key != 0 {
@@ -299,7 +297,7 @@ pub(crate) fn complete(key: Key, reply: Reply) {
 impl Entry {
     fn reply(self, reply: Reply) {
         if let Some(tx) = self.tx {
-            let _ = tx.send(reply);
+            tx.send(reply);
         }
     }
 }
@@ -307,7 +305,7 @@ impl Entry {
 /// Ends the waits of the entries `which` selects with `reply`, leaving the entries.
 fn take_waiters(which: impl Fn(&Entry) -> bool, reply: impl Fn() -> Reply) {
     for shard in &TABLE {
-        let taken: Vec<oneshot::Sender<Reply>> = {
+        let taken: Vec<slot::Sender> = {
             let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
             map.values_mut()
                 .filter(|e| e.tx.is_some() && which(e))
@@ -315,7 +313,7 @@ fn take_waiters(which: impl Fn(&Entry) -> bool, reply: impl Fn() -> Reply) {
                 .collect()
         };
         for tx in taken {
-            let _ = tx.send(reply());
+            tx.send(reply());
         }
     }
 }
@@ -325,7 +323,7 @@ fn take_waiters(which: impl Fn(&Entry) -> bool, reply: impl Fn() -> Reply) {
 pub(crate) fn expire(now: Instant) -> Option<Instant> {
     let mut next: Option<Instant> = None;
     for shard in &TABLE {
-        let expired: Vec<oneshot::Sender<Reply>> = {
+        let expired: Vec<slot::Sender> = {
             let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
             let mut expired = Vec::new();
             for entry in map.values_mut() {
@@ -341,7 +339,7 @@ pub(crate) fn expire(now: Instant) -> Option<Instant> {
             expired
         };
         for tx in expired {
-            let _ = tx.send(Reply::Expired);
+            tx.send(Reply::Expired);
         }
     }
     next
@@ -611,7 +609,7 @@ mod tests {
     fn a_reply_reaches_its_waiter_once() {
         let (key, mut rx) = register(1, None).unwrap();
         complete(key, Reply::Done(Response::default()));
-        assert!(matches!(rx.try_recv(), Ok(Reply::Done(_))));
+        assert!(matches!(rx.try_recv(), Ok(Some(Reply::Done(_)))));
         // A second callback for the same key is ignored.
         complete(key, Reply::Failed(Failure::code(-1)));
     }
@@ -628,14 +626,14 @@ mod tests {
             register_publish(10, None, &pump::Progress::watched(), 6, true).unwrap();
         sent(b, 8);
         assert_eq!(write_failed(b, 8), WriteFailed::Parked { payload_len: 6 });
-        assert!(a_rx.try_recv().is_err() && b_rx.try_recv().is_err());
+        assert!(matches!(a_rx.try_recv(), Ok(None)) && matches!(b_rx.try_recv(), Ok(None)));
 
         delivered(10, 7);
-        assert!(matches!(a_rx.try_recv(), Ok(Reply::Done(_))));
+        assert!(matches!(a_rx.try_recv(), Ok(Some(Reply::Done(_)))));
         delivered(11, 8); // another engine's packet id 8
-        assert!(b_rx.try_recv().is_err());
+        assert!(matches!(b_rx.try_recv(), Ok(None)));
         fail_parked(10, || Reply::Failed(Failure::code(-11)));
-        assert!(matches!(b_rx.try_recv(), Ok(Reply::Failed(f)) if f.code == -11));
+        assert!(matches!(b_rx.try_recv(), Ok(Some(Reply::Failed(f))) if f.code == -11));
         delivered(10, 8); // too late: nothing left
     }
 
@@ -659,10 +657,10 @@ mod tests {
             register_qos0(21, None, &pump::Progress::watched(), 10).unwrap();
         qos0_sent(21, other);
         complete(b, done());
-        assert!(matches!(a_rx.try_recv(), Ok(Reply::Done(_))));
-        assert!(matches!(b_rx.try_recv(), Ok(Reply::Done(_))));
+        assert!(matches!(a_rx.try_recv(), Ok(Some(Reply::Done(_)))));
+        assert!(matches!(b_rx.try_recv(), Ok(Some(Reply::Done(_)))));
         assert!(
-            other_rx.try_recv().is_err(),
+            matches!(other_rx.try_recv(), Ok(None)),
             "another engine's publish stays"
         );
 
@@ -673,22 +671,22 @@ mod tests {
         qos0_sent(20, d);
         qos0_sent(20, c);
         complete(c, done());
-        assert!(matches!(c_rx.try_recv(), Ok(Reply::Done(_))));
-        assert!(d_rx.try_recv().is_err());
+        assert!(matches!(c_rx.try_recv(), Ok(Some(Reply::Done(_)))));
+        assert!(matches!(d_rx.try_recv(), Ok(None)));
 
         // A failure vouches for nothing; a completion before `qos0_sent` is tracked no more.
         let (e, mut e_rx) = register_qos0(20, None, &pump::Progress::watched(), 10).unwrap();
         qos0_sent(20, e);
         complete(d, Reply::Failed(Failure::code(-1)));
-        assert!(matches!(d_rx.try_recv(), Ok(Reply::Failed(_))));
-        assert!(e_rx.try_recv().is_err());
+        assert!(matches!(d_rx.try_recv(), Ok(Some(Reply::Failed(_)))));
+        assert!(matches!(e_rx.try_recv(), Ok(None)));
         let (f, _f_rx) = register_qos0(20, None, &pump::Progress::watched(), 10).unwrap();
         complete(f, done());
         qos0_sent(20, f);
         complete(e, done());
-        assert!(matches!(e_rx.try_recv(), Ok(Reply::Done(_))));
+        assert!(matches!(e_rx.try_recv(), Ok(Some(Reply::Done(_)))));
         complete(other, done());
-        assert!(other_rx.try_recv().is_ok());
+        assert!(matches!(other_rx.try_recv(), Ok(Some(_))));
         assert!(
             lock_qos0().iter().all(|(e, _)| *e != 20 && *e != 21),
             "nothing left queued"
@@ -704,11 +702,17 @@ mod tests {
         let later = Ticket::new(started + std::time::Duration::from_secs(3600), Some(&scope));
         let (b, mut b_rx) = register(30, later.as_ref()).unwrap();
 
-        assert!(matches!(a_rx.blocking_recv(), Ok(Reply::Expired)));
+        assert!(matches!(
+            futures::executor::block_on(a_rx),
+            Ok(Reply::Expired)
+        ));
         assert!(Instant::now() >= due, "not before its deadline");
-        assert!(b_rx.try_recv().is_err(), "a later deadline still waits");
+        assert!(
+            matches!(b_rx.try_recv(), Ok(None)),
+            "a later deadline still waits"
+        );
         scope.close();
-        assert!(matches!(b_rx.try_recv(), Ok(Reply::Ended)));
+        assert!(matches!(b_rx.try_recv(), Ok(Some(Reply::Ended))));
         assert!(
             register(30, later.as_ref()).is_none(),
             "a closed scope takes no more"
@@ -724,15 +728,20 @@ mod tests {
     fn cancel_and_sweep() {
         let (key, mut rx) = register(2, None).unwrap();
         cancel(key);
-        assert!(rx.try_recv().is_err());
+        // Its waiter learns that no reply comes; a late callback finds nothing.
+        assert!(matches!(rx.try_recv(), Err(slot::Closed)));
         complete(key, Reply::Done(Response::default()));
+        assert!(matches!(rx.try_recv(), Err(slot::Closed)));
 
         let (_, mut a) = register(3, None).unwrap();
         let (_, mut b) = register(4, None).unwrap();
         sweep(3, || Reply::Failed(Failure::code(-11)));
-        assert!(matches!(a.try_recv(), Ok(Reply::Failed(f)) if f.code == -11));
-        assert!(b.try_recv().is_err(), "another engine's command stays");
+        assert!(matches!(a.try_recv(), Ok(Some(Reply::Failed(f))) if f.code == -11));
+        assert!(
+            matches!(b.try_recv(), Ok(None)),
+            "another engine's command stays"
+        );
         sweep(4, || Reply::Failed(Failure::code(-11)));
-        assert!(b.try_recv().is_ok());
+        assert!(matches!(b.try_recv(), Ok(Some(_))));
     }
 }
