@@ -22,7 +22,7 @@ use super::registry::Reply;
 /// A new slot: the sending half for the registry, the receiving half for the call.
 pub(crate) fn channel() -> (Sender, Receiver) {
     let shared = Arc::new(Mutex::new(State::Waiting(None)));
-    (Sender(shared.clone()), Receiver(shared))
+    (Sender(Some(shared.clone())), Receiver(shared))
 }
 
 enum State {
@@ -40,38 +40,42 @@ fn lock(shared: &Shared) -> MutexGuard<'_, State> {
     shared.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Leaves the reply (once).
+/// Leaves the reply (once); dropped without one, closes the slot.
 #[derive(Debug)]
-pub(crate) struct Sender(Shared);
+pub(crate) struct Sender(Option<Shared>);
 
 impl Sender {
     /// Leaves `reply` for the receiver and wakes it (a receiver that is gone drops it).
-    pub(crate) fn send(self, reply: Reply) {
-        self.fill(State::Ready(reply));
-    }
-
-    fn fill(&self, with: State) {
-        let waiting = {
-            let mut state = lock(&self.0);
-            match &mut *state {
-                State::Waiting(waker) => {
-                    let waker = waker.take();
-                    *state = with;
-                    waker
-                }
-                State::Ready(_) | State::Closed => None,
-            }
-        };
-        if let Some(waker) = waiting {
-            waker.wake();
+    pub(crate) fn send(mut self, reply: Reply) {
+        if let Some(shared) = self.0.take() {
+            fill(&shared, State::Ready(reply));
         }
     }
 }
 
 impl Drop for Sender {
     fn drop(&mut self) {
-        // After `send` the state is `Ready`, which this leaves alone.
-        self.fill(State::Closed);
+        if let Some(shared) = self.0.take() {
+            fill(&shared, State::Closed);
+        }
+    }
+}
+
+/// Ends the wait with `with` (a reply, or closed), unless it has ended.
+fn fill(shared: &Shared, with: State) {
+    let waiting = {
+        let mut state = lock(shared);
+        match &mut *state {
+            State::Waiting(waker) => {
+                let waker = waker.take();
+                *state = with;
+                waker
+            }
+            State::Ready(_) | State::Closed => None,
+        }
+    };
+    if let Some(waker) = waiting {
+        waker.wake();
     }
 }
 
