@@ -38,9 +38,9 @@
 //!   acknowledgement, reported by Paho's delivery-complete callback ([registry]).
 //! - **Writes Paho would leave waiting.** Paho continues a partly written packet, and
 //!   sends the commands queued behind it, only when its threads wake (up to a second
-//!   later). While a QoS 0 or large publish is pending the [pump] wakes them every
-//!   millisecond (not for one that completes at once): large messages move at link
-//!   speed, QoS 0 streams never stall.
+//!   later). While a large publish is pending the [pump] wakes them every millisecond,
+//!   while QoS 0 publishes stand still for 10 ms (not for one that completes at once):
+//!   large messages move at link speed, QoS 0 streams never stall for long.
 //! - **QoS 0 completions Paho loses** (a report of a write in parts names the wrong
 //!   command when the next one starts in between): a later QoS 0 completion of the same
 //!   client completes the earlier publishes it proves written ([registry]).

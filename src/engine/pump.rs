@@ -18,7 +18,8 @@
 //! their acknowledgements, which wake both threads.
 //!
 //! So while a QoS 0 publish or a large one is in Paho's hands, a thread of ours looks
-//! every millisecond and wakes both when needed, with Paho's own means:
+//! regularly — every millisecond while a large publish is pending, every
+//! [`SMALL_PERIOD`] otherwise — and wakes both when needed, with Paho's own means:
 //! `Socket_interrupt` (one byte on Paho's wake-up socket pair, as Paho does when it
 //! closes a socket) and `Thread_signal_evt` on the send thread's event (as Paho does when
 //! a command is queued). The pump takes no
@@ -35,8 +36,13 @@
 //! client's packets in order, one at a time, so a client whose publishes still end is
 //! not stalled; one whose partial write waits ends none. Progress is counted per client:
 //! another client's completions say nothing about this one's socket. Once nothing is
-//! pending the pump keeps ticking for [`LINGER`] periods before it parks, so that
-//! publishes going out one at a time do not each pay for unparking it.
+//! pending the pump keeps looking for [`LINGER`] before it parks, so that publishes going
+//! out one at a time do not each pay for unparking it.
+//!
+//! Each look is a wake-up of the pump's thread, which on a loaded machine takes a core
+//! from Paho's threads or the broker for a moment: a stream of small QoS 0 publishes, which
+//! is woken only after [`SMALL_STALL`] looks, is looked at five times less often than a
+//! large publish (200 looks a second, not 1,000).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -47,17 +53,21 @@ use std::time::Duration;
 /// continued by the next acknowledgement Paho reads.
 pub(crate) const THRESHOLD: usize = 64 * 1024;
 
-/// How often the pump looks, and wakes Paho's threads when a client stands still.
-const PERIOD: Duration = Duration::from_millis(1);
+/// How often the pump looks while a large publish is pending: a client with one that
+/// stands still for a period is woken (each wake-up moves one send buffer on).
+const LARGE_PERIOD: Duration = Duration::from_millis(1);
 
-/// Idle periods before the pump parks.
-const LINGER: u32 = 20;
+/// How often the pump looks while only small (QoS 0) publishes are pending.
+const SMALL_PERIOD: Duration = Duration::from_millis(5);
 
-/// Periods a client with only small publishes pending (QoS 0) must stand still before
-/// it is woken: a thread of a loaded two-core machine is often off the CPU for a period,
-/// and a stream that Paho would go on with by itself needs no wake-up. A stall that needs
-/// the pump lasts up to a second without it; ten periods keep it short.
-const SMALL_STALL: u32 = 10;
+/// Looks in a row that must find a client with only small publishes pending standing
+/// still before it is woken (10 ms): a thread of a loaded two-core machine is often off
+/// the CPU for a millisecond, and a stream that Paho would go on with by itself needs no
+/// wake-up. A stall that needs the pump lasts up to a second without it.
+const SMALL_STALL: u32 = 2;
+
+/// How long the pump goes on looking with nothing pending before it parks.
+const LINGER: Duration = Duration::from_millis(20);
 
 /// Pumped publishes of all clients: started, and ended (each holds one [`Active`]
 /// meanwhile); the difference is how many are in Paho's hands.
@@ -173,41 +183,63 @@ fn start() -> Option<Thread> {
 }
 
 fn run() {
-    let mut idle = 0;
+    let mut idle = Duration::ZERO;
+    let mut period = SMALL_PERIOD;
     loop {
         if idle >= LINGER {
             // `park` returns at once if `for_publish` unparked since the last check.
             while !any_active() {
                 thread::park();
             }
-            idle = 0;
+            idle = Duration::ZERO;
         }
-        thread::sleep(PERIOD);
-        if stalled() {
+        // A sleep, not `park_timeout`: `for_publish` unparks on every publish, which costs
+        // a system call only while the thread is parked. A large publish that starts
+        // meanwhile is seen at the end of this period.
+        let slept = period;
+        thread::sleep(slept);
+        let look = look();
+        if look.stalled {
             super::shim::socket_interrupt();
             super::shim::wake_sender();
         }
-        if any_active() {
-            idle = 0;
+        period = if look.large {
+            LARGE_PERIOD
         } else {
-            idle += 1;
+            SMALL_PERIOD
+        };
+        if any_active() {
+            idle = Duration::ZERO;
+        } else {
+            idle += slept;
         }
     }
 }
 
+/// What one look found.
+struct Look {
+    /// A client stands still (see [`look`]).
+    stalled: bool,
+    /// A large publish is pending.
+    large: bool,
+}
+
 /// Whether a client stands still — a publish pending at the last look is still pending,
-/// and none ended since — for a period with a large publish pending, for
-/// [`SMALL_STALL`] periods otherwise. Records this look; forgets clients that are gone.
-fn stalled() -> bool {
+/// and none ended since — for a look with a large publish pending, for [`SMALL_STALL`]
+/// looks otherwise. Records this look; forgets clients that are gone.
+fn look() -> Look {
     let mut stalled = false;
+    let mut any_large = false;
     let mut watched = WATCHED.lock().unwrap_or_else(|e| e.into_inner());
     watched.retain_mut(|w| {
         // `ended` first: every publish it counts was counted in `started` before.
         let ended = w.progress.ended.load(Ordering::Acquire);
         let started = w.progress.started.load(Ordering::Acquire);
+        let large = w.progress.large.load(Ordering::Acquire) > 0;
+        any_large |= large;
         if ended < w.started && ended == w.ended {
             w.still += 1;
-            if w.progress.large.load(Ordering::Acquire) > 0 || w.still >= SMALL_STALL {
+            if large || w.still >= SMALL_STALL {
                 stalled = true;
             }
         } else {
@@ -216,5 +248,8 @@ fn stalled() -> bool {
         (w.started, w.ended) = (started, ended);
         Arc::strong_count(&w.progress) > 1
     });
-    stalled
+    Look {
+        stalled,
+        large: any_large,
+    }
 }

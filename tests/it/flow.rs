@@ -417,6 +417,52 @@ async fn the_pump_parks_when_nothing_is_pending() {
     assert_eq!(idle, Duration::ZERO, "the pump ran with nothing pending");
 }
 
+/// A stream of small QoS 0 publishes that keeps completing needs no wake-up, and the pump
+/// looks at it every 5 ms, not every millisecond: each look is a wake-up of its thread,
+/// which on a loaded machine takes a core from Paho's threads or the broker.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flowing_qos0_stream_is_looked_at_every_few_milliseconds() {
+    if let Some(child) = isolated(
+        "flow::a_flowing_qos0_stream_is_looked_at_every_few_milliseconds",
+        Duration::from_secs(60),
+    ) {
+        child.assert_passed();
+        return;
+    }
+    let broker = Broker::start();
+    let conn = connect_on(broker.port(), ProtocolVersion::V311).await;
+    let topic = unique_topic("looks");
+    conn.publish(&topic, "first").await.unwrap();
+    let runs = || {
+        sockets::thread_schedstat("aiomqtt-pump")
+            .expect("the pump thread")
+            .1
+    };
+    let before = runs();
+    let started = std::time::Instant::now();
+    let mut sent = 0u64;
+    // A second of QoS 0 publishes, a hundred at a time: the pump never parks meanwhile.
+    while started.elapsed() < Duration::from_secs(1) {
+        let batch: Vec<_> = (0..100)
+            .map(|_| conn.publish(&topic, "x").into_future())
+            .collect();
+        for result in futures::future::join_all(batch).await {
+            result.unwrap();
+        }
+        sent += 100;
+    }
+    let took = started.elapsed();
+    let looks = runs() - before;
+    // 200 looks a second, and as many again for a loaded machine's late wake-ups and the
+    // lingering at the end; one look per millisecond would be 1,000.
+    let allowed = took.as_millis() as u64 * 2 / 5 + 20;
+    assert!(
+        looks <= allowed,
+        "the pump ran {looks} times in {took:?} ({sent} publishes; at most {allowed})"
+    );
+    assert!(looks > 0, "the pump did not look at the stream at all");
+}
+
 /// A call's timeout costs no timer of its own: the expiry thread sleeps until the earliest
 /// deadline of any call, so a stream of calls that complete in time wakes it a few times
 /// at most (once per timeout of the client's), not once per call; and it still ends a
