@@ -36,7 +36,8 @@ enum State {
 type Shared = Arc<Mutex<State>>;
 
 fn lock(shared: &Shared) -> MutexGuard<'_, State> {
-    // Nothing that can panic runs under the lock: a poisoned one holds a whole state.
+    // Only a state's replacement runs under the lock (and a waker's clone): a poisoned
+    // lock holds a whole state.
     shared.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -111,12 +112,20 @@ impl Future for Receiver {
         match std::mem::replace(&mut *state, State::Closed) {
             State::Ready(reply) => Poll::Ready(Ok(reply)),
             State::Closed => Poll::Ready(Err(Closed)),
-            State::Waiting(waker) => {
-                let waker = match waker {
-                    Some(w) if w.will_wake(cx.waker()) => w,
-                    _ => cx.waker().clone(),
+            State::Waiting(last) => {
+                let stale = match last {
+                    Some(w) if w.will_wake(cx.waker()) => {
+                        *state = State::Waiting(Some(w));
+                        None
+                    }
+                    other => {
+                        *state = State::Waiting(Some(cx.waker().clone()));
+                        other
+                    }
                 };
-                *state = State::Waiting(Some(waker));
+                // A waker's own code runs outside the lock, as in `fill`.
+                drop(state);
+                drop(stale);
                 Poll::Pending
             }
         }
