@@ -41,8 +41,8 @@
 //!
 //! Each look is a wake-up of the pump's thread, which on a loaded machine takes a core
 //! from Paho's threads or the broker for a moment: a stream of small QoS 0 publishes, which
-//! is woken only after [`SMALL_STALL`] looks, is looked at five times less often than a
-//! large publish (200 looks a second, not 1,000).
+//! is woken only after standing still for [`SMALL_STALL`], is looked at five times less
+//! often than a large publish (200 looks a second, not 1,000).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -60,11 +60,11 @@ const LARGE_PERIOD: Duration = Duration::from_millis(1);
 /// How often the pump looks while only small (QoS 0) publishes are pending.
 const SMALL_PERIOD: Duration = Duration::from_millis(5);
 
-/// Looks in a row that must find a client with only small publishes pending standing
-/// still before it is woken (10 ms): a thread of a loaded two-core machine is often off
-/// the CPU for a millisecond, and a stream that Paho would go on with by itself needs no
-/// wake-up. A stall that needs the pump lasts up to a second without it.
-const SMALL_STALL: u32 = 2;
+/// How long a client with only small publishes pending must stand still before it is
+/// woken (two looks at [`SMALL_PERIOD`]): a thread of a loaded two-core machine is often
+/// off the CPU for a millisecond, and a stream that Paho would go on with by itself needs
+/// no wake-up. A stall that needs the pump lasts up to a second without it.
+const SMALL_STALL: Duration = Duration::from_millis(10);
 
 /// How long the pump goes on looking with nothing pending before it parks.
 const LINGER: Duration = Duration::from_millis(20);
@@ -93,8 +93,8 @@ struct Watched {
     /// At the last look: how many had started, and how many had ended.
     started: u64,
     ended: u64,
-    /// Looks in a row that found the client standing still.
-    still: u32,
+    /// How long the looks in a row that found the client standing still span.
+    still: Duration,
 }
 
 impl Progress {
@@ -108,7 +108,7 @@ impl Progress {
             progress: progress.clone(),
             started: 0,
             ended: 0,
-            still: 0,
+            still: Duration::ZERO,
         });
         progress
     }
@@ -198,7 +198,7 @@ fn run() {
         // meanwhile is seen at the end of this period.
         let slept = period;
         thread::sleep(slept);
-        let look = look();
+        let look = look(slept);
         if look.stalled {
             super::shim::socket_interrupt();
             super::shim::wake_sender();
@@ -224,10 +224,10 @@ struct Look {
     large: bool,
 }
 
-/// Whether a client stands still — a publish pending at the last look is still pending,
-/// and none ended since — for a look with a large publish pending, for [`SMALL_STALL`]
-/// looks otherwise. Records this look; forgets clients that are gone.
-fn look() -> Look {
+/// Whether a client stands still — a publish pending at the last look, `since` ago, is
+/// still pending, and none ended since — for a look with a large publish pending, for
+/// [`SMALL_STALL`] otherwise. Records this look; forgets clients that are gone.
+fn look(since: Duration) -> Look {
     let mut stalled = false;
     let mut any_large = false;
     let mut watched = WATCHED.lock().unwrap_or_else(|e| e.into_inner());
@@ -238,12 +238,12 @@ fn look() -> Look {
         let large = w.progress.large.load(Ordering::Acquire) > 0;
         any_large |= large;
         if ended < w.started && ended == w.ended {
-            w.still += 1;
+            w.still += since;
             if large || w.still >= SMALL_STALL {
                 stalled = true;
             }
         } else {
-            w.still = 0;
+            w.still = Duration::ZERO;
         }
         (w.started, w.ended) = (started, ended);
         Arc::strong_count(&w.progress) > 1
