@@ -157,14 +157,19 @@ mod tests {
         }
     }
 
+    /// A waker that counts its wake-ups.
+    fn counting() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+
     fn poll(rx: &mut Receiver, waker: &Waker) -> Poll<Result<Reply, Closed>> {
         Pin::new(rx).poll(&mut Context::from_waker(waker))
     }
 
     #[test]
     fn a_reply_wakes_the_last_poll_once_and_is_taken_once() {
-        let woken = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(woken.clone());
+        let (woken, waker) = counting();
         let (tx, mut rx) = channel();
         assert!(poll(&mut rx, &waker).is_pending());
         assert!(poll(&mut rx, &waker).is_pending());
@@ -180,8 +185,7 @@ mod tests {
 
     #[test]
     fn a_sender_dropped_without_a_reply_closes_the_slot() {
-        let woken = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(woken.clone());
+        let (woken, waker) = counting();
         let (tx, mut rx) = channel();
         assert!(poll(&mut rx, &waker).is_pending());
         drop(tx);
