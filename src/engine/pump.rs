@@ -104,13 +104,38 @@ impl Progress {
         let progress = Arc::new(Progress::default());
         let mut watched = WATCHED.lock().unwrap_or_else(|e| e.into_inner());
         watched.retain(|w| Arc::strong_count(&w.progress) > 1);
-        watched.push(Watched {
-            progress: progress.clone(),
+        watched.push(Watched::new(progress.clone()));
+        progress
+    }
+}
+
+impl Watched {
+    fn new(progress: Arc<Progress>) -> Watched {
+        Watched {
+            progress,
             started: 0,
             ended: 0,
             still: Duration::ZERO,
-        });
-        progress
+        }
+    }
+
+    /// Whether the client stands still — a publish pending at the last look, `since` ago,
+    /// is still pending, and none ended since — for a look with a large publish pending,
+    /// for [`SMALL_STALL`] otherwise. Records this look.
+    fn look(&mut self, since: Duration) -> Look {
+        // `ended` first: every publish it counts was counted in `started` before.
+        let ended = self.progress.ended.load(Ordering::Acquire);
+        let started = self.progress.started.load(Ordering::Acquire);
+        let large = self.progress.large.load(Ordering::Acquire) > 0;
+        let mut stalled = false;
+        if ended < self.started && ended == self.ended {
+            self.still += since;
+            stalled = large || self.still >= SMALL_STALL;
+        } else {
+            self.still = Duration::ZERO;
+        }
+        (self.started, self.ended) = (started, ended);
+        Look { stalled, large }
     }
 }
 
@@ -216,40 +241,76 @@ fn run() {
     }
 }
 
-/// What one look found.
+/// What a look found, at one client or at any.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Look {
-    /// A client stands still (see [`look`]).
+    /// A client stands still (see [`Watched::look`]).
     stalled: bool,
     /// A large publish is pending.
     large: bool,
 }
 
-/// Whether a client stands still — a publish pending at the last look, `since` ago, is
-/// still pending, and none ended since — for a look with a large publish pending, for
-/// [`SMALL_STALL`] otherwise. Records this look; forgets clients that are gone.
+/// Looks at every client, `since` after the last look; forgets clients that are gone.
 fn look(since: Duration) -> Look {
-    let mut stalled = false;
-    let mut any_large = false;
+    let mut any = Look::default();
     let mut watched = WATCHED.lock().unwrap_or_else(|e| e.into_inner());
     watched.retain_mut(|w| {
-        // `ended` first: every publish it counts was counted in `started` before.
-        let ended = w.progress.ended.load(Ordering::Acquire);
-        let started = w.progress.started.load(Ordering::Acquire);
-        let large = w.progress.large.load(Ordering::Acquire) > 0;
-        any_large |= large;
-        if ended < w.started && ended == w.ended {
-            w.still += since;
-            if large || w.still >= SMALL_STALL {
-                stalled = true;
-            }
-        } else {
-            w.still = Duration::ZERO;
-        }
-        (w.started, w.ended) = (started, ended);
+        let one = w.look(since);
+        any.stalled |= one.stalled;
+        any.large |= one.large;
         Arc::strong_count(&w.progress) > 1
     });
-    Look {
-        stalled,
-        large: any_large,
+    any
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STILL: Look = Look {
+        stalled: false,
+        large: false,
+    };
+
+    #[test]
+    fn a_small_publish_is_woken_after_ten_milliseconds_standing_still_at_any_cadence() {
+        let progress = Arc::new(Progress::default());
+        let mut w = Watched::new(progress.clone());
+        progress.started.store(1, Ordering::Release);
+        assert_eq!(w.look(SMALL_PERIOD), STILL, "pending since this look only");
+        // Looked at every millisecond (another client's large publish): nine looks
+        // standing still are not yet 10 ms.
+        for _ in 0..9 {
+            assert_eq!(w.look(LARGE_PERIOD), STILL);
+        }
+        assert!(w.look(LARGE_PERIOD).stalled);
+        // Progress resets the span; at the small cadence two looks make it.
+        progress.ended.store(1, Ordering::Release);
+        progress.started.store(2, Ordering::Release);
+        assert_eq!(w.look(SMALL_PERIOD), STILL);
+        assert_eq!(w.look(SMALL_PERIOD), STILL);
+        assert!(w.look(SMALL_PERIOD).stalled);
+    }
+
+    #[test]
+    fn a_large_publish_is_woken_at_the_first_look_standing_still() {
+        let progress = Arc::new(Progress::default());
+        let mut w = Watched::new(progress.clone());
+        progress.started.store(1, Ordering::Release);
+        progress.large.store(1, Ordering::Release);
+        assert_eq!(
+            w.look(SMALL_PERIOD),
+            Look {
+                stalled: false,
+                large: true
+            }
+        );
+        assert_eq!(
+            w.look(LARGE_PERIOD),
+            Look {
+                stalled: true,
+                large: true
+            }
+        );
     }
 }
