@@ -616,7 +616,11 @@ impl ClientBuilder {
         self
     }
     /// Bounds the engine's queue of outgoing messages; beyond it `publish` fails with
-    /// [`Error::OutgoingQueueFull`]. `0` means unbounded (the default).
+    /// [`Error::OutgoingQueueFull`]. `0` means unbounded (the default): then calls beyond
+    /// the window plus 32 wait in the client for their turn, in call order, instead of in
+    /// the engine's queue, whose walk grows with its length (see the
+    /// [backpressure guide](crate::guide::backpressure)); with a bound every call is
+    /// handed to the engine at once.
     pub fn max_queued_outgoing_messages(mut self, max: usize) -> Self {
         self.options.max_queued_outgoing_messages = (max > 0).then_some(max);
         self

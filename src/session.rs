@@ -70,6 +70,8 @@ pub(crate) struct Session {
     pub(crate) engine: Driven,
     pub(crate) queue: Queue,
     pub(crate) calls: Calls,
+    /// The line of calls on their way to the engine (`ops::admission`).
+    pub(crate) admission: Arc<crate::engine::Admission>,
     pub(crate) logger: Arc<str>,
     pub(crate) options: Arc<Options>,
     pub(crate) end: End,
@@ -121,6 +123,14 @@ impl Session {
                 pending: AtomicUsize::new(0),
                 threshold: options.pending_calls_threshold,
             },
+            // Not bounded here when the user bounds the engine's queue (its refusals are
+            // that option's contract).
+            admission: Arc::new(crate::engine::Admission::new(
+                options
+                    .max_queued_outgoing_messages
+                    .is_none()
+                    .then(|| options.window()),
+            )),
             logger,
             options,
             end: End::new(),
@@ -202,6 +212,11 @@ impl Session {
             .and_then(|p| p.assigned_client_identifier.clone())
             .or_else(|| self.client.upgrade().map(|c| c.identifier().to_owned()))
             .unwrap_or_default();
+        // Paho lowers its window to the broker's Receive Maximum (MQTT 5).
+        let receive_maximum = info.properties.as_ref().and_then(|p| p.receive_maximum);
+        self.admission.set_window(
+            receive_maximum.map_or(self.options.window(), |r| r.min(self.options.window())),
+        );
         // Set before the link is up: no call sees the link without its limits.
         self.limits.set(info.properties.as_ref().map_or(
             crate::limits::Limits::NONE,

@@ -55,9 +55,14 @@
 //!   socket mutexes (taken on the engine thread, like any blocking call), the descriptor
 //!   of Paho's connection to a private endpoint — or carries a layered link through its
 //!   thread.
+//! - **Paho's walk of its command queue.** Paho's send thread looks for its next command
+//!   by walking one queue shared by every client, past every command of a client whose
+//!   window is full; a connection hands it at most its window plus a little ([admission]),
+//!   so that a burst stays linear and other clients are not held up.
 //! - Per-command completions go through the [registry], which tolerates any pattern of
 //!   callbacks.
 
+mod admission;
 mod call;
 mod cprops;
 mod diagnose;
@@ -91,6 +96,7 @@ use tokio::time::Instant;
 use crate::options::Options;
 use crate::{Error, Properties, ProtocolVersion, QoS, ReasonCode, SubscribeOptions, Topic};
 
+pub(crate) use admission::Admission;
 pub(crate) use call::{Abandoned, Call, Handed, Replies};
 pub(crate) use diagnose::{Report, diagnose, preflight};
 pub(crate) use hooks::{Events, Loss};

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use super::admission::{Admission, Place};
 use super::{expiry, pump, slot};
 
 /// The context Paho hands back: never 0 (a null context).
@@ -78,13 +79,28 @@ impl Failure {
 pub(crate) struct Ticket<'a> {
     deadline: Instant,
     scope: Option<&'a Scope>,
+    /// Where the command's place in the engine's window is counted (a QoS 1/2 publish,
+    /// a subscribe, an unsubscribe), until Paho reports it.
+    places: Option<&'a Arc<Admission>>,
 }
 
 impl<'a> Ticket<'a> {
     /// A ticket until `deadline`, whose wait also ends when `scope` closes; `None` if
     /// the expiry thread cannot run (the caller must then keep its own timer).
-    pub(crate) fn new(deadline: Instant, scope: Option<&'a Scope>) -> Option<Ticket<'a>> {
-        expiry::start().then_some(Ticket { deadline, scope })
+    pub(crate) fn new(
+        deadline: Instant,
+        scope: Option<&'a Scope>,
+        places: Option<&'a Arc<Admission>>,
+    ) -> Option<Ticket<'a>> {
+        expiry::start().then_some(Ticket {
+            deadline,
+            scope,
+            places,
+        })
+    }
+
+    fn place(ticket: Option<&Ticket<'_>>) -> Option<Place> {
+        ticket.and_then(|t| t.places).map(Place::take)
     }
 }
 
@@ -131,6 +147,8 @@ struct Entry {
     qos0_before: Option<u64>,
     /// The QoS 0 publish is in [`QOS0_TAKEN`].
     qos0_queued: bool,
+    /// Its place in its connection's window plus slack (see `admission`).
+    _place: Option<Place>,
 }
 
 /// What a QoS 1/2 publish's failure callback needs to know (see [`write_failed`]).
@@ -186,7 +204,7 @@ pub(crate) type Registered = (Key, slot::Receiver);
 /// Registers a command of `engine` before it is handed to Paho; `None` if its ticket's
 /// scope is closed.
 pub(crate) fn register(engine: u64, ticket: Option<&Ticket<'_>>) -> Option<Registered> {
-    insert(engine, ticket, None, None, None)
+    insert(engine, ticket, None, None, None, Ticket::place(ticket))
 }
 
 /// Registers a QoS 0 publish of `engine` of `payload_len` bytes before it is handed to
@@ -204,6 +222,7 @@ pub(crate) fn register_qos0(
         None,
         pump::for_publish(progress, true, payload_len),
         Some(before),
+        None,
     )
 }
 
@@ -227,6 +246,7 @@ pub(crate) fn register_publish(
         }),
         pump::for_publish(progress, false, payload_len),
         None,
+        Ticket::place(ticket),
     )
 }
 
@@ -236,6 +256,7 @@ fn insert(
     publish: Option<Publish>,
     pump: Option<pump::Active>,
     qos0_before: Option<u64>,
+    place: Option<Place>,
 ) -> Option<Registered> {
     let (tx, rx) = slot::channel();
     let key = loop {
@@ -264,6 +285,7 @@ fn insert(
             _pump: pump,
             qos0_before,
             qos0_queued: false,
+            _place: place,
         },
     );
     // Under the shard's lock too, which the expiry thread takes after it last looked
@@ -697,9 +719,13 @@ mod tests {
     fn a_tickets_wait_ends_at_its_deadline_or_when_its_scope_closes() {
         let started = Instant::now();
         let due = started + std::time::Duration::from_millis(30);
-        let (a, a_rx) = register(30, Ticket::new(due, None).as_ref()).unwrap();
+        let (a, a_rx) = register(30, Ticket::new(due, None, None).as_ref()).unwrap();
         let scope = Scope::new();
-        let later = Ticket::new(started + std::time::Duration::from_secs(3600), Some(&scope));
+        let later = Ticket::new(
+            started + std::time::Duration::from_secs(3600),
+            Some(&scope),
+            None,
+        );
         let (b, mut b_rx) = register(30, later.as_ref()).unwrap();
 
         assert!(matches!(

@@ -24,16 +24,31 @@ pub use unsubscribe::{IntoUnsubscribeFilters, Unsubscribe, UnsubscribeFilters};
 /// What an operation is, for the rules that differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
-    Publish,
+    /// A PUBLISH; `acknowledged` at QoS 1 and 2.
+    Publish {
+        acknowledged: bool,
+    },
     Subscribe,
     Unsubscribe,
 }
 
+impl Kind {
+    /// Whether the call takes a place in the engine's window (see
+    /// [`Admission`](crate::engine::Admission)).
+    fn takes_place(self) -> bool {
+        self != Kind::Publish {
+            acknowledged: false,
+        }
+    }
+}
+
 /// Runs one operation within `timeout` (the client's by default): waits for a
-/// `max_concurrent_outgoing_calls` slot, hands the command to the engine and waits for
-/// the broker. While automatic reconnects have the link down, a publish is handed over
-/// at once (Paho queues it, in order, bounded by `max_queued_outgoing_messages`, and sends
-/// it after the reconnect); a subscribe or unsubscribe waits for the link.
+/// `max_concurrent_outgoing_calls` slot and for its turn to enter the engine (see
+/// [`Admission`](crate::engine::Admission)), hands the command to the engine and waits
+/// for the broker. While automatic reconnects have the link down, a publish is handed
+/// over at once (Paho queues it, in order, bounded by `max_queued_outgoing_messages`, and
+/// sends it after the reconnect; beyond the window plus slack it waits for its turn); a
+/// subscribe or unsubscribe waits for the link.
 ///
 /// A call that times out before the engine got it is [`Error::Timeout`]; a publish
 /// that times out after is [`Error::Unacknowledged`] (it may still be delivered). A
@@ -65,14 +80,34 @@ pub(crate) async fn run<T>(
         return Err(session.ended().await);
     }
     let _pending = session.enter_call();
-    if session.reconnects() && !session.is_up() && kind != Kind::Publish {
+    if session.reconnects() && !session.is_up() && !matches!(kind, Kind::Publish { .. }) {
         Box::pin(wait_for_link(session, deadline)).await?;
     }
+    // The call's place in the engine's window plus slack: held until the call's commands
+    // are registered (their entries hold places until Paho reports them), or until the
+    // call ends when they are not (the engine thread hands them over).
+    let mut admitted = match session.admission.enter(kind.takes_place()) {
+        Ok(admitted) => admitted,
+        Err(queued) => {
+            let admitted = Box::pin(before_deadline_or_end(session, deadline, queued)).await?;
+            // Admitted as its time ran out: not handed over, so that it ends as what it is,
+            // a call never sent.
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout);
+            }
+            admitted
+        }
+    };
     let fail_at_end = session.calls_fail_at_end();
     let call = {
-        let ticket = Ticket::new(deadline.into_std(), fail_at_end.then_some(&session.scope));
+        let ticket = Ticket::new(
+            deadline.into_std(),
+            fail_at_end.then_some(&session.scope),
+            Some(&session.admission),
+        );
         start(session.engine.as_ref(), ticket.as_ref())
     };
+    admitted.handed_over(call.is_armed());
     let replies = if call.is_armed() {
         // The registry ends the wait at the deadline, and with the connection when calls
         // fail at its end: no timer and no waiter on the end per call.
@@ -131,7 +166,7 @@ async fn wait_unarmed(
 /// [`Error::Unacknowledged`].
 fn timed_out(kind: Kind, abandoned: Abandoned) -> Error {
     match (abandoned, kind) {
-        (Abandoned::MaybeSent, Kind::Publish) => Error::Unacknowledged,
+        (Abandoned::MaybeSent, Kind::Publish { .. }) => Error::Unacknowledged,
         _ => Error::Timeout,
     }
 }

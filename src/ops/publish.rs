@@ -98,7 +98,9 @@ impl Publish {
         let call = super::run(
             session,
             timeout,
-            Kind::Publish,
+            Kind::Publish {
+                acknowledged: qos != QoS::AtMostOnce,
+            },
             move |engine, ticket| {
                 engine.publish(topic, payload.0, qos, retain, properties.as_deref(), ticket)
             },

@@ -184,6 +184,148 @@ async fn the_v5_window_is_the_brokers_receive_maximum_by_default() {
     .await;
 }
 
+/// The calls the engine is handed beyond its window (`ops::admission`).
+const SLACK: usize = 32;
+
+/// Publishes 200 QoS 1 messages at once, each with a timeout of 1 s, to a paused broker
+/// (through a proxy), and checks that the engine was handed only `window` plus the slack:
+/// those calls end `Unacknowledged` (the engine may still send them), the rest, which
+/// waited in the facade, `Timeout`. When the broker resumes, exactly the calls handed over
+/// reach it, in call order.
+async fn a_burst_waits_beyond(mut broker: Broker, protocol: ProtocolVersion, window: usize) {
+    let proxy = FaultProxy::start(broker.port()).await;
+    let conn = Client::builder("127.0.0.1")
+        .port(proxy.port())
+        .protocol(protocol)
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    broker.pause();
+    let topic = unique_topic("admission");
+    const N: usize = 200;
+    let calls = (0..N).map(|i| {
+        conn.publish(&topic, i.to_string())
+            .qos(QoS::AtLeastOnce)
+            .into_future()
+    });
+    let results = futures::future::join_all(calls).await;
+    let handed = window + SLACK;
+    for (i, result) in results.iter().enumerate() {
+        if i < handed {
+            assert!(
+                matches!(result, Err(Error::Unacknowledged)),
+                "call {i}: {result:?}"
+            );
+        } else {
+            assert!(
+                matches!(result, Err(Error::Timeout)),
+                "call {i}: {result:?}"
+            );
+        }
+    }
+    assert_eq!(
+        proxy.count(Direction::ClientToBroker, PacketType::Publish),
+        window
+    );
+    broker.resume();
+    proxy
+        .wait_for(
+            Direction::ClientToBroker,
+            PacketType::Publish,
+            handed,
+            Duration::from_secs(10),
+        )
+        .await;
+    // Nothing more may follow; a wrong count could only appear later, never vanish.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let wire: Vec<String> = proxy
+        .packets(Direction::ClientToBroker, PacketType::Publish)
+        .iter()
+        .map(|p| String::from_utf8_lossy(p.payload().unwrap_or_default()).into_owned())
+        .collect();
+    let expected: Vec<String> = (0..handed).map(|i| i.to_string()).collect();
+    assert_eq!(wire, expected);
+}
+
+/// A burst far beyond the window waits in the facade, not in the engine (whose queue
+/// walk would make it quadratic), with the default window of MQTT 3.1.1 (20) and with the
+/// Receive Maximum an MQTT 5 broker announces (10).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_beyond_the_window_waits_in_the_facade() {
+    with_timeout(T, async {
+        a_burst_waits_beyond(Broker::start(), ProtocolVersion::V311, 20).await;
+        let announcing = Broker::builder().max_inflight_messages(10).start();
+        a_burst_waits_beyond(announcing, ProtocolVersion::V5, 10).await;
+    })
+    .await;
+}
+
+/// QoS 0 publishes take no place in the window, but those made while QoS 1 calls wait
+/// for one wait behind them: a burst of 300 calls, every third at QoS 0, reaches the
+/// wire in call order and is delivered whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn qos0_calls_keep_their_place_behind_waiting_calls() {
+    with_timeout(T, async {
+        let broker = Broker::start();
+        let proxy = FaultProxy::start(broker.port()).await;
+        let topic = unique_topic("admission_order");
+        let watcher = connect_on(broker.port(), ProtocolVersion::V311).await;
+        watcher
+            .subscribe((topic.as_str(), QoS::AtLeastOnce))
+            .await
+            .unwrap();
+        let mut inbox = watcher.messages();
+        let conn = Client::builder("127.0.0.1")
+            .port(proxy.port())
+            .build()
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        const N: usize = 300;
+        let qos = |i: usize| {
+            if i % 3 == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            }
+        };
+        let calls = (0..N).map(|i| {
+            conn.publish(&topic, i.to_string())
+                .qos(qos(i))
+                .into_future()
+        });
+        for (i, result) in futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            result.unwrap_or_else(|e| panic!("call {i}: {e}"));
+        }
+        let mut seen = vec![false; N];
+        for received in 0..N {
+            let message = tokio::time::timeout(Duration::from_secs(10), inbox.next())
+                .await
+                .unwrap_or_else(|_| panic!("{received} of {N} messages arrived"))
+                .expect("the stream is open")
+                .expect("a message");
+            seen[message.payload_str().unwrap().parse::<usize>().unwrap()] = true;
+        }
+        assert!(seen.iter().all(|&s| s), "every message arrives");
+        let wire: Vec<String> = proxy
+            .packets(Direction::ClientToBroker, PacketType::Publish)
+            .iter()
+            .map(|p| String::from_utf8_lossy(p.payload().unwrap_or_default()).into_owned())
+            .collect();
+        let calls: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+        assert_eq!(wire, calls, "PUBLISH packets not in call order");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bounded_outgoing_queue_refuses_with_a_clear_error() {
     with_timeout(T, async {

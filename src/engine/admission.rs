@@ -1,0 +1,459 @@
+//! Admission: how many of a connection's calls the engine holds at once.
+//!
+//! Paho C keeps every client's commands in one process-wide list, and its send thread
+//! looks for the next command it may send by walking that list from the head
+//! (`MQTTAsync_processCommand`). While a client's in-flight window is full, none of its
+//! commands may go, and the walk passes every one of them — after each packet sent, and
+//! at each new command. A burst far wider than the window is therefore quadratic: 64,000
+//! QoS 1 publishes awaited together behind a window of 20 took 24 s (2,700 msg/s) where
+//! 4,000 took 0.15 s (BENCHMARKS.md, C8), and every other client of the process waited
+//! behind the same walk.
+//!
+//! So a connection hands the engine at most its window plus [`SLACK`] calls that take a
+//! place in the window (QoS 1/2 publishes, subscribes, unsubscribes); the next wait here,
+//! in call order, and go as the engine's calls finish. The slack keeps the engine's queue
+//! from running dry between a finished call and the next one handed over, and bounds the
+//! walk at a few dozen commands. A QoS 0 publish takes no place, but waits behind those
+//! waiting, so that calls reach the engine — and the wire — in the order they were made.
+//!
+//! Only the waiter at the head of the line may go, and it hands its call to the engine
+//! before it leaves the line (see [`Admitted::handed_over`]), so that a waiter woken
+//! later cannot overtake it. With `max_queued_outgoing_messages` set the engine's queue
+//! is bounded by the user's choice, and its refusals are that option's contract: no
+//! admission then.
+//!
+//! A call holds a place from its admission until the engine reports its command: the
+//! command's registry entry holds it (a [`Place`]) once the command is handed over, so
+//! that a call that timed out while the engine still has its command keeps the place
+//! until the engine is done with it. A call the engine thread hands over (no registry
+//! ticket) keeps the place itself until it ends.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+/// Calls handed to the engine beyond its window, waiting there for a place.
+pub(crate) const SLACK: usize = 32;
+
+/// One connection's line of calls on their way to the engine.
+pub(crate) struct Admission {
+    state: Mutex<State>,
+    /// The line's length, stored under the lock: a QoS 0 publish with nobody waiting
+    /// goes without taking it.
+    waiting: AtomicUsize,
+}
+
+struct State {
+    /// Places: window plus slack; `None` when nothing is bounded here.
+    capacity: Option<usize>,
+    /// Places taken: by calls admitted and not yet handed over, and by commands in the
+    /// engine's hands.
+    taken: usize,
+    /// Calls waiting, in call order.
+    line: VecDeque<Waiter>,
+    next_id: u64,
+}
+
+struct Waiter {
+    id: u64,
+    /// Whether the call takes a place.
+    takes_place: bool,
+    /// Admitted: at the head, its place taken, its call being handed over.
+    admitted: bool,
+    waker: Option<Waker>,
+}
+
+impl State {
+    /// The waker of the head of the line when it may go now.
+    fn head_to_wake(&mut self) -> Option<Waker> {
+        let head = self.line.front_mut()?;
+        if head.admitted || !fits(self.capacity, self.taken, head.takes_place) {
+            return None;
+        }
+        head.waker.take()
+    }
+
+    /// The line is in id order: a waiter is found in O(log n) (a burst of 64,000 calls
+    /// makes a line that long).
+    fn find(&mut self, id: u64) -> Option<&mut Waiter> {
+        let at = self.line.binary_search_by_key(&id, |w| w.id).ok()?;
+        self.line.get_mut(at)
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Waiter> {
+        let at = self.line.binary_search_by_key(&id, |w| w.id).ok()?;
+        self.line.remove(at)
+    }
+}
+
+fn fits(capacity: Option<usize>, taken: usize, takes_place: bool) -> bool {
+    !takes_place || capacity.is_none_or(|c| taken < c)
+}
+
+fn wake(waker: Option<Waker>) {
+    if let Some(w) = waker {
+        w.wake();
+    }
+}
+
+impl Admission {
+    /// A line bounded by `window` plus [`SLACK`], or not bounded.
+    pub(crate) fn new(window: Option<u16>) -> Admission {
+        Admission {
+            state: Mutex::new(State {
+                capacity: window.map(capacity),
+                taken: 0,
+                line: VecDeque::new(),
+                next_id: 0,
+            }),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    /// Removes waiter `id` (if there) and returns the waker of the head if it may go now.
+    fn leave(&self, state: &mut State, id: Option<u64>) -> (Option<Waiter>, Option<Waker>) {
+        let removed = id.and_then(|id| state.remove(id));
+        self.waiting.store(state.line.len(), Ordering::Release);
+        (removed, state.head_to_wake())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Each critical section is a few assignments: a poisoned lock is consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the window of a new link (on MQTT 5 the broker's Receive Maximum may lower
+    /// it). Does nothing when the line is not bounded.
+    pub(crate) fn set_window(&self, window: u16) {
+        let mut state = self.lock();
+        if state.capacity.is_none() {
+            return;
+        }
+        state.capacity = Some(capacity(window));
+        let waker = state.head_to_wake();
+        drop(state);
+        wake(waker);
+    }
+
+    /// Gives back a place; the head of the line may go.
+    fn give_back(&self) {
+        let mut state = self.lock();
+        state.taken = state.taken.saturating_sub(1);
+        let waker = state.head_to_wake();
+        drop(state);
+        wake(waker);
+    }
+
+    /// Admits a call at once when no call waits and it fits; otherwise puts it at the end
+    /// of the line, to be awaited.
+    pub(crate) fn enter(&self, takes_place: bool) -> Result<Admitted<'_>, Queued<'_>> {
+        // A call made after one that waits, on the same task, sees its entry: calls of
+        // one task keep their order. (Calls of different tasks have none to keep.)
+        if !takes_place && self.waiting.load(Ordering::Acquire) == 0 {
+            return Ok(Admitted {
+                admission: self,
+                takes_place,
+                waiter: None,
+            });
+        }
+        let mut state = self.lock();
+        if state.line.is_empty() && fits(state.capacity, state.taken, takes_place) {
+            state.taken += usize::from(takes_place);
+            return Ok(Admitted {
+                admission: self,
+                takes_place,
+                waiter: None,
+            });
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        state.line.push_back(Waiter {
+            id,
+            takes_place,
+            admitted: false,
+            waker: None,
+        });
+        self.waiting.store(state.line.len(), Ordering::Release);
+        Err(Queued {
+            admission: self,
+            id: Some(id),
+            takes_place,
+        })
+    }
+}
+
+fn capacity(window: u16) -> usize {
+    usize::from(window) + SLACK
+}
+
+/// A call in the line; resolves to [`Admitted`] when the call may go. Dropped before,
+/// it leaves the line.
+pub(crate) struct Queued<'a> {
+    admission: &'a Admission,
+    /// `None` once admitted.
+    id: Option<u64>,
+    takes_place: bool,
+}
+
+impl<'a> Future for Queued<'a> {
+    type Output = Admitted<'a>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Admitted<'a>> {
+        let Some(id) = self.id else {
+            // Polled after completion: nothing more to give.
+            return Poll::Pending;
+        };
+        let admission = self.admission;
+        let mut state = admission.lock();
+        let (capacity, taken) = (state.capacity, state.taken);
+        let Some(head) = state.line.front_mut() else {
+            return Poll::Pending;
+        };
+        if head.id == id && fits(capacity, taken, head.takes_place) {
+            head.admitted = true;
+            head.waker = None;
+            state.taken += usize::from(self.takes_place);
+            drop(state);
+            self.id = None;
+            return Poll::Ready(Admitted {
+                admission,
+                takes_place: self.takes_place,
+                waiter: Some(id),
+            });
+        }
+        if let Some(me) = state.find(id) {
+            match &mut me.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                slot => {
+                    // The replaced waker is dropped outside the lock.
+                    let old = slot.replace(cx.waker().clone());
+                    drop(state);
+                    drop(old);
+                }
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        let Some(id) = self.id else { return };
+        let mut state = self.admission.lock();
+        // The head's leaving may let the next go.
+        let (removed, waker) = self.admission.leave(&mut state, Some(id));
+        drop(state);
+        drop(removed);
+        wake(waker);
+    }
+}
+
+/// A call admitted to the engine: its place, given back when dropped.
+pub(crate) struct Admitted<'a> {
+    admission: &'a Admission,
+    takes_place: bool,
+    /// The call's entry at the head of the line, until it is handed over.
+    waiter: Option<u64>,
+}
+
+impl Admitted<'_> {
+    /// Leaves the line once the call is in the engine's hands, letting the next go.
+    /// `placed`: its commands' registry entries took places of their own (the call was
+    /// armed), so the call's own place is given back now.
+    pub(crate) fn handed_over(&mut self, placed: bool) {
+        let id = self.waiter.take();
+        let give_back = placed && std::mem::take(&mut self.takes_place);
+        if id.is_none() && !give_back {
+            return;
+        }
+        let mut state = self.admission.lock();
+        state.taken -= usize::from(give_back);
+        let (removed, waker) = self.admission.leave(&mut state, id);
+        drop(state);
+        drop(removed);
+        wake(waker);
+    }
+}
+
+/// A place held by a command in the engine's hands (in its registry entry), given back
+/// when the entry goes — when Paho reports the command, or its client is destroyed.
+pub(crate) struct Place(Arc<Admission>);
+
+impl Place {
+    /// Takes a place, whether or not one is free: the command is being handed over.
+    pub(crate) fn take(admission: &Arc<Admission>) -> Place {
+        admission.lock().taken += 1;
+        Place(admission.clone())
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.give_back();
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        let id = self.waiter.take();
+        if id.is_none() && !self.takes_place {
+            return;
+        }
+        let mut state = self.admission.lock();
+        state.taken -= usize::from(self.takes_place);
+        let (removed, waker) = self.admission.leave(&mut state, id);
+        drop(state);
+        drop(removed);
+        wake(waker);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+
+    fn poll<'a>(q: &mut Queued<'a>, waker: &Waker) -> Poll<Admitted<'a>> {
+        Pin::new(q).poll(&mut Context::from_waker(waker))
+    }
+
+    fn full(admission: &Admission) -> Vec<Admitted<'_>> {
+        (0..capacity(1))
+            .map(|_| admission.enter(true).ok().expect("a place"))
+            .collect()
+    }
+
+    #[test]
+    fn calls_beyond_window_and_slack_wait_and_go_in_call_order() {
+        let admission = Admission::new(Some(1));
+        let mut held = full(&admission);
+        let (wakes, waker) = counting();
+        let mut first = admission.enter(true).err().expect("waits");
+        let mut second = admission.enter(true).err().expect("waits");
+        assert!(poll(&mut first, &waker).is_pending());
+        assert!(poll(&mut second, &waker).is_pending());
+        // One place comes back: only the head is woken, and only it may go.
+        held.pop();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert!(poll(&mut second, &waker).is_pending());
+        let mut admitted = match poll(&mut first, &waker) {
+            Poll::Ready(a) => a,
+            Poll::Pending => panic!("the head goes"),
+        };
+        // Until it is handed over, the head holds the line even with a place free.
+        held.pop();
+        assert!(poll(&mut second, &waker).is_pending());
+        admitted.handed_over(false);
+        assert!(poll(&mut second, &waker).is_ready());
+    }
+
+    #[test]
+    fn a_qos0_publish_takes_no_place_but_waits_behind_the_line() {
+        let admission = Admission::new(Some(1));
+        let held = full(&admission);
+        assert!(admission.enter(false).is_ok(), "nobody waits: it goes");
+        let (_, waker) = counting();
+        let mut waiting = admission.enter(true).err().expect("waits");
+        assert!(poll(&mut waiting, &waker).is_pending());
+        let mut behind = admission.enter(false).err().expect("waits behind");
+        assert!(poll(&mut behind, &waker).is_pending());
+        drop(held);
+        let mut head = match poll(&mut waiting, &waker) {
+            Poll::Ready(a) => a,
+            Poll::Pending => panic!("the head goes"),
+        };
+        head.handed_over(false);
+        assert!(poll(&mut behind, &waker).is_ready());
+    }
+
+    #[test]
+    fn a_waiter_that_leaves_the_head_lets_the_next_go() {
+        let admission = Admission::new(Some(1));
+        let mut held = full(&admission);
+        let (wakes, waker) = counting();
+        let mut first = admission.enter(true).err().expect("waits");
+        let mut second = admission.enter(true).err().expect("waits");
+        assert!(poll(&mut first, &waker).is_pending());
+        assert!(poll(&mut second, &waker).is_pending());
+        held.pop();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "the head is woken");
+        drop(first);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 2, "then the next");
+        assert!(poll(&mut second, &waker).is_ready());
+    }
+
+    #[test]
+    fn an_admitted_call_dropped_before_its_handover_gives_back_place_and_turn() {
+        let admission = Admission::new(Some(1));
+        let mut held = full(&admission);
+        let (_, waker) = counting();
+        let mut first = admission.enter(true).err().expect("waits");
+        let mut second = admission.enter(true).err().expect("waits");
+        assert!(poll(&mut first, &waker).is_pending());
+        assert!(poll(&mut second, &waker).is_pending());
+        held.pop();
+        let admitted = match poll(&mut first, &waker) {
+            Poll::Ready(a) => a,
+            Poll::Pending => panic!("the head goes"),
+        };
+        drop(admitted);
+        assert!(poll(&mut second, &waker).is_ready());
+        assert_eq!(admission.lock().line.len(), 0);
+    }
+
+    #[test]
+    fn a_wider_window_lets_waiters_go() {
+        let admission = Admission::new(Some(1));
+        let _held = full(&admission);
+        let (wakes, waker) = counting();
+        let mut waiting = admission.enter(true).err().expect("waits");
+        assert!(poll(&mut waiting, &waker).is_pending());
+        admission.set_window(2);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert!(poll(&mut waiting, &waker).is_ready());
+    }
+
+    #[test]
+    fn a_command_in_the_engines_hands_keeps_its_place_after_the_call() {
+        let admission = Arc::new(Admission::new(Some(1)));
+        let mut held = full(&admission);
+        let (_, waker) = counting();
+        let mut waiting = admission.enter(true).err().expect("waits");
+        assert!(poll(&mut waiting, &waker).is_pending());
+        // The call's command went to the engine, which holds it beyond the call's end.
+        let mut call = held.pop().expect("a call");
+        let place = Place::take(&admission);
+        call.handed_over(true);
+        drop(call);
+        assert!(
+            poll(&mut waiting, &waker).is_pending(),
+            "the engine holds it"
+        );
+        drop(place);
+        assert!(poll(&mut waiting, &waker).is_ready());
+    }
+
+    #[test]
+    fn an_unbounded_line_admits_everything() {
+        let admission = Admission::new(None);
+        let held: Vec<_> = (0..10_000).map(|_| admission.enter(true)).collect();
+        assert!(held.iter().all(Result::is_ok));
+    }
+}
