@@ -1,0 +1,162 @@
+//! Bursts far wider than the in-flight window: `n` QoS 1 publishes made at once and
+//! awaited together, on one MQTT 3.1.1 connection with the default window (20), to a
+//! private Mosquitto on loopback, for `n` = 1,000 to 64,000 — this crate against raw
+//! paho-mqtt with the same window, in the same rounds.
+//!
+//! Paho C's send thread walks its whole command queue, past every command of a client whose
+//! window is full, after each packet it sends: with the commands beyond the window queued
+//! in Paho, a burst costs time quadratic in its length. This crate hands Paho at most the
+//! window plus 32 calls (`engine::admission`); the rest wait in call order in the client.
+//! The figure of merit is how the rate holds up as `n` grows: the ratio of the rate at
+//! each `n` to the rate at 1,000 (1.0 and above: linear or better).
+//!
+//! ```sh
+//! cargo run --release --example burst                 # 3 rounds, medians
+//! cargo run --release --example burst -- --rounds 1 --max 16000
+//! ```
+
+#[path = "bench/broker.rs"]
+mod broker;
+
+use std::future::IntoFuture;
+use std::time::{Duration, Instant};
+
+use aiomqtt::{Client, QoS};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use paho_mqtt as paho;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const SIZES: [usize; 4] = [1_000, 4_000, 16_000, 64_000];
+/// The default window of this crate on MQTT 3.1.1; raw paho is given the same.
+const WINDOW: i32 = 20;
+/// Long enough for the slowest burst of raw paho.
+const TIMEOUT: Duration = Duration::from_secs(600);
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// This crate, default options: `n` publishes made at once, awaited together.
+async fn ours(port: u16, n: usize) -> Result<f64, BoxError> {
+    let conn = Client::builder("127.0.0.1")
+        .port(port)
+        .identifier("burst-ours")
+        .timeout(TIMEOUT)
+        .build()?
+        .connect()
+        .await?;
+    let payload = vec![7u8; 64];
+    let start = Instant::now();
+    let mut calls: FuturesUnordered<_> = (0..n)
+        .map(|_| {
+            conn.publish("burst/ours", payload.clone())
+                .qos(QoS::AtLeastOnce)
+                .into_future()
+        })
+        .collect();
+    while let Some(result) = calls.next().await {
+        result?;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    conn.disconnect().await?;
+    Ok(rate)
+}
+
+/// Raw paho-mqtt with the same window (and its buffer limit lifted, as this crate does):
+/// `n` publishes made at once, their tokens awaited together.
+async fn raw(port: u16, n: usize) -> Result<f64, BoxError> {
+    let create = paho::CreateOptionsBuilder::new()
+        .server_uri(format!("tcp://127.0.0.1:{port}"))
+        .client_id("burst-raw")
+        .persistence(paho::PersistenceType::None)
+        .mqtt_version(paho::MQTT_VERSION_3_1_1)
+        .max_buffered_messages(i32::MAX)
+        .finalize();
+    let client = paho::AsyncClient::new(create)?;
+    let connect = paho::ConnectOptionsBuilder::with_mqtt_version(paho::MQTT_VERSION_3_1_1)
+        .max_inflight(WINDOW)
+        .finalize();
+    client.connect(connect).await?;
+    let payload = vec![7u8; 64];
+    let start = Instant::now();
+    let mut tokens: FuturesUnordered<_> = (0..n)
+        .map(|_| client.publish(paho::Message::new("burst/raw", payload.clone(), 1)))
+        .collect();
+    while let Some(result) = tokens.next().await {
+        result?;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    client.disconnect(None).await?;
+    Ok(rate)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let mut rounds = 3;
+    let mut max = usize::MAX;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut number = |what: &str| -> Result<usize, BoxError> {
+            args.next()
+                .and_then(|v| v.parse().ok())
+                .filter(|v| *v > 0)
+                .ok_or_else(|| format!("{what} needs a positive number").into())
+        };
+        match a.as_str() {
+            "--rounds" => rounds = number("--rounds")?,
+            "--max" => max = number("--max")?,
+            other => return Err(format!("unknown option {other}").into()),
+        }
+    }
+    let sizes: Vec<usize> = SIZES.into_iter().filter(|&n| n <= max).collect();
+    let broker = broker::Broker::start(0, false)?;
+    let port = broker.port;
+    println!(
+        "aiomqtt burst: {} on 127.0.0.1:{port} (max_inflight_messages 0), window {WINDOW}, \
+         {rounds} rounds",
+        broker::version()
+    );
+    // Warm-up: Paho C's threads and the engine's start with the first client.
+    ours(port, 100).await?;
+    raw(port, 100).await?;
+    let mut rates = vec![(Vec::new(), Vec::new()); sizes.len()];
+    for round in 0..rounds {
+        println!("== round {}/{rounds}", round + 1);
+        for (i, &n) in sizes.iter().enumerate() {
+            // Alternate which client goes first.
+            let (a, b) = if (round + i) % 2 == 0 {
+                let a = ours(port, n).await?;
+                (a, raw(port, n).await?)
+            } else {
+                let b = raw(port, n).await?;
+                (ours(port, n).await?, b)
+            };
+            println!("   n = {n:>6}: aiomqtt {a:>8.0} msg/s, paho {b:>8.0} msg/s");
+            rates[i].0.push(a);
+            rates[i].1.push(b);
+        }
+    }
+    let medians: Vec<(f64, f64)> = rates
+        .into_iter()
+        .map(|(a, b)| (median(a), median(b)))
+        .collect();
+    let (base_a, base_b) = medians[0];
+    println!();
+    println!(
+        "| burst (QoS 1, 64 B) | aiomqtt msg/s | paho msg/s | aiomqtt / paho | aiomqtt vs n = {} | paho vs n = {} |",
+        sizes[0], sizes[0]
+    );
+    println!("|--:|--:|--:|--:|--:|--:|");
+    for (&n, &(a, b)) in sizes.iter().zip(&medians) {
+        println!(
+            "| {n} | {a:.0} | {b:.0} | {:.2} | {:.2} | {:.2} |",
+            a / b,
+            a / base_a,
+            b / base_b
+        );
+    }
+    Ok(())
+}
