@@ -4,10 +4,11 @@
 //! looks for the next command it may send by walking that list from the head
 //! (`MQTTAsync_processCommand`). While a client's in-flight window is full, none of its
 //! commands may go, and the walk passes every one of them — after each packet sent, and
-//! at each new command. A burst far wider than the window is therefore quadratic: 64,000
-//! QoS 1 publishes awaited together behind a window of 20 took 24 s (2,700 msg/s) where
-//! 4,000 took 0.15 s (BENCHMARKS.md, C8), and every other client of the process waited
-//! behind the same walk.
+//! at each new command; each QoS 1/2 publish also searches that list for a free packet
+//! identifier (`MQTTAsync_assignMsgId`). A burst far wider than the window is therefore
+//! quadratic — 64,000 QoS 1 publishes awaited together behind a window of 20 ran at 2,158
+//! msg/s, 4,000 at 46,252 (BENCHMARKS.md, C8) — and every other client of the process
+//! waited behind the same walk.
 //!
 //! So a connection hands the engine at most its window plus [`SLACK`] calls that take a
 //! place in the window (QoS 1/2 publishes, subscribes, unsubscribes); the next wait here,
