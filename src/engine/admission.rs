@@ -215,9 +215,10 @@ impl<'a> Future for Queued<'a> {
         };
         if head.id == id && fits(capacity, taken, head.takes_place) {
             head.admitted = true;
-            head.waker = None;
+            let old = head.waker.take();
             state.taken += usize::from(self.takes_place);
             drop(state);
+            drop(old);
             self.id = None;
             return Poll::Ready(Admitted {
                 admission,
