@@ -316,29 +316,39 @@ impl Drop for Admitted<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::Wake;
-
-    struct Count(AtomicUsize);
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn counting() -> (Arc<Count>, Waker) {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        (count.clone(), Waker::from(count))
-    }
+    use crate::engine::test_waker::counting;
 
     fn poll<'a>(q: &mut Queued<'a>, waker: &Waker) -> Poll<Admitted<'a>> {
         Pin::new(q).poll(&mut Context::from_waker(waker))
     }
 
+    fn admitted<'a>(q: &mut Queued<'a>, waker: &Waker) -> Admitted<'a> {
+        match poll(q, waker) {
+            Poll::Ready(a) => a,
+            Poll::Pending => panic!("the head goes"),
+        }
+    }
+
+    /// Every place of a line with a window of 1 taken.
     fn full(admission: &Admission) -> Vec<Admitted<'_>> {
         (0..capacity(1))
             .map(|_| admission.enter(true).ok().expect("a place"))
+            .collect()
+    }
+
+    /// Calls that wait (`takes_place` each), polled once.
+    fn waiting<'a>(
+        admission: &'a Admission,
+        takes_place: &[bool],
+        waker: &Waker,
+    ) -> Vec<Queued<'a>> {
+        takes_place
+            .iter()
+            .map(|&t| {
+                let mut q = admission.enter(t).err().expect("waits");
+                assert!(poll(&mut q, waker).is_pending());
+                q
+            })
             .collect()
     }
 
@@ -347,23 +357,17 @@ mod tests {
         let admission = Admission::new(Some(1));
         let mut held = full(&admission);
         let (wakes, waker) = counting();
-        let mut first = admission.enter(true).err().expect("waits");
-        let mut second = admission.enter(true).err().expect("waits");
-        assert!(poll(&mut first, &waker).is_pending());
-        assert!(poll(&mut second, &waker).is_pending());
+        let mut line = waiting(&admission, &[true, true], &waker);
         // One place comes back: only the head is woken, and only it may go.
         held.pop();
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
-        assert!(poll(&mut second, &waker).is_pending());
-        let mut admitted = match poll(&mut first, &waker) {
-            Poll::Ready(a) => a,
-            Poll::Pending => panic!("the head goes"),
-        };
+        assert_eq!(wakes.get(), 1);
+        assert!(poll(&mut line[1], &waker).is_pending());
+        let mut head = admitted(&mut line[0], &waker);
         // Until it is handed over, the head holds the line even with a place free.
         held.pop();
-        assert!(poll(&mut second, &waker).is_pending());
-        admitted.handed_over(false);
-        assert!(poll(&mut second, &waker).is_ready());
+        assert!(poll(&mut line[1], &waker).is_pending());
+        head.handed_over(false);
+        assert!(poll(&mut line[1], &waker).is_ready());
     }
 
     #[test]
@@ -372,17 +376,10 @@ mod tests {
         let held = full(&admission);
         assert!(admission.enter(false).is_ok(), "nobody waits: it goes");
         let (_, waker) = counting();
-        let mut waiting = admission.enter(true).err().expect("waits");
-        assert!(poll(&mut waiting, &waker).is_pending());
-        let mut behind = admission.enter(false).err().expect("waits behind");
-        assert!(poll(&mut behind, &waker).is_pending());
+        let mut line = waiting(&admission, &[true, false], &waker);
         drop(held);
-        let mut head = match poll(&mut waiting, &waker) {
-            Poll::Ready(a) => a,
-            Poll::Pending => panic!("the head goes"),
-        };
-        head.handed_over(false);
-        assert!(poll(&mut behind, &waker).is_ready());
+        admitted(&mut line[0], &waker).handed_over(false);
+        assert!(poll(&mut line[1], &waker).is_ready());
     }
 
     #[test]
@@ -390,15 +387,12 @@ mod tests {
         let admission = Admission::new(Some(1));
         let mut held = full(&admission);
         let (wakes, waker) = counting();
-        let mut first = admission.enter(true).err().expect("waits");
-        let mut second = admission.enter(true).err().expect("waits");
-        assert!(poll(&mut first, &waker).is_pending());
-        assert!(poll(&mut second, &waker).is_pending());
+        let mut line = waiting(&admission, &[true, true], &waker);
         held.pop();
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "the head is woken");
-        drop(first);
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 2, "then the next");
-        assert!(poll(&mut second, &waker).is_ready());
+        assert_eq!(wakes.get(), 1, "the head is woken");
+        drop(line.remove(0));
+        assert_eq!(wakes.get(), 2, "then the next");
+        assert!(poll(&mut line[0], &waker).is_ready());
     }
 
     #[test]
@@ -406,17 +400,10 @@ mod tests {
         let admission = Admission::new(Some(1));
         let mut held = full(&admission);
         let (_, waker) = counting();
-        let mut first = admission.enter(true).err().expect("waits");
-        let mut second = admission.enter(true).err().expect("waits");
-        assert!(poll(&mut first, &waker).is_pending());
-        assert!(poll(&mut second, &waker).is_pending());
+        let mut line = waiting(&admission, &[true, true], &waker);
         held.pop();
-        let admitted = match poll(&mut first, &waker) {
-            Poll::Ready(a) => a,
-            Poll::Pending => panic!("the head goes"),
-        };
-        drop(admitted);
-        assert!(poll(&mut second, &waker).is_ready());
+        drop(admitted(&mut line[0], &waker));
+        assert!(poll(&mut line[1], &waker).is_ready());
         assert_eq!(admission.lock().line.len(), 0);
     }
 
@@ -425,11 +412,10 @@ mod tests {
         let admission = Admission::new(Some(1));
         let _held = full(&admission);
         let (wakes, waker) = counting();
-        let mut waiting = admission.enter(true).err().expect("waits");
-        assert!(poll(&mut waiting, &waker).is_pending());
+        let mut line = waiting(&admission, &[true], &waker);
         admission.set_window(2);
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
-        assert!(poll(&mut waiting, &waker).is_ready());
+        assert_eq!(wakes.get(), 1);
+        assert!(poll(&mut line[0], &waker).is_ready());
     }
 
     #[test]
@@ -437,19 +423,18 @@ mod tests {
         let admission = Arc::new(Admission::new(Some(1)));
         let mut held = full(&admission);
         let (_, waker) = counting();
-        let mut waiting = admission.enter(true).err().expect("waits");
-        assert!(poll(&mut waiting, &waker).is_pending());
+        let mut line = waiting(&admission, &[true], &waker);
         // The call's command went to the engine, which holds it beyond the call's end.
         let mut call = held.pop().expect("a call");
         let place = Place::take(&admission);
         call.handed_over(true);
         drop(call);
         assert!(
-            poll(&mut waiting, &waker).is_pending(),
+            poll(&mut line[0], &waker).is_pending(),
             "the engine holds it"
         );
         drop(place);
-        assert!(poll(&mut waiting, &waker).is_ready());
+        assert!(poll(&mut line[0], &waker).is_ready());
     }
 
     #[test]

@@ -79,6 +79,8 @@ mod relay;
 mod shim;
 mod slot;
 mod socket;
+#[cfg(test)]
+mod test_waker;
 mod thread;
 mod tls_config;
 mod transport;

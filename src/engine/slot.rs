@@ -146,22 +146,7 @@ impl std::fmt::Debug for State {
 mod tests {
     use super::*;
     use crate::engine::Response;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::Wake;
-
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    /// A waker that counts its wake-ups.
-    fn counting() -> (Arc<Count>, Waker) {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        (count.clone(), Waker::from(count))
-    }
+    use crate::engine::test_waker::counting;
 
     fn poll(rx: &mut Receiver, waker: &Waker) -> Poll<Result<Reply, Closed>> {
         Pin::new(rx).poll(&mut Context::from_waker(waker))
@@ -175,7 +160,7 @@ mod tests {
         assert!(poll(&mut rx, &waker).is_pending());
         assert!(matches!(rx.try_recv(), Ok(None)));
         tx.send(Reply::Done(Response::default()));
-        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+        assert_eq!(woken.get(), 1);
         assert!(matches!(
             poll(&mut rx, &waker),
             Poll::Ready(Ok(Reply::Done(_)))
@@ -189,7 +174,7 @@ mod tests {
         let (tx, mut rx) = channel();
         assert!(poll(&mut rx, &waker).is_pending());
         drop(tx);
-        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+        assert_eq!(woken.get(), 1);
         assert!(matches!(poll(&mut rx, &waker), Poll::Ready(Err(Closed))));
 
         // A reply left before any poll, and a receiver gone before the reply.

@@ -49,16 +49,7 @@ async fn publishes_on_the_wire_to(
     // enforced would send the rest within microseconds; this settling time can only make
     // the test pass wrongly, never fail wrongly.)
     let all = tokio::spawn(futures::future::join_all(calls));
-    proxy
-        .wait_for(
-            Direction::ClientToBroker,
-            PacketType::Publish,
-            expected,
-            Duration::from_secs(10),
-        )
-        .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let sent = proxy.count(Direction::ClientToBroker, PacketType::Publish);
+    let sent = publishes_once_settled(&proxy, expected).await;
     broker.resume();
     for result in all.await.unwrap() {
         result.unwrap();
@@ -68,6 +59,21 @@ async fn publishes_on_the_wire_to(
         n
     );
     sent
+}
+
+/// Waits for `n` PUBLISH packets from the client on the wire, then 300 ms for any that should
+/// not follow (a count too high can only appear later, never vanish), and returns the count.
+async fn publishes_once_settled(proxy: &FaultProxy, n: usize) -> usize {
+    proxy
+        .wait_for(
+            Direction::ClientToBroker,
+            PacketType::Publish,
+            n,
+            Duration::from_secs(10),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.count(Direction::ClientToBroker, PacketType::Publish)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -95,22 +101,6 @@ async fn the_v311_default_window_survives_a_mixed_burst() {
             .max_inflight_messages(20)
             .max_queued_messages(0)
             .start();
-        let proxy = FaultProxy::start(broker.port()).await;
-        let topic = unique_topic("mixed_burst");
-        let watcher = connect_on(broker.port(), ProtocolVersion::V311).await;
-        watcher
-            .subscribe((topic.as_str(), QoS::ExactlyOnce))
-            .await
-            .unwrap();
-        let mut inbox = watcher.messages();
-        let conn = Client::builder("127.0.0.1")
-            .port(proxy.port())
-            .build()
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        const N: usize = 600;
         let qos = |i: usize| {
             if i % 3 == 2 {
                 QoS::ExactlyOnce
@@ -118,41 +108,70 @@ async fn the_v311_default_window_survives_a_mixed_burst() {
                 QoS::AtLeastOnce
             }
         };
-        let calls = (0..N).map(|i| {
-            conn.publish(&topic, i.to_string())
-                .qos(qos(i))
-                .into_future()
-        });
-        for (i, result) in futures::future::join_all(calls)
-            .await
-            .into_iter()
-            .enumerate()
-        {
-            result.unwrap_or_else(|e| panic!("call {i} ({:?}): {e}", qos(i)));
-        }
-        let mut seen = vec![0u32; N];
-        for received in 0..N {
-            let message = tokio::time::timeout(Duration::from_secs(10), inbox.next())
-                .await
-                .unwrap_or_else(|_| panic!("{received} of {N} messages arrived"))
-                .expect("the stream is open")
-                .expect("a message");
-            let i: usize = message.payload_str().unwrap().parse().unwrap();
-            seen[i] += 1;
-        }
-        let more = tokio::time::timeout(Duration::from_millis(300), inbox.next()).await;
-        assert!(more.is_err(), "a message came twice: {more:?}");
-        assert!(seen.iter().all(|&n| n == 1), "each message once: {seen:?}");
+        let proxy = a_burst_arrives_whole_in_call_order(&broker, "mixed_burst", 600, qos).await;
         assert_eq!(proxy.connections(), 1, "the broker dropped the connection");
-        let wire: Vec<String> = proxy
-            .packets(Direction::ClientToBroker, PacketType::Publish)
-            .iter()
-            .map(|p| String::from_utf8_lossy(p.payload().unwrap_or_default()).into_owned())
-            .collect();
-        let calls: Vec<String> = (0..N).map(|i| i.to_string()).collect();
-        assert_eq!(wire, calls, "PUBLISH packets not in call order");
     })
     .await;
+}
+
+/// Makes `n` publish calls at once (call `i` at `qos(i)`, its payload `i`) on a connection
+/// with default options (MQTT 3.1.1) through a proxy to `broker`, and checks that every call
+/// succeeds, that a watcher receives each message once, and that the PUBLISH packets reach
+/// the wire in call order. Returns the proxy.
+async fn a_burst_arrives_whole_in_call_order(
+    broker: &Broker,
+    name: &str,
+    n: usize,
+    qos: impl Fn(usize) -> QoS,
+) -> FaultProxy {
+    let proxy = FaultProxy::start(broker.port()).await;
+    let topic = unique_topic(name);
+    let watcher = connect_on(broker.port(), ProtocolVersion::V311).await;
+    watcher
+        .subscribe((topic.as_str(), QoS::ExactlyOnce))
+        .await
+        .unwrap();
+    let mut inbox = watcher.messages();
+    let conn = Client::builder("127.0.0.1")
+        .port(proxy.port())
+        .build()
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let calls = (0..n).map(|i| {
+        conn.publish(&topic, i.to_string())
+            .qos(qos(i))
+            .into_future()
+    });
+    for (i, result) in futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        result.unwrap_or_else(|e| panic!("call {i} ({:?}): {e}", qos(i)));
+    }
+    let mut seen = vec![0u32; n];
+    for received in 0..n {
+        let message = tokio::time::timeout(Duration::from_secs(10), inbox.next())
+            .await
+            .unwrap_or_else(|_| panic!("{received} of {n} messages arrived"))
+            .expect("the stream is open")
+            .expect("a message");
+        let i: usize = message.payload_str().unwrap().parse().unwrap();
+        seen[i] += 1;
+    }
+    let more = tokio::time::timeout(Duration::from_millis(300), inbox.next()).await;
+    assert!(more.is_err(), "a message came twice: {more:?}");
+    assert!(seen.iter().all(|&k| k == 1), "each message once: {seen:?}");
+    let wire: Vec<String> = proxy
+        .packets(Direction::ClientToBroker, PacketType::Publish)
+        .iter()
+        .map(|p| String::from_utf8_lossy(p.payload().unwrap_or_default()).into_owned())
+        .collect();
+    let calls: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    assert_eq!(wire, calls, "PUBLISH packets not in call order");
+    proxy
 }
 
 /// On MQTT 5 the default window is the broker's Receive Maximum (Mosquitto announces its
@@ -231,16 +250,7 @@ async fn a_burst_waits_beyond(mut broker: Broker, protocol: ProtocolVersion, win
         window
     );
     broker.resume();
-    proxy
-        .wait_for(
-            Direction::ClientToBroker,
-            PacketType::Publish,
-            handed,
-            Duration::from_secs(10),
-        )
-        .await;
-    // Nothing more may follow; a wrong count could only appear later, never vanish.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    publishes_once_settled(&proxy, handed).await;
     let wire: Vec<String> = proxy
         .packets(Direction::ClientToBroker, PacketType::Publish)
         .iter()
@@ -269,23 +279,6 @@ async fn a_burst_beyond_the_window_waits_in_the_facade() {
 #[tokio::test(flavor = "multi_thread")]
 async fn qos0_calls_keep_their_place_behind_waiting_calls() {
     with_timeout(T, async {
-        let broker = Broker::start();
-        let proxy = FaultProxy::start(broker.port()).await;
-        let topic = unique_topic("admission_order");
-        let watcher = connect_on(broker.port(), ProtocolVersion::V311).await;
-        watcher
-            .subscribe((topic.as_str(), QoS::AtLeastOnce))
-            .await
-            .unwrap();
-        let mut inbox = watcher.messages();
-        let conn = Client::builder("127.0.0.1")
-            .port(proxy.port())
-            .build()
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        const N: usize = 300;
         let qos = |i: usize| {
             if i % 3 == 0 {
                 QoS::AtMostOnce
@@ -293,35 +286,7 @@ async fn qos0_calls_keep_their_place_behind_waiting_calls() {
                 QoS::AtLeastOnce
             }
         };
-        let calls = (0..N).map(|i| {
-            conn.publish(&topic, i.to_string())
-                .qos(qos(i))
-                .into_future()
-        });
-        for (i, result) in futures::future::join_all(calls)
-            .await
-            .into_iter()
-            .enumerate()
-        {
-            result.unwrap_or_else(|e| panic!("call {i}: {e}"));
-        }
-        let mut seen = vec![false; N];
-        for received in 0..N {
-            let message = tokio::time::timeout(Duration::from_secs(10), inbox.next())
-                .await
-                .unwrap_or_else(|_| panic!("{received} of {N} messages arrived"))
-                .expect("the stream is open")
-                .expect("a message");
-            seen[message.payload_str().unwrap().parse::<usize>().unwrap()] = true;
-        }
-        assert!(seen.iter().all(|&s| s), "every message arrives");
-        let wire: Vec<String> = proxy
-            .packets(Direction::ClientToBroker, PacketType::Publish)
-            .iter()
-            .map(|p| String::from_utf8_lossy(p.payload().unwrap_or_default()).into_owned())
-            .collect();
-        let calls: Vec<String> = (0..N).map(|i| i.to_string()).collect();
-        assert_eq!(wire, calls, "PUBLISH packets not in call order");
+        a_burst_arrives_whole_in_call_order(&Broker::start(), "admission_order", 300, qos).await;
     })
     .await;
 }
@@ -631,6 +596,12 @@ async fn calls_completing_in_time_leave_the_expiry_thread_asleep() {
             .expect("the expiry thread")
             .1
     };
+    // The first call started the thread, which names itself once it runs.
+    let appeared = wait_until_async(Duration::from_secs(2), || {
+        sockets::thread_schedstat("aiomqtt-expiry").is_some()
+    })
+    .await;
+    assert!(appeared, "the expiry thread");
     let before = runs();
     let started = std::time::Instant::now();
     let results: Vec<_> = futures::stream::iter(0..6000)
