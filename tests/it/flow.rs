@@ -298,7 +298,7 @@ async fn bounded_outgoing_queue_refuses_with_a_clear_error() {
         let conn = Client::builder("127.0.0.1")
             .port(broker.port())
             .max_inflight_messages(1)
-            .max_queued_outgoing_messages(5)
+            .max_queued_outgoing_messages(40)
             .build()
             .unwrap()
             .connect()
@@ -306,12 +306,13 @@ async fn bounded_outgoing_queue_refuses_with_a_clear_error() {
             .unwrap();
         broker.pause();
         let topic = unique_topic("outgoing");
-        // Each call is handed to the engine when first polled, in order: 5 wait in the
-        // engine's queue and one more is on the wire (window 1) once the engine's thread
-        // has sent it; the rest are refused at once.
+        // Each call is handed to the engine when first polled, in order — with a bound, even
+        // beyond the window plus 32, which would otherwise wait in the client: 40 wait in
+        // the engine's queue and one more is on the wire (window 1) once the engine's
+        // thread has sent it; the rest are refused at once.
         let mut pending = Vec::new();
         let mut results = Vec::new();
-        for i in 0..12 {
+        for i in 0..50 {
             let mut call = conn.publish(&topic, i).qos(QoS::AtLeastOnce).into_future();
             match futures::poll!(&mut call) {
                 std::task::Poll::Ready(result) => results.push(result),
@@ -319,7 +320,7 @@ async fn bounded_outgoing_queue_refuses_with_a_clear_error() {
             }
         }
         let accepted = pending.len();
-        assert!((5..=6).contains(&accepted), "accepted: {results:?}");
+        assert!((40..=41).contains(&accepted), "accepted: {results:?}");
         broker.resume();
         for call in pending {
             results.push(call.await);
@@ -329,13 +330,13 @@ async fn bounded_outgoing_queue_refuses_with_a_clear_error() {
             match result {
                 Ok(()) => ok += 1,
                 Err(Error::OutgoingQueueFull { limit }) => {
-                    assert_eq!(limit, 5);
+                    assert_eq!(limit, 40);
                     full += 1;
                 }
                 Err(e) => panic!("unexpected {e:?}"),
             }
         }
-        assert_eq!((ok, full), (accepted, 12 - accepted));
+        assert_eq!((ok, full), (accepted, 50 - accepted));
         assert_eq!(
             Error::OutgoingQueueFull { limit: 5 }.to_string(),
             "Outgoing message queue is full (5 messages)"
