@@ -10,6 +10,10 @@
 //! The figure of merit is how the rate holds up as `n` grows: the ratio of the rate at
 //! each `n` to the rate at 1,000 (1.0 and above: linear or better).
 //!
+//! Paho C's queue and its walk are the process's, not the client's: while each burst runs,
+//! a bystander — another connection of this crate in the same process — publishes QoS 1
+//! messages one at a time, and the table gives the median and the longest of its calls.
+//!
 //! ```sh
 //! cargo run --release --example burst                 # 3 rounds, medians
 //! cargo run --release --example burst -- --rounds 1 --max 16000
@@ -19,6 +23,8 @@
 mod broker;
 
 use std::future::IntoFuture;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aiomqtt::{Client, QoS};
@@ -93,6 +99,61 @@ async fn raw(port: u16, n: usize) -> Result<f64, BoxError> {
     Ok(rate)
 }
 
+/// Another connection publishing QoS 1 messages one at a time until told to stop; yields
+/// the duration of each call, in µs.
+struct Bystander {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Result<Vec<f64>, aiomqtt::Error>>,
+}
+
+impl Bystander {
+    async fn start(port: u16) -> Result<Bystander, BoxError> {
+        let conn = Client::builder("127.0.0.1")
+            .port(port)
+            .identifier("burst-bystander")
+            .timeout(TIMEOUT)
+            .build()?
+            .connect()
+            .await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut took = Vec::new();
+            while !stopped.load(Ordering::Relaxed) {
+                let start = Instant::now();
+                conn.publish("burst/bystander", "x")
+                    .qos(QoS::AtLeastOnce)
+                    .await?;
+                took.push(start.elapsed().as_secs_f64() * 1e6);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            conn.disconnect().await?;
+            Ok(took)
+        });
+        Ok(Bystander { stop, task })
+    }
+
+    /// Median and longest call, µs.
+    async fn stop(self) -> Result<(f64, f64), BoxError> {
+        self.stop.store(true, Ordering::Relaxed);
+        let took = self.task.await??;
+        let max = took.iter().copied().fold(f64::NAN, f64::max);
+        Ok((median(took), max))
+    }
+}
+
+/// Runs `burst` with a bystander: the burst's rate, and the bystander's median and longest
+/// call.
+async fn with_bystander(
+    port: u16,
+    burst: impl std::future::Future<Output = Result<f64, BoxError>>,
+) -> Result<(f64, f64, f64), BoxError> {
+    let bystander = Bystander::start(port).await?;
+    let rate = burst.await?;
+    let (p50, max) = bystander.stop().await?;
+    Ok((rate, p50, max))
+}
+
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let mut rounds = 3;
@@ -122,40 +183,56 @@ async fn main() -> Result<(), BoxError> {
     // Warm-up: Paho C's threads and the engine's start with the first client.
     ours(port, 100).await?;
     raw(port, 100).await?;
-    let mut rates = vec![(Vec::new(), Vec::new()); sizes.len()];
+    // Per size: (rate, bystander p50, bystander max) of this crate, then of raw paho.
+    type Runs = Vec<(f64, f64, f64)>;
+    let mut runs: Vec<(Runs, Runs)> = vec![(Vec::new(), Vec::new()); sizes.len()];
     for round in 0..rounds {
         println!("== round {}/{rounds}", round + 1);
         for (i, &n) in sizes.iter().enumerate() {
             // Alternate which client goes first.
             let (a, b) = if (round + i) % 2 == 0 {
-                let a = ours(port, n).await?;
-                (a, raw(port, n).await?)
+                let a = with_bystander(port, ours(port, n)).await?;
+                (a, with_bystander(port, raw(port, n)).await?)
             } else {
-                let b = raw(port, n).await?;
-                (ours(port, n).await?, b)
+                let b = with_bystander(port, raw(port, n)).await?;
+                (with_bystander(port, ours(port, n)).await?, b)
             };
-            println!("   n = {n:>6}: aiomqtt {a:>8.0} msg/s, paho {b:>8.0} msg/s");
-            rates[i].0.push(a);
-            rates[i].1.push(b);
+            println!(
+                "   n = {n:>6}: aiomqtt {:>8.0} msg/s (bystander p50 {:.0} µs, max {:.0} µs), \
+                 paho {:>8.0} msg/s (bystander p50 {:.0} µs, max {:.0} µs)",
+                a.0, a.1, a.2, b.0, b.1, b.2
+            );
+            runs[i].0.push(a);
+            runs[i].1.push(b);
         }
     }
-    let medians: Vec<(f64, f64)> = rates
-        .into_iter()
-        .map(|(a, b)| (median(a), median(b)))
-        .collect();
-    let (base_a, base_b) = medians[0];
+    let medians = |v: &Runs| {
+        (
+            median(v.iter().map(|r| r.0).collect()),
+            median(v.iter().map(|r| r.1).collect()),
+            median(v.iter().map(|r| r.2).collect()),
+        )
+    };
+    let rows: Vec<_> = runs.iter().map(|(a, b)| (medians(a), medians(b))).collect();
+    let (base_a, base_b) = (rows[0].0.0, rows[0].1.0);
     println!();
     println!(
-        "| burst (QoS 1, 64 B) | aiomqtt msg/s | paho msg/s | aiomqtt / paho | aiomqtt vs n = {} | paho vs n = {} |",
-        sizes[0], sizes[0]
+        "| burst (QoS 1, 64 B) | aiomqtt msg/s | paho msg/s | aiomqtt / paho | aiomqtt vs n = {0} | paho vs n = {0} | bystander during aiomqtt's burst: p50 / max µs | during paho's |",
+        sizes[0]
     );
-    println!("|--:|--:|--:|--:|--:|--:|");
-    for (&n, &(a, b)) in sizes.iter().zip(&medians) {
+    println!("|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for (&n, &(a, b)) in sizes.iter().zip(&rows) {
         println!(
-            "| {n} | {a:.0} | {b:.0} | {:.2} | {:.2} | {:.2} |",
-            a / b,
-            a / base_a,
-            b / base_b
+            "| {n} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} / {:.0} | {:.0} / {:.0} |",
+            a.0,
+            b.0,
+            a.0 / b.0,
+            a.0 / base_a,
+            b.0 / base_b,
+            a.1,
+            a.2,
+            b.1,
+            b.2
         );
     }
     Ok(())
