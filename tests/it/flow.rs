@@ -476,6 +476,7 @@ async fn the_pump_parks_when_nothing_is_pending() {
     let conn = connect_on(broker.port(), ProtocolVersion::V311).await;
     let topic = unique_topic("pump");
     conn.publish(&topic, "first").await.unwrap();
+    thread_appears("aiomqtt-pump").await;
     let pump = || {
         sockets::thread_schedstat("aiomqtt-pump")
             .expect("the pump thread")
@@ -525,6 +526,16 @@ async fn the_pump_parks_when_nothing_is_pending() {
     assert_eq!(idle, Duration::ZERO, "the pump ran with nothing pending");
 }
 
+/// Waits until the process has a thread named `name`: a thread that the test's first call
+/// started names itself only once it runs, which may be after that call completed.
+async fn thread_appears(name: &str) {
+    let appeared = wait_until_async(Duration::from_secs(2), || {
+        sockets::thread_schedstat(name).is_some()
+    })
+    .await;
+    assert!(appeared, "no thread named {name}");
+}
+
 /// A stream of small QoS 0 publishes that keeps completing needs no wake-up, and the pump
 /// looks at it every 5 ms, not every millisecond: each look is a wake-up of its thread,
 /// which on a loaded machine takes a core from Paho's threads or the broker.
@@ -546,6 +557,7 @@ async fn a_flowing_qos0_stream_is_looked_at_every_few_milliseconds() {
             .expect("the pump thread")
             .1
     };
+    thread_appears("aiomqtt-pump").await;
     let before = runs();
     let started = std::time::Instant::now();
     let mut sent = 0u64;
@@ -597,12 +609,7 @@ async fn calls_completing_in_time_leave_the_expiry_thread_asleep() {
             .expect("the expiry thread")
             .1
     };
-    // The first call started the thread, which names itself once it runs.
-    let appeared = wait_until_async(Duration::from_secs(2), || {
-        sockets::thread_schedstat("aiomqtt-expiry").is_some()
-    })
-    .await;
-    assert!(appeared, "the expiry thread");
+    thread_appears("aiomqtt-expiry").await;
     let before = runs();
     let started = std::time::Instant::now();
     let results: Vec<_> = futures::stream::iter(0..6000)
