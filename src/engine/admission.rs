@@ -181,7 +181,6 @@ impl Admission {
         Err(Queued {
             admission: self,
             id: Some(id),
-            takes_place,
         })
     }
 }
@@ -196,7 +195,6 @@ pub(crate) struct Queued<'a> {
     admission: &'a Admission,
     /// `None` once admitted.
     id: Option<u64>,
-    takes_place: bool,
 }
 
 impl<'a> Future for Queued<'a> {
@@ -215,28 +213,23 @@ impl<'a> Future for Queued<'a> {
         };
         if head.id == id && fits(capacity, taken, head.takes_place) {
             head.admitted = true;
+            let takes_place = head.takes_place;
             let old = head.waker.take();
-            state.taken += usize::from(self.takes_place);
+            state.taken += usize::from(takes_place);
             drop(state);
             drop(old);
             self.id = None;
             return Poll::Ready(Admitted {
                 admission,
-                takes_place: self.takes_place,
+                takes_place,
                 waiter: Some(id),
             });
         }
-        if let Some(me) = state.find(id) {
-            match &mut me.waker {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                slot => {
-                    // The replaced waker is dropped outside the lock.
-                    let old = slot.replace(cx.waker().clone());
-                    drop(state);
-                    drop(old);
-                }
-            }
-        }
+        let stale = state
+            .find(id)
+            .and_then(|me| super::slot::keep_waker(&mut me.waker, cx.waker()));
+        drop(state);
+        drop(stale);
         Poll::Pending
     }
 }
@@ -266,8 +259,13 @@ impl Admitted<'_> {
     /// `placed`: its commands' registry entries took places of their own (the call was
     /// armed), so the call's own place is given back now.
     pub(crate) fn handed_over(&mut self, placed: bool) {
-        let id = self.waiter.take();
         let give_back = placed && std::mem::take(&mut self.takes_place);
+        self.release(give_back);
+    }
+
+    /// Leaves the line if still in it, and gives back the call's place if `give_back`.
+    fn release(&mut self, give_back: bool) {
+        let id = self.waiter.take();
         if id.is_none() && !give_back {
             return;
         }
@@ -300,16 +298,8 @@ impl Drop for Place {
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
-        let id = self.waiter.take();
-        if id.is_none() && !self.takes_place {
-            return;
-        }
-        let mut state = self.admission.lock();
-        state.taken -= usize::from(self.takes_place);
-        let (removed, waker) = self.admission.leave(&mut state, id);
-        drop(state);
-        drop(removed);
-        wake(waker);
+        let give_back = std::mem::take(&mut self.takes_place);
+        self.release(give_back);
     }
 }
 

@@ -17,9 +17,10 @@
 //! Locking: nothing is locked inside a shard's lock, and a shard's lock is taken inside
 //! no other lock but the QoS 0 order lock (in `qos0_sent`). An entry's place (see
 //! `admission`) is taken before the entry goes in and given back when it is dropped,
-//! after its shard's lock is released: the admission's lock is a leaf. No lock here is held across
-//! a call into Paho (keys are registered before the call and cancelled after a refused
-//! one) nor while a waiter is woken (the entry is removed first, then completed).
+//! after its shard's lock is released: the admission's lock is a leaf. No lock here is
+//! held across a call into Paho (keys are registered before the call and cancelled after
+//! a refused one) nor while a waiter is woken (the entry is removed first, then
+//! completed).
 
 use std::collections::HashMap;
 use std::collections::VecDeque;

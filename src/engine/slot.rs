@@ -80,6 +80,16 @@ fn fill(shared: &Shared, with: State) {
     }
 }
 
+/// Keeps `waker` in `kept` for the next wake-up, unless the one there wakes the same task;
+/// returns the one it replaced, for its caller to drop once its lock is released (a waker's
+/// drop runs the executor's code).
+pub(super) fn keep_waker(kept: &mut Option<Waker>, waker: &Waker) -> Option<Waker> {
+    match kept {
+        Some(w) if w.will_wake(waker) => None,
+        _ => kept.replace(waker.clone()),
+    }
+}
+
 /// The sender was dropped without a reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Closed;
@@ -112,17 +122,9 @@ impl Future for Receiver {
         match std::mem::replace(&mut *state, State::Closed) {
             State::Ready(reply) => Poll::Ready(Ok(reply)),
             State::Closed => Poll::Ready(Err(Closed)),
-            State::Waiting(last) => {
-                let stale = match last {
-                    Some(w) if w.will_wake(cx.waker()) => {
-                        *state = State::Waiting(Some(w));
-                        None
-                    }
-                    other => {
-                        *state = State::Waiting(Some(cx.waker().clone()));
-                        other
-                    }
-                };
+            State::Waiting(mut last) => {
+                let stale = keep_waker(&mut last, cx.waker());
+                *state = State::Waiting(last);
                 // A waker's own code runs outside the lock, as in `fill`.
                 drop(state);
                 drop(stale);
