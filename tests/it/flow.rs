@@ -476,12 +476,7 @@ async fn the_pump_parks_when_nothing_is_pending() {
     let conn = connect_on(broker.port(), ProtocolVersion::V311).await;
     let topic = unique_topic("pump");
     conn.publish(&topic, "first").await.unwrap();
-    thread_appears("aiomqtt-pump").await;
-    let pump = || {
-        sockets::thread_schedstat("aiomqtt-pump")
-            .expect("the pump thread")
-            .0
-    };
+    let pump = thread_counters("aiomqtt-pump").await;
     let settle = Duration::from_millis(300);
 
     // Pending: 48 MiB of QoS 0 behind a stopped broker (more than the sockets hold). The
@@ -503,9 +498,9 @@ async fn the_pump_parks_when_nothing_is_pending() {
         .collect();
     let all = tokio::spawn(futures::future::join_all(calls));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let before = pump();
+    let before = pump().0;
     tokio::time::sleep(settle).await;
-    let busy = pump() - before;
+    let busy = pump().0 - before;
     let finished = done.load(Ordering::Relaxed);
     let state = sockets::thread_state("aiomqtt-pump");
     broker.resume();
@@ -515,9 +510,9 @@ async fn the_pump_parks_when_nothing_is_pending() {
 
     // Nothing pending.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let before = pump();
+    let before = pump().0;
     tokio::time::sleep(settle).await;
-    let idle = pump() - before;
+    let idle = pump().0 - before;
     assert!(
         busy > Duration::ZERO,
         "the pump did not run: {busy:?}, with {finished} of 3072 publishes done; its \
@@ -526,14 +521,16 @@ async fn the_pump_parks_when_nothing_is_pending() {
     assert_eq!(idle, Duration::ZERO, "the pump ran with nothing pending");
 }
 
-/// Waits until the process has a thread named `name`: a thread that the test's first call
-/// started names itself only once it runs, which may be after that call completed.
-async fn thread_appears(name: &str) {
+/// A reader of the scheduler's counters (time on the CPU, times run) of the process's
+/// thread `name`, once that thread exists: a thread that the test's first call started
+/// names itself only once it runs, which may be after that call completed.
+async fn thread_counters(name: &'static str) -> impl Fn() -> (Duration, u64) {
     let appeared = wait_until_async(Duration::from_secs(2), || {
         sockets::thread_schedstat(name).is_some()
     })
     .await;
     assert!(appeared, "no thread named {name}");
+    move || sockets::thread_schedstat(name).unwrap_or_else(|| panic!("thread {name} ended"))
 }
 
 /// A stream of small QoS 0 publishes that keeps completing needs no wake-up, and the pump
@@ -552,13 +549,8 @@ async fn a_flowing_qos0_stream_is_looked_at_every_few_milliseconds() {
     let conn = connect_on(broker.port(), ProtocolVersion::V311).await;
     let topic = unique_topic("looks");
     conn.publish(&topic, "first").await.unwrap();
-    let runs = || {
-        sockets::thread_schedstat("aiomqtt-pump")
-            .expect("the pump thread")
-            .1
-    };
-    thread_appears("aiomqtt-pump").await;
-    let before = runs();
+    let runs = thread_counters("aiomqtt-pump").await;
+    let before = runs().1;
     let started = std::time::Instant::now();
     let mut sent = 0u64;
     // A second of QoS 0 publishes, a hundred at a time: the pump never parks meanwhile.
@@ -572,7 +564,7 @@ async fn a_flowing_qos0_stream_is_looked_at_every_few_milliseconds() {
         sent += 100;
     }
     let took = started.elapsed();
-    let looks = runs() - before;
+    let looks = runs().1 - before;
     // 200 looks a second, with as many again to spare (a park and unpark should the
     // stream pause for longer than the pump lingers); one look per millisecond: 1,000.
     let allowed = took.as_millis() as u64 * 2 / 5 + 20;
@@ -604,13 +596,8 @@ async fn calls_completing_in_time_leave_the_expiry_thread_asleep() {
         .qos(QoS::AtLeastOnce)
         .await
         .unwrap();
-    let runs = || {
-        sockets::thread_schedstat("aiomqtt-expiry")
-            .expect("the expiry thread")
-            .1
-    };
-    thread_appears("aiomqtt-expiry").await;
-    let before = runs();
+    let runs = thread_counters("aiomqtt-expiry").await;
+    let before = runs().1;
     let started = std::time::Instant::now();
     let results: Vec<_> = futures::stream::iter(0..6000)
         .map(|i| {
@@ -621,7 +608,7 @@ async fn calls_completing_in_time_leave_the_expiry_thread_asleep() {
         .collect()
         .await;
     let took = started.elapsed();
-    let woken = runs() - before;
+    let woken = runs().1 - before;
     assert!(results.iter().all(Result::is_ok));
     // One wake-up per 5 s that the stream lasts, and one to spare.
     let allowed = 1 + took.as_secs() / 5;
@@ -663,18 +650,14 @@ async fn a_prompt_qos0_publish_does_not_wake_the_engine() {
     let conn = connect_on(broker.port(), ProtocolVersion::V311).await;
     let topic = unique_topic("prompt");
     conn.publish(&topic, "first").await.unwrap();
-    let receiver = || {
-        sockets::thread_schedstat("MQTTAsync_rcv")
-            .expect("Paho's receive thread")
-            .1
-    };
+    let receiver = thread_counters("MQTTAsync_rcv").await;
     const PUBLISHES: u64 = 150;
-    let before = receiver();
+    let before = receiver().1;
     for _ in 0..PUBLISHES {
         conn.publish(&topic, "x").await.unwrap();
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
-    let woken = receiver() - before;
+    let woken = receiver().1 - before;
     assert!(
         woken < PUBLISHES / 4,
         "Paho's receive thread ran {woken} times for {PUBLISHES} publishes that each \
