@@ -245,7 +245,7 @@ pub fn markdown(cfg: &Config, env: &Environment, res: &Results) -> String {
         w = res.window,
         proto = if cfg.v5 { "5" } else { "3.1.1" },
         default_window = if cfg.v5 {
-            "window: the broker's Receive Maximum, none announced here, so 65,535"
+            "window: the broker's Receive Maximum, at most 2,000; none announced here, so 2,000"
         } else {
             "window 20"
         },

@@ -174,9 +174,9 @@ async fn a_burst_arrives_whole_in_call_order(
     proxy
 }
 
-/// On MQTT 5 the default window is the broker's Receive Maximum (Mosquitto announces its
-/// `max_inflight_messages`, and none when that is 0: 65,535 then); a window set by the
-/// user is kept, and lowered to the broker's when wider.
+/// On MQTT 5 the default window is the broker's Receive Maximum, at most 2,000 (Mosquitto
+/// announces its `max_inflight_messages`, and none when that is 0: 65,535 then); a window
+/// set by the user is kept, beyond 2,000 too, and lowered to the broker's when wider.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_v5_window_is_the_brokers_receive_maximum_by_default() {
     with_timeout(T, async {
@@ -194,10 +194,20 @@ async fn the_v5_window_is_the_brokers_receive_maximum_by_default() {
             publishes_on_the_wire_to(announcing(), v5, Some(80), QoS::AtLeastOnce, 120, 50).await,
             50
         );
-        let unlimited = Broker::builder().max_inflight_messages(0).start();
+        let unlimited = || Broker::builder().max_inflight_messages(0).start();
         assert_eq!(
-            publishes_on_the_wire_to(unlimited, v5, None, QoS::AtLeastOnce, 300, 300).await,
-            300
+            publishes_on_the_wire_to(unlimited(), v5, None, QoS::AtLeastOnce, 2_100, 2_000).await,
+            2_000
+        );
+        let wide = Broker::builder().max_inflight_messages(3_000).start();
+        assert_eq!(
+            publishes_on_the_wire_to(wide, v5, None, QoS::AtLeastOnce, 2_100, 2_000).await,
+            2_000
+        );
+        let asked = Some(2_500);
+        assert_eq!(
+            publishes_on_the_wire_to(unlimited(), v5, asked, QoS::AtLeastOnce, 2_600, 2_500).await,
+            2_500
         );
     })
     .await;
