@@ -19,6 +19,8 @@
 //! cargo run --release --example burst -- --rounds 1 --max 16000
 //! ```
 
+#[path = "bench/at_once.rs"]
+mod at_once;
 #[path = "bench/broker.rs"]
 mod broker;
 
@@ -28,8 +30,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aiomqtt::{Client, QoS};
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use paho_mqtt as paho;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -55,18 +55,15 @@ async fn ours(port: u16, n: usize) -> Result<f64, BoxError> {
         .connect()
         .await?;
     let payload = vec![7u8; 64];
-    let start = Instant::now();
-    let mut calls: FuturesUnordered<_> = (0..n)
-        .map(|_| {
+    let rate = at_once::rate(
+        n,
+        std::iter::repeat_with(|| {
             conn.publish("burst/ours", payload.clone())
                 .qos(QoS::AtLeastOnce)
                 .into_future()
-        })
-        .collect();
-    while let Some(result) = calls.next().await {
-        result?;
-    }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
+        }),
+    )
+    .await?;
     conn.disconnect().await?;
     Ok(rate)
 }
@@ -87,14 +84,13 @@ async fn raw(port: u16, n: usize) -> Result<f64, BoxError> {
         .finalize();
     client.connect(connect).await?;
     let payload = vec![7u8; 64];
-    let start = Instant::now();
-    let mut tokens: FuturesUnordered<_> = (0..n)
-        .map(|_| client.publish(paho::Message::new("burst/raw", payload.clone(), 1)))
-        .collect();
-    while let Some(result) = tokens.next().await {
-        result?;
-    }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let rate = at_once::rate(
+        n,
+        std::iter::repeat_with(|| {
+            client.publish(paho::Message::new("burst/raw", payload.clone(), 1))
+        }),
+    )
+    .await?;
     client.disconnect(None).await?;
     Ok(rate)
 }

@@ -16,17 +16,17 @@
 //! cargo run --release --example window -- --qos 2 --ours-windows 1000,65535
 //! ```
 
+#[path = "bench/at_once.rs"]
+mod at_once;
 #[path = "bench/broker.rs"]
 mod broker;
 #[path = "bench/delay.rs"]
 mod delay;
 
 use std::future::IntoFuture;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aiomqtt::{Client, ProtocolVersion, QoS};
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use paho_mqtt as paho;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -64,18 +64,15 @@ async fn ours(port: u16, n: usize, qos: QoS, window: Option<u16>) -> Result<f64,
     }
     let conn = builder.build()?.connect().await?;
     let payload = vec![7u8; 64];
-    let start = Instant::now();
-    let mut calls: FuturesUnordered<_> = (0..n)
-        .map(|_| {
+    let rate = at_once::rate(
+        n,
+        std::iter::repeat_with(|| {
             conn.publish("window/ours", payload.clone())
                 .qos(qos)
                 .into_future()
-        })
-        .collect();
-    while let Some(result) = calls.next().await {
-        result?;
-    }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
+        }),
+    )
+    .await?;
     conn.disconnect().await?;
     Ok(rate)
 }
@@ -96,20 +93,17 @@ async fn raw(port: u16, n: usize, qos: QoS, window: u16) -> Result<f64, BoxError
         .finalize();
     client.connect(connect).await?;
     let payload = vec![7u8; 64];
-    let start = Instant::now();
-    let mut tokens: FuturesUnordered<_> = (0..n)
-        .map(|_| {
+    let rate = at_once::rate(
+        n,
+        std::iter::repeat_with(|| {
             client.publish(paho::Message::new(
                 "window/raw",
                 payload.clone(),
                 i32::from(qos.as_u8()),
             ))
-        })
-        .collect();
-    while let Some(result) = tokens.next().await {
-        result?;
-    }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
+        }),
+    )
+    .await?;
     client.disconnect(None).await?;
     Ok(rate)
 }
