@@ -61,9 +61,14 @@ pub enum Variant {
     OursDefault,
     /// Raw paho with default options (max_inflight 65535, max_buffered 100).
     RawDefault,
+    /// A second raw paho tuned, identical to the first: the A/A control (`--only
+    /// raw-control`), whose ratios to the first show what the machine's noise alone does
+    /// to a ratio.
+    RawControl,
 }
 
 impl Variant {
+    /// The clients of a run unless `--only` says otherwise.
     pub const ALL: [Variant; 4] = [
         Variant::OursTuned,
         Variant::RawTuned,
@@ -71,8 +76,20 @@ impl Variant {
         Variant::RawDefault,
     ];
 
+    /// Every client `--only` can name.
+    pub const EVERY: [Variant; 5] = [
+        Variant::OursTuned,
+        Variant::RawTuned,
+        Variant::OursDefault,
+        Variant::RawDefault,
+        Variant::RawControl,
+    ];
+
     pub fn tuned(self) -> bool {
-        matches!(self, Variant::OursTuned | Variant::RawTuned)
+        matches!(
+            self,
+            Variant::OursTuned | Variant::RawTuned | Variant::RawControl
+        )
     }
 
     pub fn ours(self) -> bool {
@@ -85,6 +102,7 @@ impl Variant {
             Variant::RawTuned => "paho tuned",
             Variant::OursDefault => "aiomqtt default",
             Variant::RawDefault => "paho default",
+            Variant::RawControl => "paho tuned (control)",
         }
     }
 
@@ -94,6 +112,7 @@ impl Variant {
             Variant::RawTuned => "raw paho-mqtt, tuned window",
             Variant::OursDefault => "aiomqtt, default options",
             Variant::RawDefault => "raw paho-mqtt, default options",
+            Variant::RawControl => "raw paho-mqtt, tuned window (A/A control)",
         }
     }
 
@@ -103,6 +122,7 @@ impl Variant {
             Variant::RawTuned => "raw-tuned",
             Variant::OursDefault => "ours-default",
             Variant::RawDefault => "raw-default",
+            Variant::RawControl => "raw-control",
         }
     }
 }
@@ -259,7 +279,8 @@ usage: cargo run --release --example bench -- [options]
   --mem-messages N     messages queued in the memory test (default 1000000; quick 50000)
   --mem-bound N        max_queued_incoming_messages of the bounded case (default 1000)
   --window W           publishes in flight; skips the window sweep
-  --only LIST          clients: ours, raw, ours-tuned, raw-tuned, ours-default, raw-default
+  --only LIST          clients: ours, raw, ours-tuned, raw-tuned, ours-default, raw-default,
+                       raw-control (a second raw-tuned: the A/A control)
   --skip LIST          parts to skip: throughput, latency, memory
   --qos LIST           throughput QoS levels (default 0,1,2)
   --payload LIST       throughput payload sizes in bytes (default 64,4096)
@@ -371,7 +392,7 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
                     let picked: Vec<Variant> = match name {
                         "ours" => vec![Variant::OursTuned, Variant::OursDefault],
                         "raw" => vec![Variant::RawTuned, Variant::RawDefault],
-                        _ => Variant::ALL
+                        _ => Variant::EVERY
                             .into_iter()
                             .filter(|v| v.key() == name)
                             .collect(),
@@ -381,7 +402,7 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
                     }
                     chosen.extend(picked);
                 }
-                cfg.variants = Variant::ALL
+                cfg.variants = Variant::EVERY
                     .into_iter()
                     .filter(|v| chosen.contains(v))
                     .collect();
@@ -520,7 +541,7 @@ fn throughput_child(args: &[String]) -> Result<(), BoxError> {
             "usage: __throughput-child <variant> <port> <window> <qos> <payload> <n> <v5>".into(),
         );
     };
-    let variant = Variant::ALL
+    let variant = Variant::EVERY
         .into_iter()
         .find(|v| v.key() == variant)
         .ok_or_else(|| format!("unknown client {variant}"))?;

@@ -15,6 +15,8 @@ pub const LATENCY_TARGET: f64 = 1.05;
 pub const DEFAULT_VS_DEFAULT_TARGET: f64 = 1.0;
 /// Target: this crate with default options / raw paho tuned.
 pub const DEFAULT_VS_TUNED_TARGET: f64 = 0.95;
+/// Target: CPU per message, this crate tuned / raw paho tuned (at most).
+pub const CPU_TARGET: f64 = 1.0;
 
 pub struct ThroughputRun {
     pub round: usize,
@@ -266,6 +268,11 @@ pub fn markdown(cfg: &Config, env: &Environment, res: &Results) -> String {
     if !res.throughput.is_empty() {
         md.push_str("### Throughput (msg/s, median)\n\n");
         md.push_str(
+            "Ratios: the median of the per-round ratios (the rounds pair the clients, so that a \
+             round the machine slows counts against both), checked against the target; in \
+             brackets the ratio of the medians.\n\n",
+        );
+        md.push_str(
             "| QoS | payload | aiomqtt tuned | paho tuned | tuned ratio (≥ 0.95) \
              | aiomqtt default | paho default | default ratio (≥ 1.00) \
              | aiomqtt default / paho tuned (≥ 0.95) |\n",
@@ -278,11 +285,15 @@ pub fn markdown(cfg: &Config, env: &Environment, res: &Results) -> String {
                 Some(r) if res.incomplete(v, case) => format!("{} †", thousands(r)),
                 Some(r) => thousands(r),
             };
-            lossy |= Variant::ALL.iter().any(|&v| res.incomplete(v, case));
-            let ot = res.rate(Variant::OursTuned, case);
-            let rt = res.rate(Variant::RawTuned, case);
-            let od = res.rate(Variant::OursDefault, case);
-            let rd = res.rate(Variant::RawDefault, case);
+            lossy |= Variant::EVERY.iter().any(|&v| res.incomplete(v, case));
+            let r = |a: Variant, b: Variant, target: f64| {
+                both_ratios(
+                    paired_median(res, a, b, case, Sample::rate),
+                    ratio(res.rate(a, case), res.rate(b, case)),
+                    target,
+                    true,
+                )
+            };
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -290,11 +301,19 @@ pub fn markdown(cfg: &Config, env: &Environment, res: &Results) -> String {
                 payload_label(case.payload),
                 cell(Variant::OursTuned),
                 cell(Variant::RawTuned),
-                verdict(ratio(ot, rt), THROUGHPUT_TARGET, true),
+                r(Variant::OursTuned, Variant::RawTuned, THROUGHPUT_TARGET),
                 cell(Variant::OursDefault),
                 cell(Variant::RawDefault),
-                verdict(ratio(od, rd), DEFAULT_VS_DEFAULT_TARGET, true),
-                verdict(ratio(od, rt), DEFAULT_VS_TUNED_TARGET, true),
+                r(
+                    Variant::OursDefault,
+                    Variant::RawDefault,
+                    DEFAULT_VS_DEFAULT_TARGET
+                ),
+                r(
+                    Variant::OursDefault,
+                    Variant::RawTuned,
+                    DEFAULT_VS_TUNED_TARGET
+                ),
             );
         }
         md.push('\n');
@@ -338,8 +357,8 @@ pub fn markdown(cfg: &Config, env: &Environment, res: &Results) -> String {
              Paho's global mutex, so its share bounds the throughput.\n\n",
         );
         md.push_str(
-            "| QoS | payload | aiomqtt tuned | paho tuned | tuned ratio \
-             | aiomqtt default | paho default | default ratio |\n",
+            "| QoS | payload | aiomqtt tuned | paho tuned | tuned ratio (≤ 1.00) \
+             | aiomqtt default | paho default | default ratio (≤ 1.00) |\n",
         );
         md.push_str("|---|---|--:|--:|--:|--:|--:|--:|\n");
         for &case in &res.cases {
@@ -350,8 +369,12 @@ pub fn markdown(cfg: &Config, env: &Environment, res: &Results) -> String {
                 _ => "–".to_owned(),
             };
             let r = |a: Variant, b: Variant| {
-                ratio(res.cpu(a, case), res.cpu(b, case))
-                    .map_or("–".to_owned(), |r| format!("{r:.2}"))
+                both_ratios(
+                    paired_median(res, a, b, case, Sample::cpu_per_message),
+                    ratio(res.cpu(a, case), res.cpu(b, case)),
+                    CPU_TARGET,
+                    false,
+                )
             };
             let _ = writeln!(
                 md,
@@ -367,6 +390,10 @@ pub fn markdown(cfg: &Config, env: &Environment, res: &Results) -> String {
             );
         }
         md.push('\n');
+    }
+
+    if cfg.variants.contains(&Variant::RawControl) && !res.throughput.is_empty() {
+        md.push_str(&control(res));
     }
 
     if !res.latency.is_empty() {
@@ -391,14 +418,21 @@ pub fn markdown(cfg: &Config, env: &Environment, res: &Results) -> String {
                 "| {q} | {} | {} | {} | {} | {} | {} |",
                 cell(Variant::OursTuned),
                 cell(Variant::RawTuned),
-                verdict(
+                both_ratios(
+                    median(paired_p50(res, Variant::OursTuned, Variant::RawTuned, q)),
                     ratio(p50(Variant::OursTuned), p50(Variant::RawTuned)),
                     LATENCY_TARGET,
                     false
                 ),
                 cell(Variant::OursDefault),
                 cell(Variant::RawDefault),
-                verdict(
+                both_ratios(
+                    median(paired_p50(
+                        res,
+                        Variant::OursDefault,
+                        Variant::RawDefault,
+                        q
+                    )),
                     ratio(p50(Variant::OursDefault), p50(Variant::RawDefault)),
                     LATENCY_TARGET,
                     false
@@ -455,6 +489,136 @@ pub fn markdown(cfg: &Config, env: &Environment, res: &Results) -> String {
     md
 }
 
+/// Per-round ratios of `a` to `b` in `case` (rounds where both have a sample), by
+/// `metric` of the two samples.
+fn paired(
+    res: &Results,
+    a: Variant,
+    b: Variant,
+    case: Case,
+    metric: fn(&Sample) -> f64,
+) -> Vec<f64> {
+    let of = |v: Variant, round: usize| {
+        res.throughput
+            .iter()
+            .find(|r| r.variant == v && r.case == case && r.round == round)
+            .map(|r| metric(&r.sample))
+    };
+    res.throughput
+        .iter()
+        .filter(|r| r.variant == a && r.case == case)
+        .filter_map(|r| Some(metric(&r.sample) / of(b, r.round)?))
+        .collect()
+}
+
+/// The median of the per-round ratios of `a` to `b` in `case` (the issue's measure: the
+/// rounds pair the clients, so that a round slowed by the machine slows both).
+fn paired_median(
+    res: &Results,
+    a: Variant,
+    b: Variant,
+    case: Case,
+    metric: fn(&Sample) -> f64,
+) -> Option<f64> {
+    median(paired(res, a, b, case, metric))
+}
+
+/// Per-round ratios of `a`'s latency p50 to `b`'s at `qos`.
+fn paired_p50(res: &Results, a: Variant, b: Variant, qos: u8) -> Vec<f64> {
+    let p50 = |v: Variant, round: usize| {
+        res.latency
+            .iter()
+            .find(|r| r.variant == v && r.qos == qos && r.round == round)
+            .map(|r| r.p50.as_secs_f64())
+    };
+    res.latency
+        .iter()
+        .filter(|r| r.variant == a && r.qos == qos)
+        .filter_map(|r| Some(r.p50.as_secs_f64() / p50(b, r.round)?))
+        .collect()
+}
+
+/// "✅ 1.03 (0.88)": the verdict on the paired ratio, then the ratio of the medians.
+fn both_ratios(
+    paired: Option<f64>,
+    of_medians: Option<f64>,
+    target: f64,
+    at_least: bool,
+) -> String {
+    match (paired, of_medians) {
+        (Some(_), Some(m)) => format!("{} ({m:.2})", verdict(paired, target, at_least)),
+        _ => verdict(paired.or(of_medians), target, at_least),
+    }
+}
+
+/// "median (min–max)" of per-round ratios.
+fn paired_cell(ratios: Vec<f64>) -> String {
+    let (lo, hi) = ratios.iter().fold((f64::INFINITY, 0.0_f64), |(lo, hi), r| {
+        (lo.min(*r), hi.max(*r))
+    });
+    match median(ratios) {
+        Some(mid) => format!("{mid:.2} ({lo:.2}–{hi:.2})"),
+        None => "–".to_owned(),
+    }
+}
+
+/// The A/A control: two identical raw paho clients compared as this crate is with raw
+/// paho. Their ratios would be 1.00 on a quiet machine; how far they stray is what noise
+/// alone does to a ratio of one run.
+fn control(res: &Results) -> String {
+    let mut md = String::from(
+        "### A/A control: raw paho against itself\n\n\
+         *paho tuned (control)* is a second raw paho client identical to *paho tuned*, run \
+         in the same rounds. Each cell: the median of the per-round ratios to *paho tuned*, \
+         and their range (lower is better for CPU and latency).\n\n\
+         | QoS | payload | throughput: control / paho | aiomqtt / paho \
+         | CPU per message: control / paho | aiomqtt / paho |\n\
+         |---|---|:-:|:-:|:-:|:-:|\n",
+    );
+    for &case in &res.cases {
+        let rows = |metric: fn(&Sample) -> f64| {
+            (
+                paired_cell(paired(
+                    res,
+                    Variant::RawControl,
+                    Variant::RawTuned,
+                    case,
+                    metric,
+                )),
+                paired_cell(paired(
+                    res,
+                    Variant::OursTuned,
+                    Variant::RawTuned,
+                    case,
+                    metric,
+                )),
+            )
+        };
+        let (rate_control, rate_ours) = rows(Sample::rate);
+        let (cpu_control, cpu_ours) = rows(Sample::cpu_per_message);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {rate_control} | {rate_ours} | {cpu_control} | {cpu_ours} |",
+            case.qos,
+            payload_label(case.payload),
+        );
+    }
+    if !res.latency.is_empty() {
+        md.push_str("\n| QoS | latency p50: control / paho | aiomqtt / paho |\n|---|:-:|:-:|\n");
+        for q in LATENCY_QOS {
+            let against_raw = |v: Variant| paired_cell(paired_p50(res, v, Variant::RawTuned, q));
+            let _ = writeln!(
+                md,
+                "| {q} | {} | {} |",
+                against_raw(Variant::RawControl),
+                against_raw(Variant::OursTuned)
+            );
+        }
+    }
+    md.push('\n');
+    md
+}
+
 /// One line per target: met or missed, with the worst case.
 pub fn targets(res: &Results) -> Vec<String> {
     let mut out = Vec::new();
@@ -483,32 +647,41 @@ pub fn targets(res: &Results) -> Vec<String> {
             out.push(format!("❌ {name}: missed at {}", missed.join(", ")));
         }
     };
-    let per_case = |a: Variant, b: Variant| -> Vec<(String, Option<f64>)> {
+    let per_case = |a: Variant, b: Variant, metric: fn(&Sample) -> f64| {
         res.cases
             .iter()
             .map(|&c| {
                 (
                     format!("QoS {} {}", c.qos, payload_label(c.payload)),
-                    ratio(res.rate(a, c), res.rate(b, c)),
+                    paired_median(res, a, b, c, metric),
                 )
             })
-            .collect()
+            .collect::<Vec<_>>()
     };
     check(
-        "throughput aiomqtt tuned / paho tuned ≥ 0.95 at every QoS and payload",
-        per_case(Variant::OursTuned, Variant::RawTuned),
+        "throughput aiomqtt tuned / paho tuned ≥ 0.95 at every QoS and payload (paired)",
+        per_case(Variant::OursTuned, Variant::RawTuned, Sample::rate),
         THROUGHPUT_TARGET,
         true,
     );
-    let p50 = |v: Variant, q: u8| res.latency(v, q).map(|l| l.0);
     check(
-        "latency p50 aiomqtt tuned ≤ 1.05 × paho tuned",
+        "CPU per message aiomqtt tuned ≤ paho tuned at every QoS and payload (paired)",
+        per_case(
+            Variant::OursTuned,
+            Variant::RawTuned,
+            Sample::cpu_per_message,
+        ),
+        CPU_TARGET,
+        false,
+    );
+    check(
+        "latency p50 aiomqtt tuned ≤ 1.05 × paho tuned (paired)",
         LATENCY_QOS
             .iter()
             .map(|&q| {
                 (
                     format!("QoS {q}"),
-                    ratio(p50(Variant::OursTuned, q), p50(Variant::RawTuned, q)),
+                    median(paired_p50(res, Variant::OursTuned, Variant::RawTuned, q)),
                 )
             })
             .collect(),
@@ -516,14 +689,14 @@ pub fn targets(res: &Results) -> Vec<String> {
         false,
     );
     check(
-        "throughput aiomqtt default ≥ paho default",
-        per_case(Variant::OursDefault, Variant::RawDefault),
+        "throughput aiomqtt default ≥ paho default (paired)",
+        per_case(Variant::OursDefault, Variant::RawDefault, Sample::rate),
         DEFAULT_VS_DEFAULT_TARGET,
         true,
     );
     check(
-        "throughput aiomqtt default ≥ 0.95 × paho tuned",
-        per_case(Variant::OursDefault, Variant::RawTuned),
+        "throughput aiomqtt default ≥ 0.95 × paho tuned (paired)",
+        per_case(Variant::OursDefault, Variant::RawTuned, Sample::rate),
         DEFAULT_VS_TUNED_TARGET,
         true,
     );
@@ -534,7 +707,7 @@ pub fn targets(res: &Results) -> Vec<String> {
 fn spread(res: &Results) -> Option<(f64, f64)> {
     let mut spreads = Vec::new();
     for &case in &res.cases {
-        for v in Variant::ALL {
+        for v in Variant::EVERY {
             let rates: Vec<f64> = res.samples(v, case).map(Sample::rate).collect();
             let (Some(mid), true) = (median(rates.clone()), rates.len() > 1) else {
                 continue;
@@ -620,6 +793,7 @@ fn color(v: Variant) -> &'static str {
         Variant::RawTuned => "#d9661f",
         Variant::OursDefault => "#8fb3e6",
         Variant::RawDefault => "#f4bf8e",
+        Variant::RawControl => "#8c8c8c",
     }
 }
 
@@ -795,4 +969,74 @@ fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Cpu;
+
+    /// A run of `n` messages in `ms` milliseconds.
+    fn run(round: usize, variant: Variant, ms: u64) -> ThroughputRun {
+        ThroughputRun {
+            round,
+            variant,
+            case: CASE,
+            sample: Sample {
+                received: 1000,
+                expected: 1000,
+                elapsed: Duration::from_millis(ms),
+                refused: 0,
+                cpu: Cpu::default(),
+            },
+        }
+    }
+
+    const CASE: Case = Case {
+        qos: 0,
+        payload: 64,
+    };
+
+    #[test]
+    fn paired_ratios_pair_rounds_and_skip_a_round_without_a_partner() {
+        let res = Results {
+            throughput: vec![
+                run(1, Variant::OursTuned, 100),
+                run(1, Variant::RawTuned, 200),
+                run(2, Variant::OursTuned, 400),
+                run(2, Variant::RawTuned, 400),
+                // Round 3: raw paho's run failed.
+                run(3, Variant::OursTuned, 50),
+            ],
+            ..Results::default()
+        };
+        let ratios = paired(
+            &res,
+            Variant::OursTuned,
+            Variant::RawTuned,
+            CASE,
+            Sample::rate,
+        );
+        assert_eq!(ratios, vec![2.0, 1.0]);
+        // The median of the pairs is not the ratio of the medians: the slow round 2 and
+        // the unpaired round 3 move the medians, not the pairs.
+        let paired = paired_median(
+            &res,
+            Variant::OursTuned,
+            Variant::RawTuned,
+            CASE,
+            Sample::rate,
+        );
+        assert_eq!(paired, Some(1.5));
+        let of_medians = ratio(
+            res.rate(Variant::OursTuned, CASE),
+            res.rate(Variant::RawTuned, CASE),
+        );
+        assert_eq!(of_medians, Some(10_000.0 / 3_750.0));
+        assert_eq!(
+            both_ratios(paired, of_medians, 0.95, true),
+            "✅ 1.50 (2.67)"
+        );
+        assert_eq!(both_ratios(Some(0.9), None, 0.95, true), "❌ 0.90");
+    }
 }
