@@ -288,7 +288,7 @@ pub fn markdown(cfg: &Config, env: &Environment, res: &Results) -> String {
             lossy |= Variant::EVERY.iter().any(|&v| res.incomplete(v, case));
             let r = |a: Variant, b: Variant, target: f64| {
                 both_ratios(
-                    paired_median(res, a, b, case, Sample::rate),
+                    median(paired(res, a, b, case, Sample::rate)),
                     ratio(res.rate(a, case), res.rate(b, case)),
                     target,
                     true,
@@ -370,7 +370,7 @@ pub fn markdown(cfg: &Config, env: &Environment, res: &Results) -> String {
             };
             let r = |a: Variant, b: Variant| {
                 both_ratios(
-                    paired_median(res, a, b, case, Sample::cpu_per_message),
+                    median(paired(res, a, b, case, Sample::cpu_per_message)),
                     ratio(res.cpu(a, case), res.cpu(b, case)),
                     CPU_TARGET,
                     false,
@@ -489,8 +489,24 @@ pub fn markdown(cfg: &Config, env: &Environment, res: &Results) -> String {
     md
 }
 
-/// Per-round ratios of `a` to `b` in `case` (rounds where both have a sample), by
-/// `metric` of the two samples.
+/// Per-round ratios of the `value` of the runs `a` selects to that of the run `b` selects
+/// in the same round (rounds without both are left out): the rounds pair the clients, so
+/// that a round slowed by the machine counts against both.
+fn by_round<R>(
+    runs: &[R],
+    round: fn(&R) -> usize,
+    a: impl Fn(&R) -> bool,
+    b: impl Fn(&R) -> bool,
+    value: impl Fn(&R) -> f64,
+) -> Vec<f64> {
+    let of_b = |n: usize| runs.iter().find(|r| b(r) && round(r) == n).map(&value);
+    runs.iter()
+        .filter(|r| a(r))
+        .filter_map(|r| Some(value(r) / of_b(round(r))?))
+        .collect()
+}
+
+/// Per-round ratios of `a` to `b` in `case`, by `metric` of the two samples.
 fn paired(
     res: &Results,
     a: Variant,
@@ -498,44 +514,24 @@ fn paired(
     case: Case,
     metric: fn(&Sample) -> f64,
 ) -> Vec<f64> {
-    let of = |v: Variant, round: usize| {
-        res.throughput
-            .iter()
-            .find(|r| r.variant == v && r.case == case && r.round == round)
-            .map(|r| metric(&r.sample))
-    };
-    res.throughput
-        .iter()
-        .filter(|r| r.variant == a && r.case == case)
-        .filter_map(|r| Some(metric(&r.sample) / of(b, r.round)?))
-        .collect()
-}
-
-/// The median of the per-round ratios of `a` to `b` in `case` (the measure: the
-/// rounds pair the clients, so that a round slowed by the machine slows both).
-fn paired_median(
-    res: &Results,
-    a: Variant,
-    b: Variant,
-    case: Case,
-    metric: fn(&Sample) -> f64,
-) -> Option<f64> {
-    median(paired(res, a, b, case, metric))
+    by_round(
+        &res.throughput,
+        |r| r.round,
+        |r| r.variant == a && r.case == case,
+        |r| r.variant == b && r.case == case,
+        |r| metric(&r.sample),
+    )
 }
 
 /// Per-round ratios of `a`'s latency p50 to `b`'s at `qos`.
 fn paired_p50(res: &Results, a: Variant, b: Variant, qos: u8) -> Vec<f64> {
-    let p50 = |v: Variant, round: usize| {
-        res.latency
-            .iter()
-            .find(|r| r.variant == v && r.qos == qos && r.round == round)
-            .map(|r| r.p50.as_secs_f64())
-    };
-    res.latency
-        .iter()
-        .filter(|r| r.variant == a && r.qos == qos)
-        .filter_map(|r| Some(r.p50.as_secs_f64() / p50(b, r.round)?))
-        .collect()
+    by_round(
+        &res.latency,
+        |r| r.round,
+        |r| r.variant == a && r.qos == qos,
+        |r| r.variant == b && r.qos == qos,
+        |r| r.p50.as_secs_f64(),
+    )
 }
 
 /// "✅ 1.03 (0.88)": the verdict on the paired ratio, then the ratio of the medians.
@@ -653,7 +649,7 @@ pub fn targets(res: &Results) -> Vec<String> {
             .map(|&c| {
                 (
                     format!("QoS {} {}", c.qos, payload_label(c.payload)),
-                    paired_median(res, a, b, c, metric),
+                    median(paired(res, a, b, c, metric)),
                 )
             })
             .collect::<Vec<_>>()
@@ -976,7 +972,7 @@ mod tests {
     use super::*;
     use crate::Cpu;
 
-    /// A run of `n` messages in `ms` milliseconds.
+    /// A run of 1,000 messages in `ms` milliseconds.
     fn run(round: usize, variant: Variant, ms: u64) -> ThroughputRun {
         ThroughputRun {
             round,
@@ -1020,13 +1016,7 @@ mod tests {
         assert_eq!(ratios, vec![2.0, 1.0]);
         // The median of the pairs is not the ratio of the medians: the slow round 2 and
         // the unpaired round 3 move the medians, not the pairs.
-        let paired = paired_median(
-            &res,
-            Variant::OursTuned,
-            Variant::RawTuned,
-            CASE,
-            Sample::rate,
-        );
+        let paired = median(ratios.clone());
         assert_eq!(paired, Some(1.5));
         let of_medians = ratio(
             res.rate(Variant::OursTuned, CASE),
