@@ -17,8 +17,9 @@
 //! protocol websockets
 //! ```
 //!
-//! Note: on this crate's engine (Paho C 1.3.16), keep to one WebSocket connection per
-//! process at a time: Paho C shares its WebSocket receive state between connections.
+//! Several WebSocket connections may be open at once: the client carries each through its
+//! relay, with framing of its own. Mosquitto 2.0.11's WebSocket listener is slow for
+//! messages over about 4 KiB (see the guide, "TLS, WebSockets, Unix sockets and proxies").
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -747,6 +747,90 @@ async fn several_websocket_connections_at_once_keep_their_frames_intact() {
     .await;
 }
 
+/// Mosquitto 2.0.11's WebSocket listener writes a frame longer than about 4 KiB in pieces,
+/// one per pass of its service loop, which waits up to 100 ms when nothing else happens
+/// (strace: a `sendto` of 4,116 bytes, an `epoll_wait` of 100 ms, the next piece). A 64 KiB
+/// message therefore reaches a WebSocket subscriber only after a second or more, through
+/// this crate's relay and through Paho C's own WebSocket client alike, where over TCP it
+/// takes milliseconds. The guide's WebSockets section warns of it; this test fails when the
+/// broker stops doing it (or when the relay's delay stops matching Paho C's).
+#[tokio::test(flavor = "multi_thread")]
+async fn mosquittos_websocket_listener_delivers_large_frames_slowly_to_any_client() {
+    with_timeout(TEST, async {
+        let broker = Broker::builder().websockets().start();
+        let topic = unique_topic("ws_large_frame");
+        let publisher = Client::builder("127.0.0.1")
+            .port(broker.port())
+            .build()
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let payload = vec![0x5a_u8; 64 * 1024];
+        // One subscriber at a time, so that no other client's traffic wakes the broker.
+        let mut took = Vec::new();
+        for subscriber in [
+            ws_builder(&broker),
+            Client::builder("127.0.0.1").port(broker.port()),
+        ] {
+            let conn = subscriber.build().unwrap().connect().await.unwrap();
+            conn.subscribe(topic.as_str()).await.unwrap();
+            let mut messages = conn.messages();
+            let start = Instant::now();
+            publisher.publish(&topic, payload.clone()).await.unwrap();
+            let m = tokio::time::timeout(RECV, messages.next()).await;
+            assert!(matches!(&m, Ok(Some(Ok(m))) if m.payload.len() == payload.len()));
+            took.push(start.elapsed());
+            conn.disconnect().await.unwrap();
+        }
+        let paho = paho_websocket_receive(broker.ws_port(), &topic, &publisher, &payload).await;
+        let (relay, tcp) = (took[0], took[1]);
+        println!("OBSERVED 64 KiB: relay {relay:?}, Paho C's WebSocket {paho:?}, TCP {tcp:?}");
+        assert!(tcp < Duration::from_millis(300), "{tcp:?}");
+        let slow = Duration::from_millis(800);
+        assert!(
+            relay > slow && paho > slow,
+            "relay {relay:?}, paho {paho:?}"
+        );
+        assert!(
+            relay < paho * 2 && paho < relay * 2,
+            "relay {relay:?}, paho {paho:?}"
+        );
+    })
+    .await;
+}
+
+/// How long a message of `payload` published by `publisher` takes to reach raw paho-mqtt
+/// subscribed over Paho C's own WebSocket (the only Paho C WebSocket of this process:
+/// nothing else here uses Paho C's WebSockets).
+async fn paho_websocket_receive(
+    ws_port: u16,
+    topic: &str,
+    publisher: &aiomqtt::Connection,
+    payload: &[u8],
+) -> Duration {
+    let mut paho = paho_mqtt::AsyncClient::new(
+        paho_mqtt::CreateOptionsBuilder::new()
+            .server_uri(format!("ws://127.0.0.1:{ws_port}/mqtt"))
+            .client_id(unique_topic("paho_ws").replace('/', "_"))
+            .persistence(None)
+            .finalize(),
+    )
+    .unwrap();
+    let mut stream = std::pin::pin!(paho.get_stream(4));
+    paho.connect(paho_mqtt::ConnectOptionsBuilder::new().finalize())
+        .await
+        .unwrap();
+    paho.subscribe(topic, 0).await.unwrap();
+    let start = Instant::now();
+    publisher.publish(topic, payload.to_vec()).await.unwrap();
+    let m = tokio::time::timeout(RECV, stream.next()).await;
+    assert!(matches!(&m, Ok(Some(Some(m))) if m.payload().len() == payload.len()));
+    let took = start.elapsed();
+    paho.disconnect(None).await.unwrap();
+    took
+}
+
 // ---------------------------------------------------------------------------------------------
 // Unix sockets.
 
