@@ -61,8 +61,9 @@ impl Link {
 /// loop, which waits up to 100 ms when nothing else happens (strace: a `sendto` of 4,116
 /// bytes, then of 5, each after an `epoll_wait` of 100 ms). A backlog of 4 KiB messages
 /// then drains at about five a second (to Paho C's own WebSocket client as well: test
-/// `transports::mosquittos_websocket_listener_delivers_large_frames_slowly_to_any_client`)
-/// until the subscriber's keep-alive ends the connection: such a run measures the broker.
+/// `transports::mosquittos_websocket_listener_delivers_large_frames_slowly_to_any_client`);
+/// in the run that found it the subscriber's connection was lost after 2.5 minutes. Such a
+/// run measures the broker.
 const WS_MAX_PAYLOAD: usize = 4_000;
 
 fn measured(link: Link, case: Case) -> bool {
