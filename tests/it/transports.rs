@@ -818,9 +818,10 @@ async fn paho_websocket_receive(
     )
     .unwrap();
     let mut stream = std::pin::pin!(paho.get_stream(4));
-    paho.connect(paho_mqtt::ConnectOptionsBuilder::new().finalize())
-        .await
-        .unwrap();
+    let options =
+        paho_mqtt::ConnectOptionsBuilder::with_mqtt_version(paho_mqtt::MQTT_VERSION_3_1_1)
+            .finalize();
+    paho.connect(options).await.unwrap();
     paho.subscribe(topic, 0).await.unwrap();
     let start = Instant::now();
     publisher.publish(topic, payload.to_vec()).await.unwrap();

@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -298,33 +299,86 @@ where
     }
 }
 
+/// The broker to Paho over a WebSocket. Mosquitto sends every MQTT packet as a frame of
+/// its own; the frames already in (in the WebSocket layer's buffer, or readable without
+/// waiting) are written to Paho together, about [`CHUNK`] bytes at most: one write, and one
+/// wake-up of Paho's receive thread, for a run of small messages instead of one each. A
+/// lone frame is written at once: the look for more costs no system call when the socket
+/// has nothing more (its readiness is already clear), so latency does not pay for it.
 async fn ws_to_engine<S>(mut from: S, mut to: impl EngineWrite, end: &EndSlot) -> Ended
 where
     S: futures_util::Stream<Item = Result<WsMessage, WsError>> + Unpin,
 {
-    while let Some(item) = from.next().await {
-        match item {
-            Ok(WsMessage::Binary(data)) => {
-                if to.write_all(&data).await.is_err() {
-                    record(end, LinkEnd::EngineClosed);
-                    return Ended::Closed;
-                }
+    let mut batch: Vec<u8> = Vec::new();
+    let mut next = from.next().await;
+    loop {
+        let step = match next {
+            None => Step::Closed,
+            Some(item) => take(item, &mut batch),
+        };
+        if let Step::More = step
+            && batch.len() < CHUNK
+            && let Poll::Ready(item) =
+                std::future::poll_fn(|cx| Poll::Ready(from.poll_next_unpin(cx))).await
+        {
+            next = item;
+            continue;
+        }
+        if let Step::Failed(failure) = &step {
+            record(end, LinkEnd::Failed(failure.clone()));
+        }
+        let whole = match &step {
+            Step::Whole(data) => &data[..],
+            _ => &[],
+        };
+        for bytes in [&batch[..], whole] {
+            if !bytes.is_empty() && to.write_all(bytes).await.is_err() {
+                record(end, LinkEnd::EngineClosed);
+                return Ended::Closed;
             }
-            Ok(WsMessage::Close(_)) => break,
-            // Pings are answered by the WebSocket layer; text frames carry no MQTT.
-            Ok(_) => {}
-            // The TCP connection was closed without a Close frame: a close, as on a plain
-            // link (tungstenite calls it a reset, but no RST was received).
-            Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => break,
-            Err(e) => {
-                record(end, LinkEnd::Failed(Failure::of_ws(&e)));
-                return to.reset();
-            }
+        }
+        batch.clear();
+        match step {
+            Step::More | Step::Whole(_) => next = from.next().await,
+            Step::Closed => break,
+            Step::Failed(_) => return to.reset(),
         }
     }
     record(end, LinkEnd::PeerClosed);
     let _ = to.shutdown().await;
     Ended::Closed
+}
+
+/// What one item of the broker's WebSocket stream means for the link.
+enum Step {
+    /// Go on reading (a message's bytes, if any, were added to the batch).
+    More,
+    /// A message of [`CHUNK`] bytes or more: written as it is (after the batch before
+    /// it), without a copy; the batch stays under twice `CHUNK`.
+    Whole(tokio_tungstenite::tungstenite::Bytes),
+    /// The broker closed the WebSocket (or the TCP connection under it).
+    Closed,
+    /// The link failed.
+    Failed(Failure),
+}
+
+/// Adds a binary message's bytes to `batch` (or hands a large one on as it is), and
+/// says how the link goes on.
+fn take(item: Result<WsMessage, WsError>, batch: &mut Vec<u8>) -> Step {
+    match item {
+        Ok(WsMessage::Binary(data)) if data.len() >= CHUNK => Step::Whole(data),
+        Ok(WsMessage::Binary(data)) => {
+            batch.extend_from_slice(&data);
+            Step::More
+        }
+        Ok(WsMessage::Close(_)) => Step::Closed,
+        // Pings are answered by the WebSocket layer; text frames carry no MQTT.
+        Ok(_) => Step::More,
+        // The TCP connection was closed without a Close frame: a close, as on a plain
+        // link (tungstenite calls it a reset, but no RST was received).
+        Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => Step::Closed,
+        Err(e) => Step::Failed(Failure::of_ws(&e)),
+    }
 }
 
 #[cfg(test)]
@@ -418,5 +472,129 @@ mod tests {
         // The relay's socket is closed: the broker's next read ends.
         let read = tokio::time::timeout(Duration::from_secs(5), broker.read(&mut buf)).await;
         assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    }
+
+    /// Paho's side for [`ws_to_engine`]: records every write it is given.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl Recorder {
+        fn writes(&self) -> Vec<Vec<u8>> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.0.lock().unwrap().push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl EngineWrite for Recorder {
+        fn reset(self) -> Ended {
+            Ended::Reset
+        }
+    }
+
+    fn binary(bytes: &[u8]) -> Result<WsMessage, WsError> {
+        Ok(WsMessage::Binary(bytes.to_vec().into()))
+    }
+
+    /// A hundred small messages already in reach Paho in one write, in order.
+    #[tokio::test]
+    async fn ws_messages_already_in_reach_paho_in_one_write() {
+        let messages: Vec<_> = (0..100u8).map(|i| binary(&[i; 64])).collect();
+        let paho = Recorder::default();
+        let end = EndSlot::default();
+        let ended = ws_to_engine(futures_util::stream::iter(messages), paho.clone(), &end).await;
+        assert_eq!(ended, Ended::Closed);
+        assert_eq!(end_of(&end), Some(LinkEnd::PeerClosed));
+        let writes = paho.writes();
+        assert_eq!(writes.len(), 1);
+        let expected: Vec<u8> = (0..100u8).flat_map(|i| [i; 64]).collect();
+        assert_eq!(writes[0], expected);
+    }
+
+    /// A message alone is written at once, without waiting for another.
+    #[tokio::test]
+    async fn a_lone_ws_message_is_written_at_once() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let from = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let paho = Recorder::default();
+        let end = EndSlot::default();
+        let relay = tokio::spawn({
+            let (paho, end) = (paho.clone(), end.clone());
+            async move { ws_to_engine(from, paho, &end).await }
+        });
+        tx.send(binary(b"first")).unwrap();
+        let written = async {
+            while paho.writes().is_empty() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), written)
+            .await
+            .expect("the message waited for another");
+        assert_eq!(paho.writes(), vec![b"first".to_vec()]);
+        drop(tx);
+        assert_eq!(relay.await.unwrap(), Ended::Closed);
+    }
+
+    /// A batch ends with the message that takes it to [`CHUNK`] or past it, a message of
+    /// `CHUNK` or more goes as it is after the batch before it, and every byte arrives in
+    /// order.
+    #[tokio::test]
+    async fn large_ws_messages_and_batches_keep_the_bytes_in_order() {
+        let sizes = [100, CHUNK - 10, 3 * CHUNK, 7, CHUNK, 1];
+        let messages: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|j| (i * 31 + j) as u8).collect())
+            .collect();
+        let paho = Recorder::default();
+        let end = EndSlot::default();
+        let from = futures_util::stream::iter(messages.iter().map(|m| binary(m)));
+        ws_to_engine(from, paho.clone(), &end).await;
+        let writes = paho.writes();
+        let lens: Vec<usize> = writes.iter().map(Vec::len).collect();
+        // 100 + (CHUNK - 10) passes CHUNK; 3 * CHUNK as it is; 7, then CHUNK as it is;
+        // 1 is the last.
+        assert_eq!(lens, [CHUNK + 90, 3 * CHUNK, 7, CHUNK, 1]);
+        assert_eq!(writes.concat(), messages.concat());
+    }
+
+    /// What came before a failure of the link reaches Paho, then the failure is recorded
+    /// and Paho's side reset.
+    #[tokio::test]
+    async fn ws_bytes_before_a_failure_reach_paho_then_the_failure() {
+        let failure = WsError::Io(std::io::Error::other("link broke"));
+        let messages = vec![binary(b"one"), binary(b"two"), Err(failure)];
+        let paho = Recorder::default();
+        let end = EndSlot::default();
+        let ended = ws_to_engine(futures_util::stream::iter(messages), paho.clone(), &end).await;
+        assert_eq!(ended, Ended::Reset);
+        assert_eq!(paho.writes(), vec![b"onetwo".to_vec()]);
+        assert!(
+            matches!(end_of(&end), Some(LinkEnd::Failed(Failure { ref detail, .. })) if detail.contains("link broke")),
+            "{:?}",
+            end_of(&end)
+        );
     }
 }
