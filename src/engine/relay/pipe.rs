@@ -303,8 +303,9 @@ where
 /// its own; the frames already in (in the WebSocket layer's buffer, or readable without
 /// waiting) are written to Paho together, about [`CHUNK`] bytes at most: one write, and one
 /// wake-up of Paho's receive thread, for a run of small messages instead of one each. A
-/// lone frame is written at once: the look for more costs no system call when the socket
-/// has nothing more (its readiness is already clear), so latency does not pay for it.
+/// lone frame is written at once. Over plain TCP the look for more costs no system call
+/// when the socket has nothing more: tokio clears a socket's readiness after a short read
+/// (`PollEvented::poll_read`). Over TLS it may cost a read that finds nothing.
 async fn ws_to_engine<S>(mut from: S, mut to: impl EngineWrite, end: &EndSlot) -> Ended
 where
     S: futures_util::Stream<Item = Result<WsMessage, WsError>> + Unpin,
