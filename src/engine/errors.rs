@@ -90,6 +90,27 @@ pub(crate) fn from_failure(f: Failure) -> Error {
     }
 }
 
+/// Whether a failed connect may be another connection's failure charged to this one.
+///
+/// Paho C 1.3.16 (MQTTAsyncUtils.c): when `MQTTAsync_connecting` fails a connect on the
+/// receive thread (a TLS setup or handshake failure), it closes that client's socket and
+/// reports the failure ("TCP/TLS connect failure"), and `MQTTAsync_cycle` still returns
+/// the closed socket's number with `SOCKET_ERROR`. `MQTTAsync_receiveThread` releases the
+/// global mutex between the two, then looks the client up by that number and fails it
+/// with "socket error". If the send thread has meanwhile opened a socket for another
+/// client's connect, the kernel gave it the lowest free number — the one just closed —
+/// and that connect fails instead. Seen in CI; measured: 6 failures in 174 runs of a test
+/// whose TLS connect failed while another client's connect waited for the mutex, beside a
+/// load opening and closing loopback connections; the test
+/// `tls::a_failed_tls_connect_does_not_fail_another_clients_connect` holds the window open.
+///
+/// For a client of this crate (one server URI, an explicit MQTT version, no automatic
+/// reconnect in Paho) a connect failed with "socket error" has no other source than a
+/// partly written CONNECT whose write failed; trying that again costs one more attempt.
+pub(crate) fn is_misattributed_connect_failure(e: &Error) -> bool {
+    matches!(e, Error::Engine { code: -1, message } if message == "socket error")
+}
+
 /// Maps a failed CONNECT: a refusal by CONNACK is [`Error::Connect`]; anything else is
 /// the engine's own failure, which the caller diagnoses further.
 pub(crate) fn from_connect_failure(f: Failure) -> Error {

@@ -28,6 +28,12 @@
 //!   messages, packet identifiers, QoS 2 receipts), survives the loss.
 //! - **A CONNECT ignored** because the same client's DISCONNECT is still queued
 //!   (`MQTTASYNC_COMMAND_IGNORED`) is retried within the caller's deadline.
+//! - **Another client's failure.** After failing a TLS setup or handshake on its receive
+//!   thread, Paho fails whichever client holds the closed socket's number once it has
+//!   its mutex back; a connect that opened a socket meanwhile got that number. A connect
+//!   failed with that report ("socket error") is made again, up to
+//!   [`MISATTRIBUTED_RETRIES`] times within its deadline
+//!   ([`errors::is_misattributed_connect_failure`]).
 //! - **A connect whose caller gave up** cannot be cancelled in Paho; the next one waits
 //!   for it to finish, and a late success is closed ([`hooks::Hooks::connect_done`]).
 //! - **A QoS 1/2 PUBLISH whose write fails at a loss.** Paho C 1.3.16 frees the failed
@@ -231,6 +237,10 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// The pause before retrying a CONNECT that Paho ignored.
 const RETRY_PAUSE: Duration = Duration::from_millis(5);
 
+/// How often a connect failed with another connection's failure is tried again
+/// ([`errors::is_misattributed_connect_failure`]).
+const MISATTRIBUTED_RETRIES: u32 = 3;
+
 impl Engine {
     fn from_inner(inner: Arc<Inner>) -> Engine {
         Engine(inner)
@@ -337,20 +347,25 @@ impl Engine {
             if self.0.v5 { "5" } else { "3.x" },
             if self.0.v5 { "start" } else { "session" },
         );
-        let result = match &self.0.relay {
-            // The facade dials the broker first: its failures are precise.
-            Some(relay) => match relay.dial(self.0.client_options.clone(), deadline).await {
-                Ok(uri) => match CString::new(uri) {
-                    // A link that fails before the CONNACK: the relay knows why.
-                    Ok(uri) => self
-                        .connect_inner(clean, deadline, Some(uri))
-                        .await
-                        .map_err(|e| relay.explain(e)),
-                    Err(_) => Err(Error::InvalidArgument("endpoint URI".to_owned())),
-                },
-                Err(e) => Err(e),
-            },
-            None => self.connect_inner(clean, deadline, None).await,
+        let mut tries = 0;
+        let result = loop {
+            let result = self.connect_attempt(clean, deadline).await;
+            match &result {
+                Err(e)
+                    if errors::is_misattributed_connect_failure(e)
+                        && tries < MISATTRIBUTED_RETRIES
+                        && Instant::now() + RETRY_PAUSE < deadline =>
+                {
+                    tries += 1;
+                    log::debug!(
+                        target: &self.0.hooks.logger,
+                        "The engine failed this connect with another connection's failure \
+                         (\"socket error\" for a reused socket number); connecting again"
+                    );
+                    self.release_link();
+                }
+                _ => break result,
+            }
         };
         match &result {
             Ok(info) => {
@@ -376,6 +391,25 @@ impl Engine {
             }
         }
         result
+    }
+
+    /// One connect: through a new relay link when the facade dials, else directly.
+    async fn connect_attempt(&self, clean: bool, deadline: Instant) -> Result<ConnectInfo, Error> {
+        match &self.0.relay {
+            // The facade dials the broker first: its failures are precise.
+            Some(relay) => match relay.dial(self.0.client_options.clone(), deadline).await {
+                Ok(uri) => match CString::new(uri) {
+                    // A link that fails before the CONNACK: the relay knows why.
+                    Ok(uri) => self
+                        .connect_inner(clean, deadline, Some(uri))
+                        .await
+                        .map_err(|e| relay.explain(e)),
+                    Err(_) => Err(Error::InvalidArgument("endpoint URI".to_owned())),
+                },
+                Err(e) => Err(e),
+            },
+            None => self.connect_inner(clean, deadline, None).await,
+        }
     }
 
     async fn connect_inner(

@@ -119,6 +119,15 @@ fn client_sources(broker: &Broker) -> Vec<String> {
         .collect()
 }
 
+/// What `ss` says listens on `port` (for a failure's message).
+fn listeners_on(port: u16) -> String {
+    Command::new("ss")
+        .args(["-ltnpH", &format!("sport = :{port}")])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|e| e.to_string())
+}
+
 /// A port of `ip` nothing holds now.
 fn free_port_on(ip: Ipv4Addr) -> u16 {
     std::net::TcpListener::bind((ip, 0))
@@ -1292,7 +1301,13 @@ async fn endpoint_case() {
     let conn = with_timeout(CLIENT_TIMEOUT, relayed)
         .await
         .unwrap()
-        .expect("the relayed client connects once Paho may");
+        .unwrap_or_else(|e| {
+            panic!(
+                "the relayed client connects once Paho may: {e:?}\n{:#?}\n{}",
+                all_records(),
+                broker.log()
+            )
+        });
     exchange(&conn, "endpoint").await;
     assert_eq!(
         client_sources(&broker).len(),
@@ -1307,7 +1322,9 @@ async fn endpoint_case() {
         second
             .as_ref()
             .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused),
-        "{second:?}"
+        "{second:?}\nlisteners on the port: {}\n{:#?}",
+        listeners_on(endpoint),
+        all_records()
     );
     conn.disconnect().await.unwrap();
     assert!(

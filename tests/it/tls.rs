@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::support::logcap::on_record;
 use crate::support::*;
 use aiomqtt::{Client, ClientBuilder, Error, QoS, TlsErrorKind, TlsParams};
 
@@ -262,4 +263,168 @@ async fn failure_kinds_are_distinct() {
         assert!(matches!(dns, Error::Dns { .. }), "{dns:?}");
     })
     .await;
+}
+
+/// Paho C fails a TLS connect on its receive thread, closes that client's socket, lets
+/// go of its mutex, then fails whichever client holds that socket number when it has the
+/// mutex again ("socket error"): a connect started in between loses, the kernel giving
+/// its new socket the number just freed. Under load that happens by chance (it failed a
+/// relay test in CI); here the window is held open. Paho's trace goes through the
+/// process's logger, which holds the receive thread at its report of the closed socket
+/// until another client's connect has a socket with that number, connected to the
+/// broker. That connect still succeeds: the engine connects again
+/// (`errors::is_misattributed_connect_failure`).
+///
+/// Runs in a child process: it sets Paho's process-wide trace level and holds Paho's
+/// receive thread.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_tls_connect_does_not_fail_another_clients_connect() {
+    const NAME: &str = "tls::a_failed_tls_connect_does_not_fail_another_clients_connect";
+    if let Some(child) = isolated(NAME, Duration::from_secs(60)) {
+        child.assert_passed();
+        return;
+    }
+    with_timeout(T, misattributed_case()).await;
+}
+
+async fn misattributed_case() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+    let broker = Broker::builder().tls().start();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::copy(&broker.certs().ca, &ca).unwrap();
+    let failing = tls_client(broker.tls_port(), TlsParams::new().ca_certs(&ca))
+        .build()
+        .unwrap();
+    let logger = capture_logger("misattributed");
+    let other = Client::builder("127.0.0.1")
+        .port(broker.port())
+        .timeout(CONNECT_TIMEOUT)
+        .logger(&logger)
+        .build()
+        .unwrap();
+    // Paho is initialised (the crate sets its trace level then), and `other` works.
+    other.connect().await.unwrap().disconnect().await.unwrap();
+
+    let failed = Arc::new(AtomicI32::new(-1));
+    let reused = Arc::new(AtomicBool::new(false));
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let started = Arc::new(tokio::sync::Notify::new());
+    let (f, r, n, port) = (
+        failed.clone(),
+        reused.clone(),
+        notify.clone(),
+        broker.port(),
+    );
+    let (s, tls_port) = (started.clone(), format!(", port {}", broker.tls_port()));
+    on_record(move |target, text| {
+        // Paho's send thread, opening the TLS connect's socket.
+        if target == "paho_mqtt_c" && text.contains("New socket ") && text.ends_with(&tls_port) {
+            s.notify_one();
+        }
+        // Paho's receive thread, its mutex released, about to look the client up.
+        let Some(rest) = text
+            .split("MQTTAsync_cycle returns pack (nil), sock ")
+            .nth(1)
+        else {
+            return;
+        };
+        if target != "paho_mqtt_c" || !text.ends_with("rc -1") || f.load(Ordering::SeqCst) >= 0 {
+            return;
+        }
+        let Some(number) = rest.split(',').next().and_then(|n| n.parse().ok()) else {
+            return;
+        };
+        // This thread holds Paho's log mutex: other Paho threads must not trace now.
+        set_paho_trace_level(paho_mqtt_sys::MQTTASYNC_TRACE_LEVELS_MQTTASYNC_TRACE_ERROR);
+        f.store(number, Ordering::SeqCst);
+        n.notify_one();
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if peer_port(number) == Some(port) {
+                r.store(true, Ordering::SeqCst);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    set_paho_trace_level(paho_mqtt_sys::MQTTASYNC_TRACE_LEVELS_MQTTASYNC_TRACE_MINIMUM);
+
+    // Paho loads the CA file as its TLS setup starts; without it the connect fails there.
+    std::fs::remove_file(&ca).unwrap();
+    let mut doomed = Box::pin(failing.connect());
+    tokio::select! {
+        outcome = &mut doomed => panic!("the TLS connect ended first: {:?}", outcome.map(drop)),
+        () = started.notified() => {}
+    }
+    // From here `doomed` is not polled until `other` has connected: its failure's
+    // diagnosis would open sockets, which would take the number. Lower free numbers are
+    // filled for the same reason: the kernel gives a new socket the lowest.
+    notify.notified().await;
+    let number = failed.load(Ordering::SeqCst);
+    let fillers = fill_descriptors_below(number);
+    let connected = other.connect().await;
+    drop(fillers);
+    assert!(
+        reused.load(Ordering::SeqCst),
+        "no connect took socket number {number}: the window was not reproduced\n{:#?}",
+        all_records()
+    );
+    let conn = connected.unwrap_or_else(|e| {
+        panic!(
+            "a connect that took the number of a failed TLS connect's socket: {e:?}\n{:#?}",
+            all_records()
+        )
+    });
+    let retried = logged(&logger)
+        .iter()
+        .filter(|(_, m)| m.contains("another connection's failure"))
+        .count();
+    assert_eq!(retried, 1, "{:#?}", logged(&logger));
+    // The failed attempt had sent no CONNECT: the broker saw the warm-up's and the retry's.
+    let log = broker.log();
+    assert_eq!(log.matches("New client connected").count(), 2, "{log}");
+    conn.disconnect().await.unwrap();
+    assert!(doomed.await.is_err());
+}
+
+/// Sets Paho's process-wide trace level (a plain store; Paho takes no lock for it).
+fn set_paho_trace_level(level: paho_mqtt_sys::MQTTASYNC_TRACE_LEVELS) {
+    // SAFETY: stores a value in Paho's trace settings.
+    #[allow(unsafe_code)]
+    unsafe {
+        paho_mqtt_sys::MQTTAsync_setTraceLevel(level);
+    }
+}
+
+/// The remote port of the socket this process holds as descriptor `fd`, if any.
+fn peer_port(fd: i32) -> Option<u16> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the stream is never dropped (the descriptor stays open, and Paho's); if
+    // `fd` is not a socket, peer_addr fails.
+    #[allow(unsafe_code)]
+    let stream = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+    stream.peer_addr().ok().map(|a| a.port())
+}
+
+/// Opens `/dev/null` on every free descriptor number below `number`; closed on drop.
+fn fill_descriptors_below(number: i32) -> Vec<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let null_fd = std::os::fd::AsRawFd::as_raw_fd(&null);
+    let mut fillers = Vec::new();
+    for fd in 0..number {
+        // SAFETY: F_GETFD only reads the flags of `fd`, if open.
+        #[allow(unsafe_code)]
+        let free = unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1;
+        // SAFETY: `fd` is free; dup2 makes it a new descriptor of /dev/null, owned by the
+        // File from here on.
+        #[allow(unsafe_code)]
+        if free && unsafe { libc::dup2(null_fd, fd) } == fd {
+            fillers.push(unsafe { std::fs::File::from_raw_fd(fd) });
+        }
+    }
+    fillers
 }

@@ -89,6 +89,9 @@ struct Link {
     end: pipe::EndSlot,
     /// The relay's descriptor of it, when it was handed to Paho.
     handed: HandedSlot,
+    /// Told when the connect the link was dialled for is over: an endpoint still
+    /// listening closes then, with the dialled link, instead of at the connect's deadline.
+    over: Arc<tokio::sync::Notify>,
 }
 
 /// A link handed to Paho.
@@ -136,6 +139,7 @@ impl Relay {
                 address,
                 end: pipe::EndSlot::default(),
                 handed: HandedSlot::default(),
+                over: Arc::default(),
             };
             tokio::spawn(serve_once(listener, upstream, link.clone(), deadline));
             Ok((port, link))
@@ -198,12 +202,15 @@ impl Relay {
         }
     }
 
-    /// Closes the relay's descriptor of a handed-over link (the engine is closing the
-    /// connection, or its connect failed): Paho's close is then the connection's.
+    /// The engine is closing the connection, or its connect failed: the link's endpoint
+    /// stops listening if it still does (a connect failed before Paho reached it), and the
+    /// relay's descriptor of a handed-over link is closed (Paho's close is then the
+    /// connection's).
     pub(crate) fn release(&self) {
         let Some(link) = lock(&self.current).clone() else {
             return;
         };
+        link.over.notify_one();
         let mut handed = lock(&link.handed);
         if matches!(*handed, Handed::Held(_)) {
             let held = std::mem::replace(&mut *handed, Handed::Released);
@@ -223,6 +230,9 @@ async fn serve_once(
 ) {
     loop {
         let accepted = tokio::select! {
+            // A connection queued after the connect was over is not Paho's to have.
+            biased;
+            () = link.over.notified() => return,
             accepted = listener.accept() => accepted,
             _ = tokio::time::sleep_until(deadline) => return,
         };
@@ -285,5 +295,43 @@ async fn serve_once(
         };
         pipe::run(paho, carried, link.end).await;
         return;
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// A link whose connect is over before Paho connected to its endpoint (another
+    /// client's failure charged to it, then a new link for the next try) stops listening
+    /// at once and lets go of the dialled connection, not at the connect's deadline.
+    #[tokio::test]
+    async fn a_released_link_closes_its_endpoint_and_upstream_at_once() {
+        let broker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let options = crate::Client::builder("127.0.0.1")
+            .port(broker.local_addr().unwrap().port())
+            .bind_address("127.0.0.1")
+            .into_options();
+        let relay = Relay::new();
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        let uri = relay.dial(Arc::new(options), deadline).await.unwrap();
+        let endpoint = uri.trim_start_matches("tcp://").to_owned();
+        let (mut upstream, _) = broker.accept().unwrap();
+
+        relay.release();
+        let gone = Instant::now() + std::time::Duration::from_secs(5);
+        while std::net::TcpStream::connect(&endpoint).is_ok() {
+            assert!(
+                Instant::now() < gone,
+                "the endpoint {endpoint} still listens"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // The broker's side of the dialled connection sees it closed.
+        upstream
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let read = std::io::Read::read(&mut upstream, &mut [0u8; 1]);
+        assert!(matches!(read, Ok(0)), "{read:?}");
     }
 }

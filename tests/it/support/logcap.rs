@@ -4,11 +4,16 @@
 //! in a child process. With `RUST_LOG` set, records are echoed to stderr as well.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, Once};
+use std::sync::{Arc, Mutex, Once};
 
 const LOG_PREFIX: &str = "aiomqtt-test.";
 
 static RECORDS: Mutex<Vec<(String, log::Level, String)>> = Mutex::new(Vec::new());
+
+/// A function shown every record (target, text) before it is kept; see [`on_record`].
+type Hook = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
+static HOOK: Mutex<Option<Hook>> = Mutex::new(None);
 
 struct Capture {
     echo: Option<log::LevelFilter>,
@@ -20,6 +25,11 @@ impl log::Log for Capture {
     }
     fn log(&self, record: &log::Record<'_>) {
         let text = record.args().to_string();
+        // Called without a lock held: a hook may block its thread.
+        let hook = HOOK.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(hook) = hook {
+            hook(record.target(), &text);
+        }
         if self.echo.is_some_and(|max| record.level() <= max) {
             eprintln!("[{} {}] {text}", record.level(), record.target());
         }
@@ -30,6 +40,13 @@ impl log::Log for Capture {
         ));
     }
     fn flush(&self) {}
+}
+
+/// Shows every record from now on to `hook`, on the thread that logs it (for a test
+/// that runs alone in a child process: it may hold that thread, e.g. one of Paho's).
+pub fn on_record(hook: impl Fn(&str, &str) + Send + Sync + 'static) {
+    install();
+    *HOOK.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(hook));
 }
 
 /// Installs the capturing logger once per process.
