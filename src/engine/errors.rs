@@ -92,10 +92,11 @@ pub(crate) fn from_failure(f: Failure) -> Error {
 
 /// Whether a failed connect may be another connection's failure charged to this one.
 ///
-/// Paho C 1.3.16 (MQTTAsyncUtils.c): when `MQTTAsync_connecting` fails a connect on the
-/// receive thread (a TLS setup or handshake failure), it closes that client's socket and
-/// reports the failure ("TCP/TLS connect failure"), and `MQTTAsync_cycle` still returns
-/// the closed socket's number with `SOCKET_ERROR`. `MQTTAsync_receiveThread` releases the
+/// Paho C 1.3.16 (MQTTAsyncUtils.c): when `MQTTAsync_cycle` fails a connect on the
+/// receive thread — in `MQTTAsync_connecting` (a TLS setup or handshake failure: "TCP/TLS
+/// connect failure") or itself (the server closed the connection before its CONNACK:
+/// "TCP connect completion failure") — it closes that client's socket, reports the
+/// failure, and still returns the closed socket's number with `SOCKET_ERROR`. `MQTTAsync_receiveThread` releases the
 /// global mutex between the two, then looks the client up by that number and fails it
 /// with "socket error". If the send thread has meanwhile opened a socket for another
 /// client's connect, the kernel gave it the lowest free number — the one just closed —

@@ -28,9 +28,9 @@
 //!   messages, packet identifiers, QoS 2 receipts), survives the loss.
 //! - **A CONNECT ignored** because the same client's DISCONNECT is still queued
 //!   (`MQTTASYNC_COMMAND_IGNORED`) is retried within the caller's deadline.
-//! - **Another client's failure.** After failing a TLS setup or handshake on its receive
-//!   thread, Paho fails whichever client holds the closed socket's number once it has
-//!   its mutex back; a connect that opened a socket meanwhile got that number. A connect
+//! - **Another client's failure.** After failing a connect on its receive thread (a TLS
+//!   failure, or no CONNACK), Paho fails whichever client holds the closed socket's
+//!   number once it has its mutex back; a connect that opened a socket meanwhile got that number. A connect
 //!   failed with that report ("socket error") is made again, up to
 //!   [`MISATTRIBUTED_RETRIES`] times within its deadline
 //!   ([`errors::is_misattributed_connect_failure`]).

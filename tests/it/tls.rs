@@ -265,14 +265,14 @@ async fn failure_kinds_are_distinct() {
     .await;
 }
 
-/// Paho C fails a TLS connect on its receive thread, closes that client's socket, lets
-/// go of its mutex, then fails whichever client holds that socket number when it has the
-/// mutex again ("socket error"): a connect started in between loses, the kernel giving
-/// its new socket the number just freed. Under load that happens by chance (it failed a
-/// relay test in CI); here the window is held open. Paho's trace goes through the
-/// process's logger, which holds the receive thread at its report of the closed socket
-/// until another client's connect has a socket with that number, connected to the
-/// broker. That connect still succeeds: the engine connects again
+/// Paho C fails a connect on its receive thread (here a TLS setup failure), closes that
+/// client's socket, lets go of its mutex, then fails whichever client holds that socket
+/// number when it has the mutex again ("socket error"): a connect started in between
+/// loses, the kernel giving its new socket the number just freed. Under load that happens
+/// by chance (it failed a relay test in CI); here the window is held open. Paho's trace
+/// goes through the process's logger, which holds the receive thread at its report of the
+/// closed socket until another client's connect has a socket with that number, connected
+/// to the broker. That connect still succeeds: the engine connects again
 /// (`errors::is_misattributed_connect_failure`).
 ///
 /// Runs in a child process: it sets Paho's process-wide trace level and holds Paho's
@@ -284,20 +284,67 @@ async fn a_failed_tls_connect_does_not_fail_another_clients_connect() {
         child.assert_passed();
         return;
     }
-    with_timeout(T, misattributed_case()).await;
+    with_timeout(T, async {
+        let broker = Broker::builder().tls().start();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::copy(&broker.certs().ca, &ca).unwrap();
+        let failing = tls_client(broker.tls_port(), TlsParams::new().ca_certs(&ca))
+            .build()
+            .unwrap();
+        // Paho loads the CA file as its TLS setup starts; without it the connect fails
+        // there ("TCP/TLS connect failure").
+        misattributed_case(&broker, failing, broker.tls_port(), || {
+            std::fs::remove_file(&ca).unwrap()
+        })
+        .await;
+    })
+    .await;
 }
 
-async fn misattributed_case() {
+/// As above, with the other way Paho fails a connect on its receive thread: the server
+/// closes the connection after the CONNECT, without a CONNACK ("TCP connect completion
+/// failure").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connect_closed_before_its_connack_does_not_fail_another_clients_connect() {
+    const NAME: &str =
+        "tls::a_connect_closed_before_its_connack_does_not_fail_another_clients_connect";
+    if let Some(child) = isolated(NAME, Duration::from_secs(60)) {
+        child.assert_passed();
+        return;
+    }
+    with_timeout(T, async {
+        let broker = Broker::builder().start();
+        // Reads the CONNECT, then closes.
+        let closer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closer.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in closer.incoming().flatten() {
+                let _ = std::io::Read::read(&mut &stream, &mut [0u8; 256]);
+            }
+        });
+        let failing = Client::builder("127.0.0.1")
+            .port(port)
+            .timeout(CONNECT_TIMEOUT)
+            .build()
+            .unwrap();
+        misattributed_case(&broker, failing, port, || {}).await;
+    })
+    .await;
+}
+
+/// Connects `other` to `broker` while Paho's receive thread is held where it reports the
+/// socket of `failing`'s failed connect (to `failing_port`; `arm` makes it fail) to the
+/// client holding that number; asserts that `other` connects, once connecting again.
+async fn misattributed_case(
+    broker: &Broker,
+    failing: Client,
+    failing_port: u16,
+    arm: impl FnOnce(),
+) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
-    let broker = Broker::builder().tls().start();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::copy(&broker.certs().ca, &ca).unwrap();
-    let failing = tls_client(broker.tls_port(), TlsParams::new().ca_certs(&ca))
-        .build()
-        .unwrap();
     let logger = capture_logger("misattributed");
     let other = Client::builder("127.0.0.1")
         .port(broker.port())
@@ -318,10 +365,11 @@ async fn misattributed_case() {
         notify.clone(),
         broker.port(),
     );
-    let (s, tls_port) = (started.clone(), format!(", port {}", broker.tls_port()));
+    let (s, failing_port) = (started.clone(), format!(", port {failing_port}"));
     on_record(move |target, text| {
-        // Paho's send thread, opening the TLS connect's socket.
-        if target == "paho_mqtt_c" && text.contains("New socket ") && text.ends_with(&tls_port) {
+        // Paho's send thread, opening the failing connect's socket.
+        if target == "paho_mqtt_c" && text.contains("New socket ") && text.ends_with(&failing_port)
+        {
             s.notify_one();
         }
         // Paho's receive thread, its mutex released, about to look the client up.
@@ -352,11 +400,10 @@ async fn misattributed_case() {
     });
     set_paho_trace_level(paho_mqtt_sys::MQTTASYNC_TRACE_LEVELS_MQTTASYNC_TRACE_MINIMUM);
 
-    // Paho loads the CA file as its TLS setup starts; without it the connect fails there.
-    std::fs::remove_file(&ca).unwrap();
+    arm();
     let mut doomed = Box::pin(failing.connect());
     tokio::select! {
-        outcome = &mut doomed => panic!("the TLS connect ended first: {:?}", outcome.map(drop)),
+        outcome = &mut doomed => panic!("the failing connect ended first: {:?}", outcome.map(drop)),
         () = started.notified() => {}
     }
     // From here `doomed` is not polled until `other` has connected: its failure's
@@ -374,7 +421,7 @@ async fn misattributed_case() {
     );
     let conn = connected.unwrap_or_else(|e| {
         panic!(
-            "a connect that took the number of a failed TLS connect's socket: {e:?}\n{:#?}",
+            "a connect that took the number of a failed connect's socket: {e:?}\n{:#?}",
             all_records()
         )
     });
