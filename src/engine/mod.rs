@@ -362,7 +362,7 @@ impl Engine {
                         "The engine failed this connect with another connection's failure \
                          (\"socket error\" for a reused socket number); connecting again"
                     );
-                    self.release_link();
+                    self.abandon_link();
                 }
                 _ => break result,
             }
@@ -387,7 +387,7 @@ impl Engine {
             }
             Err(e) => {
                 log::debug!(target: &self.0.hooks.logger, "Connect failed: {e}");
-                self.release_link();
+                self.abandon_link();
             }
         }
         result
@@ -708,6 +708,15 @@ impl Engine {
     fn release_link(&self) {
         if let Some(relay) = &self.0.relay {
             relay.release();
+        }
+    }
+
+    /// A connect failed: the endpoint of its link closes if Paho never reached it, and
+    /// the link is released. Only for the connect's own link: a close of an earlier
+    /// connection must not close the endpoint a reconnect is about to use.
+    fn abandon_link(&self) {
+        if let Some(relay) = &self.0.relay {
+            relay.abandon();
         }
     }
 }

@@ -202,15 +202,22 @@ impl Relay {
         }
     }
 
-    /// The engine is closing the connection, or its connect failed: the link's endpoint
-    /// stops listening if it still does (a connect failed before Paho reached it), and the
-    /// relay's descriptor of a handed-over link is closed (Paho's close is then the
-    /// connection's).
+    /// The connect the current link was dialled for failed: its endpoint stops listening
+    /// if it still does (the connect failed before Paho reached it), with the dialled
+    /// connection, instead of at the connect's deadline. Then as [`Relay::release`].
+    pub(crate) fn abandon(&self) {
+        if let Some(link) = lock(&self.current).as_ref() {
+            link.over.notify_one();
+        }
+        self.release();
+    }
+
+    /// Closes the relay's descriptor of a handed-over link (the engine is closing the
+    /// connection, or its connect failed): Paho's close is then the connection's.
     pub(crate) fn release(&self) {
         let Some(link) = lock(&self.current).clone() else {
             return;
         };
-        link.over.notify_one();
         let mut handed = lock(&link.handed);
         if matches!(*handed, Handed::Held(_)) {
             let held = std::mem::replace(&mut *handed, Handed::Released);
@@ -302,11 +309,11 @@ async fn serve_once(
 mod tests {
     use super::*;
 
-    /// A link whose connect is over before Paho connected to its endpoint (another
+    /// A link whose connect failed before Paho connected to its endpoint (another
     /// client's failure charged to it, then a new link for the next try) stops listening
     /// at once and lets go of the dialled connection, not at the connect's deadline.
     #[tokio::test]
-    async fn a_released_link_closes_its_endpoint_and_upstream_at_once() {
+    async fn an_abandoned_link_closes_its_endpoint_and_upstream_at_once() {
         let broker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let options = crate::Client::builder("127.0.0.1")
             .port(broker.local_addr().unwrap().port())
@@ -318,7 +325,7 @@ mod tests {
         let endpoint = uri.trim_start_matches("tcp://").to_owned();
         let (mut upstream, _) = broker.accept().unwrap();
 
-        relay.release();
+        relay.abandon();
         let gone = Instant::now() + std::time::Duration::from_secs(5);
         while std::net::TcpStream::connect(&endpoint).is_ok() {
             assert!(
