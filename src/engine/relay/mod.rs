@@ -89,7 +89,7 @@ struct Link {
     end: pipe::EndSlot,
     /// The relay's descriptor of it, when it was handed to Paho.
     handed: HandedSlot,
-    /// Told when the connect the link was dialled for is over: an endpoint still
+    /// Told when the connect the link was dialled for has failed: an endpoint still
     /// listening closes then, with the dialled link, instead of at the connect's deadline.
     over: Arc<tokio::sync::Notify>,
 }
@@ -237,7 +237,7 @@ async fn serve_once(
 ) {
     loop {
         let accepted = tokio::select! {
-            // A connection queued after the connect was over is not Paho's to have.
+            // A connection queued after the connect failed is not Paho's to have.
             biased;
             () = link.over.notified() => return,
             accepted = listener.accept() => accepted,
