@@ -36,7 +36,10 @@ use crate::options::{CertRequirements, Options};
 use crate::{Error, ProtocolVersion, TlsErrorKind, Transport};
 
 /// Paho C 1.3.16's failure messages (`nextOrClose` in MQTTAsyncUtils.c), by stage.
-const AFTER_CONNECT: [&str; 2] = ["TCP connect completion failure", "socket error"];
+const AFTER_CONNECT: [&str; 2] = [
+    "TCP connect completion failure",
+    super::errors::SOCKET_ERROR_REPORT,
+];
 
 /// The host and port the engine dials.
 fn address(o: &Options) -> (String, u16) {

@@ -90,6 +90,10 @@ pub(crate) fn from_failure(f: Failure) -> Error {
     }
 }
 
+/// Paho C 1.3.16's report of an error on a socket its receive thread found
+/// (`MQTTAsync_receiveThread`'s `nextOrClose`).
+pub(crate) const SOCKET_ERROR_REPORT: &str = "socket error";
+
 /// Whether a failed connect may be another connection's failure charged to this one.
 ///
 /// Paho C 1.3.16 (MQTTAsyncUtils.c): when `MQTTAsync_cycle` fails a connect on the
@@ -109,7 +113,7 @@ pub(crate) fn from_failure(f: Failure) -> Error {
 /// reconnect in Paho) a connect failed with "socket error" has no other source than a
 /// partly written CONNECT whose write failed; trying that again costs one more attempt.
 pub(crate) fn is_misattributed_connect_failure(e: &Error) -> bool {
-    matches!(e, Error::Engine { code: -1, message } if message == "socket error")
+    matches!(e, Error::Engine { code: -1, message } if message == SOCKET_ERROR_REPORT)
 }
 
 /// Maps a failed CONNECT: a refusal by CONNACK is [`Error::Connect`]; anything else is

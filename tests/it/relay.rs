@@ -119,15 +119,6 @@ fn client_sources(broker: &Broker) -> Vec<String> {
         .collect()
 }
 
-/// What `ss` says listens on `port` (for a failure's message).
-fn listeners_on(port: u16) -> String {
-    Command::new("ss")
-        .args(["-ltnpH", &format!("sport = :{port}")])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_else(|e| e.to_string())
-}
-
 /// A port of `ip` nothing holds now.
 fn free_port_on(ip: Ipv4Addr) -> u16 {
     std::net::TcpListener::bind((ip, 0))
@@ -1322,8 +1313,12 @@ async fn endpoint_case() {
         second
             .as_ref()
             .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused),
-        "{second:?}\nlisteners on the port: {}\n{:#?}",
-        listeners_on(endpoint),
+        "{second:?}\nlistening on the port: {:?} (this process's: {})\n{:#?}",
+        sockets::tcp_table()
+            .into_iter()
+            .filter(|e| e.state == sockets::LISTEN && e.local.port() == endpoint)
+            .collect::<Vec<_>>(),
+        sockets::process_listens_on(std::process::id(), endpoint),
         all_records()
     );
     conn.disconnect().await.unwrap();

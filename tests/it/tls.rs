@@ -446,7 +446,9 @@ fn set_paho_trace_level(level: paho_mqtt_sys::MQTTASYNC_TRACE_LEVELS) {
     }
 }
 
-/// The remote port of the socket this process holds as descriptor `fd`, if any.
+/// The remote port of the socket this process holds as descriptor `fd`, if any. Asked
+/// of the descriptor itself: reading `/proc` (`sockets::own_connections_to`) opens
+/// descriptors, which would take the very number the test waits to see reused.
 fn peer_port(fd: i32) -> Option<u16> {
     use std::os::fd::FromRawFd;
     // SAFETY: the stream is never dropped (the descriptor stays open, and Paho's); if

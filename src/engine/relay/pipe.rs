@@ -581,8 +581,8 @@ mod tests {
         assert_eq!(writes.concat(), messages.concat());
     }
 
-    /// What came before a failure of the link reaches Paho, then the failure is recorded
-    /// and Paho's side reset.
+    /// What came before a failure of the link reaches Paho; the failure is recorded, and
+    /// Paho's side is reset after those bytes.
     #[tokio::test]
     async fn ws_bytes_before_a_failure_reach_paho_then_the_failure() {
         let failure = WsError::Io(std::io::Error::other("link broke"));
