@@ -350,11 +350,17 @@ impl fmt::Debug for TlsContext {
     }
 }
 
-/// The default in-flight window on MQTT 3.1.1. Mosquitto's own default
-/// `max_inflight_messages` is 20, and a 3.1.1 QoS 2 burst beyond the broker's window is
-/// silently lost (ENGINE.md hazard 5): 3.1.1 has no way to announce a window, so the
-/// client never opens a wider one unless asked.
-pub(crate) const DEFAULT_MAX_INFLIGHT: u16 = 20;
+/// The window a 3.1.1 broker is taken to keep for QoS 2 exchanges: Mosquitto's own
+/// default `max_inflight_messages`. 3.1.1 has no way to announce one, and a QoS 1 or 2
+/// PUBLISH that finds it full is lost silently (see [`Admission`](crate::engine::Admission)).
+pub(crate) const V311_QOS2_WINDOW: u16 = 20;
+
+/// The default window on MQTT 3.1.1 for QoS 1 and 2 publishes together, QoS 2 ones kept
+/// within [`V311_QOS2_WINDOW`]: a broker acknowledges a QoS 1 PUBLISH as it arrives, and
+/// Mosquitto does not count it against its window. 100 was raw paho-mqtt's fastest window
+/// on loopback (BENCHMARKS.md C8), and lets a link with a 20 ms round trip carry 5,000
+/// QoS 1 messages per second.
+pub(crate) const DEFAULT_V311_WINDOW: u16 = 100;
 
 /// The widest default window on MQTT 5, where a broker that announces no Receive Maximum
 /// allows 65,535. Paho C finds each QoS 1/2 publish's packet identifier by a linear search
@@ -369,11 +375,27 @@ impl Options {
     /// The in-flight window handed to the engine. On MQTT 5 the default is
     /// [`MAX_DEFAULT_V5_WINDOW`]: Paho C lowers it to the Receive Maximum of each CONNACK
     /// (`MQTTAsync_receiveThread`), so a broker announcing less gets its own.
+    ///
+    /// On 3.1.1 it is [`DEFAULT_V311_WINDOW`], with QoS 2 publishes bounded by the client's
+    /// admission line ([`Options::qos2_window`]). With `max_queued_outgoing_messages` set
+    /// there is no such line (every call goes to the engine at once), so the window is the
+    /// broker's, [`V311_QOS2_WINDOW`], for all.
     pub(crate) fn window(&self) -> u16 {
         self.max_inflight_messages.unwrap_or(match self.protocol {
             crate::ProtocolVersion::V5 => MAX_DEFAULT_V5_WINDOW,
-            _ => DEFAULT_MAX_INFLIGHT,
+            _ if self.max_queued_outgoing_messages.is_some() => V311_QOS2_WINDOW,
+            _ => DEFAULT_V311_WINDOW,
         })
+    }
+
+    /// The bound on QoS 2 publishes the admission line keeps: the 3.1.1 default window's.
+    /// A window set by the user bounds QoS 1 and 2 together, as in aiomqtt; on MQTT 5 the
+    /// broker's Receive Maximum does.
+    pub(crate) fn qos2_window(&self) -> Option<u16> {
+        let default_v311 = self.protocol != crate::ProtocolVersion::V5
+            && self.max_inflight_messages.is_none()
+            && self.max_queued_outgoing_messages.is_none();
+        default_v311.then_some(V311_QOS2_WINDOW)
     }
 
     fn new(hostname: String) -> Self {
@@ -636,7 +658,10 @@ impl ClientBuilder {
     }
     /// The window of unacknowledged QoS 1/2 messages. By default: on MQTT 5 the broker's
     /// Receive Maximum (the window it announces in CONNACK), at most 2,000; on MQTT 3.1.1,
-    /// which announces none, 20 (Mosquitto's own default).
+    /// which announces none, 100, of which at most 20 QoS 2 publishes (Mosquitto's own
+    /// default window), and 19 while a QoS 1 publish is unacknowledged too (see the
+    /// [backpressure guide](crate::guide::backpressure)). With
+    /// `max_queued_outgoing_messages` set, the 3.1.1 default is 20 for both.
     ///
     /// Wider is not always faster: the engine holds up to the window plus 32 calls and
     /// searches them all for each QoS 1/2 publish's packet identifier, so its cost per
@@ -645,9 +670,10 @@ impl ClientBuilder {
     /// 2,000 lets a link with a 100 ms round trip carry up to 20,000 QoS 1 messages per
     /// second (a window per round trip).
     ///
-    /// On MQTT 3.1.1 keep it at or below the broker's window: beyond it the broker
-    /// loses QoS 2 messages of a burst or drops the connection. On MQTT 5 a value above
-    /// the broker's Receive Maximum is lowered to it.
+    /// A window set here bounds QoS 1 and 2 publishes together, as in aiomqtt. On MQTT
+    /// 3.1.1 keep it at or below the broker's window: beyond it the broker loses messages
+    /// of a burst or drops the connection. On MQTT 5 a value above the broker's Receive
+    /// Maximum is lowered to it.
     pub fn max_inflight_messages(mut self, max: u16) -> Self {
         self.options.max_inflight_messages = Some(max);
         self

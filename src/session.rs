@@ -130,6 +130,7 @@ impl Session {
                     .max_queued_outgoing_messages
                     .is_none()
                     .then(|| options.window()),
+                options.qos2_window(),
             )),
             logger,
             options,

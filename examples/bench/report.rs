@@ -249,7 +249,7 @@ pub fn markdown(cfg: &Config, env: &Environment, res: &Results) -> String {
         default_window = if cfg.v5 {
             "window: the broker's Receive Maximum, at most 2,000; none announced here, so 2,000"
         } else {
-            "window 20"
+            "window 100, of which at most 20 QoS 2 publishes"
         },
     );
     let _ = writeln!(

@@ -23,6 +23,23 @@
 //! is bounded by the user's choice, and its refusals are that option's contract: no
 //! admission then.
 //!
+//! On MQTT 3.1.1 with the default window the line also keeps the broker's own window for
+//! incoming QoS 2 exchanges ([`Admission::new`]'s `exactly_once`). Mosquitto (2.0.11 as
+//! Debian 12 ships it, with upstream's fix for CVE-2023-28366) holds every QoS 2 PUBLISH it
+//! received until its PUBREL, counts those against `max_inflight_messages` (20 by
+//! default), and answers a QoS 1 or 2 PUBLISH that arrives while that count is full with a
+//! reason code a 3.1.1 client cannot see (`handle__publish` in its `src/handle_publish.c`:
+//! `db__ready_for_flight` false, then `process_bad_message`, a PUBACK or PUBREC with 0x97
+//! sent as success) — a message lost silently (test
+//! `flow::mosquitto_drops_publishes_while_its_qos2_window_is_full`). QoS 1 PUBLISHes are acknowledged as they arrive and do not count. So a QoS 2
+//! publish takes a QoS 2 place as well, and the places in the engine's hands never reach
+//! the broker's count while a QoS 1 publish is there too: QoS 2 publishes may fill all
+//! places only with no QoS 1 one held, and a QoS 1 publish goes only with a QoS 2 place
+//! free. Whatever the broker holds is among what the engine holds (the broker forgets a
+//! QoS 2 message at its PUBREL, before the PUBCOMP that ends the call here), so a
+//! PUBLISH — sent first, or again after a reconnect — always finds the broker's count
+//! below full.
+//!
 //! A call holds a place from its admission until the engine reports its command: the
 //! command's registry entry holds it (a [`Place`]) once the command is handed over, so
 //! that a call that timed out while the engine still has its command keeps the place
@@ -39,6 +56,25 @@ use std::task::{Context, Poll, Waker};
 /// Calls handed to the engine beyond its window, waiting there for a place.
 pub(crate) const SLACK: usize = 32;
 
+/// What a call takes of its connection's window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// A QoS 0 publish: no place (it still waits behind the line).
+    Nothing,
+    /// A subscribe or unsubscribe: a place.
+    Place,
+    /// A QoS 1 publish: a place, and while QoS 2 places are counted, one of them free.
+    AtLeastOnce,
+    /// A QoS 2 publish: a place and a QoS 2 place.
+    ExactlyOnce,
+}
+
+impl Claim {
+    fn takes_place(self) -> bool {
+        self != Claim::Nothing
+    }
+}
+
 /// One connection's line of calls on their way to the engine.
 pub(crate) struct Admission {
     state: Mutex<State>,
@@ -53,6 +89,11 @@ struct State {
     /// Places taken: by calls admitted and not yet handed over, and by commands in the
     /// engine's hands.
     taken: usize,
+    /// QoS 2 places (the broker's window for QoS 2 exchanges); `None` when not counted.
+    exactly_once: Option<usize>,
+    /// Of `taken`: by QoS 1 publishes, and by QoS 2 ones.
+    taken_qos1: usize,
+    taken_qos2: usize,
     /// Calls waiting, in call order.
     line: VecDeque<Waiter>,
     next_id: u64,
@@ -60,8 +101,8 @@ struct State {
 
 struct Waiter {
     id: u64,
-    /// Whether the call takes a place.
-    takes_place: bool,
+    /// What the call takes.
+    claim: Claim,
     /// Admitted: at the head, its place taken, its call being handed over.
     admitted: bool,
     waker: Option<Waker>,
@@ -70,11 +111,40 @@ struct Waiter {
 impl State {
     /// The waker of the head of the line when it may go now.
     fn head_to_wake(&mut self) -> Option<Waker> {
-        let head = self.line.front_mut()?;
-        if head.admitted || !fits(self.capacity, self.taken, head.takes_place) {
+        let head = self.line.front()?;
+        if head.admitted || !self.fits(head.claim) {
             return None;
         }
-        head.waker.take()
+        self.line.front_mut()?.waker.take()
+    }
+
+    /// Whether a call that takes `claim` may go now.
+    fn fits(&self, claim: Claim) -> bool {
+        let window = self.capacity.is_none_or(|c| self.taken < c);
+        let qos1_held = usize::from(self.taken_qos1 > 0);
+        match claim {
+            Claim::Nothing => true,
+            Claim::Place => window,
+            Claim::AtLeastOnce => window && self.exactly_once.is_none_or(|c| self.taken_qos2 < c),
+            Claim::ExactlyOnce => {
+                window
+                    && self
+                        .exactly_once
+                        .is_none_or(|c| self.taken_qos2 + 1 + qos1_held <= c)
+            }
+        }
+    }
+
+    /// Counts what `claim` takes as taken, or as given back.
+    fn count(&mut self, claim: Claim, taken: bool) {
+        let add = |n: &mut usize| *n = if taken { *n + 1 } else { n.saturating_sub(1) };
+        match claim {
+            Claim::Nothing => return,
+            Claim::Place => {}
+            Claim::AtLeastOnce => add(&mut self.taken_qos1),
+            Claim::ExactlyOnce => add(&mut self.taken_qos2),
+        }
+        add(&mut self.taken);
     }
 
     /// The line is in id order: a waiter is found in O(log n) (a burst of 64,000 calls
@@ -90,10 +160,6 @@ impl State {
     }
 }
 
-fn fits(capacity: Option<usize>, taken: usize, takes_place: bool) -> bool {
-    !takes_place || capacity.is_none_or(|c| taken < c)
-}
-
 fn wake(waker: Option<Waker>) {
     if let Some(w) = waker {
         w.wake();
@@ -101,12 +167,16 @@ fn wake(waker: Option<Waker>) {
 }
 
 impl Admission {
-    /// A line bounded by `window` plus [`SLACK`], or not bounded.
-    pub(crate) fn new(window: Option<u16>) -> Admission {
+    /// A line bounded by `window` plus [`SLACK`], or not bounded; with `exactly_once`, the
+    /// broker's window for QoS 2 exchanges is kept too (see the module's documentation).
+    pub(crate) fn new(window: Option<u16>, exactly_once: Option<u16>) -> Admission {
         Admission {
             state: Mutex::new(State {
                 capacity: window.map(capacity),
                 taken: 0,
+                exactly_once: exactly_once.map(usize::from),
+                taken_qos1: 0,
+                taken_qos2: 0,
                 line: VecDeque::new(),
                 next_id: 0,
             }),
@@ -140,9 +210,9 @@ impl Admission {
     }
 
     /// Gives back a place; the head of the line may go.
-    fn give_back(&self) {
+    fn give_back(&self, claim: Claim) {
         let mut state = self.lock();
-        state.taken = state.taken.saturating_sub(1);
+        state.count(claim, false);
         let waker = state.head_to_wake();
         drop(state);
         wake(waker);
@@ -150,22 +220,22 @@ impl Admission {
 
     /// Admits a call at once when no call waits and it fits; otherwise puts it at the end
     /// of the line, to be awaited.
-    pub(crate) fn enter(&self, takes_place: bool) -> Result<Admitted<'_>, Queued<'_>> {
+    pub(crate) fn enter(&self, claim: Claim) -> Result<Admitted<'_>, Queued<'_>> {
         // A call made after one that waits, on the same task, sees its entry: calls of
         // one task keep their order. (Calls of different tasks have none to keep.)
-        if !takes_place && self.waiting.load(Ordering::Acquire) == 0 {
+        if claim == Claim::Nothing && self.waiting.load(Ordering::Acquire) == 0 {
             return Ok(Admitted {
                 admission: self,
-                takes_place,
+                claim,
                 waiter: None,
             });
         }
         let mut state = self.lock();
-        if state.line.is_empty() && fits(state.capacity, state.taken, takes_place) {
-            state.taken += usize::from(takes_place);
+        if state.line.is_empty() && state.fits(claim) {
+            state.count(claim, true);
             return Ok(Admitted {
                 admission: self,
-                takes_place,
+                claim,
                 waiter: None,
             });
         }
@@ -173,7 +243,7 @@ impl Admission {
         state.next_id += 1;
         state.line.push_back(Waiter {
             id,
-            takes_place,
+            claim,
             admitted: false,
             waker: None,
         });
@@ -207,21 +277,22 @@ impl<'a> Future for Queued<'a> {
         };
         let admission = self.admission;
         let mut state = admission.lock();
-        let (capacity, taken) = (state.capacity, state.taken);
-        let Some(head) = state.line.front_mut() else {
+        let Some(head) = state.line.front() else {
             return Poll::Pending;
         };
-        if head.id == id && fits(capacity, taken, head.takes_place) {
-            head.admitted = true;
-            let takes_place = head.takes_place;
-            let old = head.waker.take();
-            state.taken += usize::from(takes_place);
+        let claim = head.claim;
+        if head.id == id && state.fits(claim) {
+            state.count(claim, true);
+            let old = state.line.front_mut().and_then(|head| {
+                head.admitted = true;
+                head.waker.take()
+            });
             drop(state);
             drop(old);
             self.id = None;
             return Poll::Ready(Admitted {
                 admission,
-                takes_place,
+                claim,
                 waiter: Some(id),
             });
         }
@@ -249,7 +320,8 @@ impl Drop for Queued<'_> {
 /// A call admitted to the engine: its place, given back when dropped.
 pub(crate) struct Admitted<'a> {
     admission: &'a Admission,
-    takes_place: bool,
+    /// What it holds; `Nothing` once given back.
+    claim: Claim,
     /// The call's entry at the head of the line, until it is handed over.
     waiter: Option<u64>,
 }
@@ -259,18 +331,22 @@ impl Admitted<'_> {
     /// `placed`: its commands' registry entries took places of their own (the call was
     /// armed), so the call's own place is given back now.
     pub(crate) fn handed_over(&mut self, placed: bool) {
-        let give_back = placed && std::mem::take(&mut self.takes_place);
+        let give_back = if placed {
+            std::mem::replace(&mut self.claim, Claim::Nothing)
+        } else {
+            Claim::Nothing
+        };
         self.release(give_back);
     }
 
-    /// Leaves the line if still in it, and gives back the call's place if `give_back`.
-    fn release(&mut self, give_back: bool) {
+    /// Leaves the line if still in it, and gives back what `give_back` holds.
+    fn release(&mut self, give_back: Claim) {
         let id = self.waiter.take();
-        if id.is_none() && !give_back {
+        if id.is_none() && !give_back.takes_place() {
             return;
         }
         let mut state = self.admission.lock();
-        state.taken -= usize::from(give_back);
+        state.count(give_back, false);
         let (removed, waker) = self.admission.leave(&mut state, id);
         drop(state);
         drop(removed);
@@ -280,25 +356,26 @@ impl Admitted<'_> {
 
 /// A place held by a command in the engine's hands (in its registry entry), given back
 /// when the entry goes — when Paho reports the command, or its client is destroyed.
-pub(crate) struct Place(Arc<Admission>);
+pub(crate) struct Place(Arc<Admission>, Claim);
 
 impl Place {
-    /// Takes a place, whether or not one is free: the command is being handed over.
-    pub(crate) fn take(admission: &Arc<Admission>) -> Place {
-        admission.lock().taken += 1;
-        Place(admission.clone())
+    /// Takes what `claim` takes, whether or not it is free: the command is being handed
+    /// over (its call holds the same until then).
+    pub(crate) fn take(admission: &Arc<Admission>, claim: Claim) -> Place {
+        admission.lock().count(claim, true);
+        Place(admission.clone(), claim)
     }
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
-        self.0.give_back();
+        self.0.give_back(self.1);
     }
 }
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
-        let give_back = std::mem::take(&mut self.takes_place);
+        let give_back = std::mem::replace(&mut self.claim, Claim::Nothing);
         self.release(give_back);
     }
 }
@@ -322,17 +399,13 @@ mod tests {
     /// Every place of a line with a window of 1 taken.
     fn full(admission: &Admission) -> Vec<Admitted<'_>> {
         (0..capacity(1))
-            .map(|_| admission.enter(true).ok().expect("a place"))
+            .map(|_| admission.enter(Claim::Place).ok().expect("a place"))
             .collect()
     }
 
-    /// Calls that wait (`takes_place` each), polled once.
-    fn waiting<'a>(
-        admission: &'a Admission,
-        takes_place: &[bool],
-        waker: &Waker,
-    ) -> Vec<Queued<'a>> {
-        takes_place
+    /// Calls that wait (taking `claims`), polled once.
+    fn waiting<'a>(admission: &'a Admission, claims: &[Claim], waker: &Waker) -> Vec<Queued<'a>> {
+        claims
             .iter()
             .map(|&t| {
                 let mut q = admission.enter(t).err().expect("waits");
@@ -344,10 +417,10 @@ mod tests {
 
     #[test]
     fn calls_beyond_window_and_slack_wait_and_go_in_call_order() {
-        let admission = Admission::new(Some(1));
+        let admission = Admission::new(Some(1), None);
         let mut held = full(&admission);
         let (wakes, waker) = counting();
-        let mut line = waiting(&admission, &[true, true], &waker);
+        let mut line = waiting(&admission, &[Claim::Place, Claim::Place], &waker);
         // One place comes back: only the head is woken, and only it may go.
         held.pop();
         assert_eq!(wakes.get(), 1);
@@ -362,11 +435,14 @@ mod tests {
 
     #[test]
     fn a_qos0_publish_takes_no_place_but_waits_behind_the_line() {
-        let admission = Admission::new(Some(1));
+        let admission = Admission::new(Some(1), None);
         let held = full(&admission);
-        assert!(admission.enter(false).is_ok(), "nobody waits: it goes");
+        assert!(
+            admission.enter(Claim::Nothing).is_ok(),
+            "nobody waits: it goes"
+        );
         let (_, waker) = counting();
-        let mut line = waiting(&admission, &[true, false], &waker);
+        let mut line = waiting(&admission, &[Claim::Place, Claim::Nothing], &waker);
         drop(held);
         admitted(&mut line[0], &waker).handed_over(false);
         assert!(poll(&mut line[1], &waker).is_ready());
@@ -374,10 +450,10 @@ mod tests {
 
     #[test]
     fn a_waiter_that_leaves_the_head_lets_the_next_go() {
-        let admission = Admission::new(Some(1));
+        let admission = Admission::new(Some(1), None);
         let mut held = full(&admission);
         let (wakes, waker) = counting();
-        let mut line = waiting(&admission, &[true, true], &waker);
+        let mut line = waiting(&admission, &[Claim::Place, Claim::Place], &waker);
         held.pop();
         assert_eq!(wakes.get(), 1, "the head is woken");
         drop(line.remove(0));
@@ -387,10 +463,10 @@ mod tests {
 
     #[test]
     fn an_admitted_call_dropped_before_its_handover_gives_back_place_and_turn() {
-        let admission = Admission::new(Some(1));
+        let admission = Admission::new(Some(1), None);
         let mut held = full(&admission);
         let (_, waker) = counting();
-        let mut line = waiting(&admission, &[true, true], &waker);
+        let mut line = waiting(&admission, &[Claim::Place, Claim::Place], &waker);
         held.pop();
         drop(admitted(&mut line[0], &waker));
         assert!(poll(&mut line[1], &waker).is_ready());
@@ -399,10 +475,10 @@ mod tests {
 
     #[test]
     fn a_wider_window_lets_waiters_go() {
-        let admission = Admission::new(Some(1));
+        let admission = Admission::new(Some(1), None);
         let _held = full(&admission);
         let (wakes, waker) = counting();
-        let mut line = waiting(&admission, &[true], &waker);
+        let mut line = waiting(&admission, &[Claim::Place], &waker);
         admission.set_window(2);
         assert_eq!(wakes.get(), 1);
         assert!(poll(&mut line[0], &waker).is_ready());
@@ -410,13 +486,13 @@ mod tests {
 
     #[test]
     fn a_command_in_the_engines_hands_keeps_its_place_after_the_call() {
-        let admission = Arc::new(Admission::new(Some(1)));
+        let admission = Arc::new(Admission::new(Some(1), None));
         let mut held = full(&admission);
         let (_, waker) = counting();
-        let mut line = waiting(&admission, &[true], &waker);
+        let mut line = waiting(&admission, &[Claim::Place], &waker);
         // The call's command went to the engine, which holds it beyond the call's end.
         let mut call = held.pop().expect("a call");
-        let place = Place::take(&admission);
+        let place = Place::take(&admission, Claim::Place);
         call.handed_over(true);
         drop(call);
         assert!(
@@ -429,8 +505,79 @@ mod tests {
 
     #[test]
     fn an_unbounded_line_admits_everything() {
-        let admission = Admission::new(None);
-        let held: Vec<_> = (0..10_000).map(|_| admission.enter(true)).collect();
+        let admission = Admission::new(None, None);
+        let held: Vec<_> = (0..10_000).map(|_| admission.enter(Claim::Place)).collect();
         assert!(held.iter().all(Result::is_ok));
+    }
+
+    /// `n` calls taking `claim`, admitted at once.
+    fn admit(admission: &Admission, claim: Claim, n: usize) -> Vec<Admitted<'_>> {
+        (0..n)
+            .map(|_| admission.enter(claim).ok().expect("admitted at once"))
+            .collect()
+    }
+
+    #[test]
+    fn qos2_publishes_fill_the_qos2_places_only_with_no_qos1_publish_held() {
+        use Claim::{AtLeastOnce, ExactlyOnce};
+        let admission = Admission::new(Some(100), Some(20));
+        // QoS 2 alone: all 20 places.
+        let mut qos2 = admit(&admission, ExactlyOnce, 20);
+        let (_, waker) = counting();
+        // A QoS 1 publish waits for a QoS 2 place to be free (the broker's count is full).
+        let mut line = waiting(&admission, &[AtLeastOnce], &waker);
+        qos2.pop();
+        let mut qos1 = admitted(&mut line[0], &waker);
+        qos1.handed_over(false);
+        // With a QoS 1 publish held, QoS 2 publishes may take 19 places, not 20.
+        assert!(
+            admission.enter(ExactlyOnce).is_err(),
+            "19 taken, a QoS 1 held"
+        );
+        drop(qos1);
+        assert!(admission.lock().line.is_empty());
+        let last = admission.enter(ExactlyOnce);
+        assert!(last.is_ok(), "no QoS 1 held: the 20th goes");
+    }
+
+    #[test]
+    fn qos1_publishes_take_the_window_beyond_the_qos2_places() {
+        use Claim::{AtLeastOnce, ExactlyOnce, Place};
+        let admission = Admission::new(Some(100), Some(20));
+        let _qos1 = admit(&admission, AtLeastOnce, 60);
+        let _qos2 = admit(&admission, ExactlyOnce, 19);
+        let _others = admit(&admission, Place, 100 + SLACK - 79);
+        assert!(admission.enter(AtLeastOnce).is_err(), "the window is full");
+    }
+
+    #[test]
+    fn a_qos2_publish_at_the_head_holds_the_calls_behind_it() {
+        use Claim::{AtLeastOnce, ExactlyOnce};
+        let admission = Admission::new(Some(100), Some(20));
+        let mut qos2 = admit(&admission, ExactlyOnce, 19);
+        let _qos1 = admit(&admission, AtLeastOnce, 1);
+        let (_, waker) = counting();
+        let mut line = waiting(&admission, &[ExactlyOnce, AtLeastOnce], &waker);
+        // The QoS 1 publish behind would fit, but calls keep their order.
+        assert!(poll(&mut line[1], &waker).is_pending());
+        qos2.pop();
+        admitted(&mut line[0], &waker).handed_over(false);
+        assert!(poll(&mut line[1], &waker).is_ready());
+    }
+
+    #[test]
+    fn a_command_in_the_engines_hands_keeps_its_qos2_place() {
+        let admission = Arc::new(Admission::new(Some(100), Some(1)));
+        let mut call = admission.enter(Claim::ExactlyOnce).ok().expect("a place");
+        let place = Place::take(&admission, Claim::ExactlyOnce);
+        call.handed_over(true);
+        drop(call);
+        assert!(
+            admission.enter(Claim::ExactlyOnce).is_err(),
+            "the engine holds it"
+        );
+        drop(place);
+        assert!(admission.lock().line.is_empty());
+        assert!(admission.enter(Claim::ExactlyOnce).is_ok());
     }
 }

@@ -104,7 +104,7 @@ use tokio::time::Instant;
 use crate::options::Options;
 use crate::{Error, Properties, ProtocolVersion, QoS, ReasonCode, SubscribeOptions, Topic};
 
-pub(crate) use admission::Admission;
+pub(crate) use admission::{Admission, Claim};
 pub(crate) use call::{Abandoned, Call, Handed, Replies};
 pub(crate) use diagnose::{Report, diagnose, preflight};
 pub(crate) use hooks::{Events, Loss};

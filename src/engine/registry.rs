@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::admission::{Admission, Place};
+use super::admission::{Admission, Claim, Place};
 use super::{expiry, pump, slot};
 
 /// The context Paho hands back: never 0 (a null context).
@@ -83,8 +83,8 @@ pub(crate) struct Ticket<'a> {
     deadline: Instant,
     scope: Option<&'a Scope>,
     /// Where the command's place in the engine's window is counted (a QoS 1/2 publish,
-    /// a subscribe, an unsubscribe), until Paho reports it.
-    places: Option<&'a Arc<Admission>>,
+    /// a subscribe, an unsubscribe), and what it takes, until Paho reports it.
+    places: Option<(&'a Arc<Admission>, Claim)>,
 }
 
 impl<'a> Ticket<'a> {
@@ -93,7 +93,7 @@ impl<'a> Ticket<'a> {
     pub(crate) fn new(
         deadline: Instant,
         scope: Option<&'a Scope>,
-        places: Option<&'a Arc<Admission>>,
+        places: Option<(&'a Arc<Admission>, Claim)>,
     ) -> Option<Ticket<'a>> {
         expiry::start().then_some(Ticket {
             deadline,
@@ -103,7 +103,8 @@ impl<'a> Ticket<'a> {
     }
 
     fn place(ticket: Option<&Ticket<'_>>) -> Option<Place> {
-        ticket.and_then(|t| t.places).map(Place::take)
+        let (admission, claim) = ticket?.places?;
+        Some(Place::take(admission, claim))
     }
 }
 

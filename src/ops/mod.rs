@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::Error;
-use crate::engine::{Abandoned, Call, Driver, Replies, Ticket};
+use crate::engine::{Abandoned, Call, Claim, Driver, Replies, Ticket};
 use crate::session::{Session, Subscription};
+use crate::{Error, QoS};
 
 pub use publish::Publish;
 pub use subscribe::{
@@ -24,20 +24,29 @@ pub use unsubscribe::{IntoUnsubscribeFilters, Unsubscribe, UnsubscribeFilters};
 /// What an operation is, for the rules that differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
-    /// A PUBLISH; `acknowledged` at QoS 1 and 2.
+    /// A PUBLISH at `qos`.
     Publish {
-        acknowledged: bool,
+        qos: QoS,
     },
     Subscribe,
     Unsubscribe,
 }
 
 impl Kind {
-    /// Whether the call takes a place in the engine's window (see
+    /// What the call takes of the engine's window (see
     /// [`Admission`](crate::engine::Admission)).
-    fn takes_place(self) -> bool {
-        self != Kind::Publish {
-            acknowledged: false,
+    fn claim(self) -> Claim {
+        match self {
+            Kind::Publish {
+                qos: QoS::AtMostOnce,
+            } => Claim::Nothing,
+            Kind::Publish {
+                qos: QoS::AtLeastOnce,
+            } => Claim::AtLeastOnce,
+            Kind::Publish {
+                qos: QoS::ExactlyOnce,
+            } => Claim::ExactlyOnce,
+            Kind::Subscribe | Kind::Unsubscribe => Claim::Place,
         }
     }
 }
@@ -86,7 +95,7 @@ pub(crate) async fn run<T>(
     // The call's place in the engine's window plus slack: held until the call's commands
     // are registered (their entries hold places until Paho reports them), or until the
     // call ends when they are not (the engine thread hands them over).
-    let mut admitted = match session.admission.enter(kind.takes_place()) {
+    let mut admitted = match session.admission.enter(kind.claim()) {
         Ok(admitted) => admitted,
         Err(queued) => {
             let admitted = Box::pin(before_deadline_or_end(session, deadline, queued)).await?;
@@ -103,7 +112,7 @@ pub(crate) async fn run<T>(
         let ticket = Ticket::new(
             deadline.into_std(),
             fail_at_end.then_some(&session.scope),
-            Some(&session.admission),
+            Some((&session.admission, kind.claim())),
         );
         start(session.engine.as_ref(), ticket.as_ref())
     };

@@ -98,9 +98,7 @@ impl Publish {
         let call = super::run(
             session,
             timeout,
-            Kind::Publish {
-                acknowledged: qos != QoS::AtMostOnce,
-            },
+            Kind::Publish { qos },
             move |engine, ticket| {
                 engine.publish(topic, payload.0, qos, retain, properties.as_deref(), ticket)
             },
