@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::support::mqtt::connect_on;
 use crate::support::*;
-use aiomqtt::{Client, Error, ProtocolVersion, QoS};
+use aiomqtt::{Client, ClientBuilder, Error, ProtocolVersion, QoS};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
@@ -18,10 +18,18 @@ const T: Duration = Duration::from_secs(30);
 /// and returns how many PUBLISH packets the client put on the wire.
 async fn publishes_on_the_wire(window: Option<u16>, qos: QoS, n: usize, expected: usize) -> usize {
     let broker = Broker::start();
+    let v311 = ProtocolVersion::V311;
     let (sent, _) =
-        publishes_on_the_wire_at(broker, ProtocolVersion::V311, window, &|_| qos, n, expected)
-            .await;
+        publishes_on_the_wire_at(broker, v311, &with_window(window), &|_| qos, n, expected).await;
     sent
+}
+
+/// A builder with `max_inflight_messages(window)` when set.
+fn with_window(window: Option<u16>) -> impl Fn(ClientBuilder) -> ClientBuilder {
+    move |b| match window {
+        Some(window) => b.max_inflight_messages(window),
+        None => b,
+    }
 }
 
 /// The same, over `protocol` to `broker`, waiting for `expected` PUBLISH packets.
@@ -33,28 +41,27 @@ async fn publishes_on_the_wire_to(
     n: usize,
     expected: usize,
 ) -> usize {
-    let (sent, _) = publishes_on_the_wire_at(broker, protocol, window, &|_| qos, n, expected).await;
+    let configure = with_window(window);
+    let (sent, _) =
+        publishes_on_the_wire_at(broker, protocol, &configure, &|_| qos, n, expected).await;
     sent
 }
 
-/// The same with call `i` at `qos(i)`; also returns the QoS of each PUBLISH on the wire
-/// while the broker was paused, in wire order.
+/// The same with a client `configure`d and call `i` at `qos(i)`; also returns the QoS of each
+/// PUBLISH on the wire while the broker was paused, in wire order.
 async fn publishes_on_the_wire_at(
     mut broker: Broker,
     protocol: ProtocolVersion,
-    window: Option<u16>,
+    configure: &dyn Fn(ClientBuilder) -> ClientBuilder,
     qos: &dyn Fn(usize) -> QoS,
     n: usize,
     expected: usize,
 ) -> (usize, Vec<u8>) {
     let proxy = FaultProxy::start(broker.port()).await;
-    let mut b = Client::builder("127.0.0.1")
+    let b = Client::builder("127.0.0.1")
         .port(proxy.port())
         .protocol(protocol);
-    if let Some(window) = window {
-        b = b.max_inflight_messages(window);
-    }
-    let conn = b.build().unwrap().connect().await.unwrap();
+    let conn = configure(b).build().unwrap().connect().await.unwrap();
     broker.pause();
     let topic = unique_topic("window");
     let calls: Vec<_> = (0..n)
@@ -116,28 +123,36 @@ async fn inflight_window_is_enforced_on_the_wire() {
 /// On MQTT 3.1.1 the default window keeps the broker's count of QoS 2 exchanges below its
 /// window (20) whenever a QoS 1 PUBLISH may reach it: QoS 2 publishes take 19 places while
 /// a QoS 1 one is unacknowledged, and a QoS 1 publish waits while 20 QoS 2 ones are; calls
-/// leave in call order.
+/// leave in call order. With `max_queued_outgoing_messages` set the default is 20 for all.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_v311_default_window_keeps_a_qos2_place_for_qos1() {
     with_timeout(T, async {
         let (qos1, qos2) = (QoS::AtLeastOnce, QoS::ExactlyOnce);
         let v311 = ProtocolVersion::V311;
+        let default = with_window(None);
         // One QoS 1 publish, then QoS 2 ones: 19 of those go.
         let first_qos1 = |i: usize| if i == 0 { qos1 } else { qos2 };
         let (sent, levels) =
-            publishes_on_the_wire_at(Broker::start(), v311, None, &first_qos1, 30, 20).await;
+            publishes_on_the_wire_at(Broker::start(), v311, &default, &first_qos1, 30, 20).await;
         assert_eq!(sent, 20);
         assert_eq!(levels.iter().filter(|&&q| q == 2).count(), 19, "{levels:?}");
         // 20 QoS 2 publishes, then QoS 1 ones: the QoS 1 ones wait, and so do those behind.
         let last_qos1 = |i: usize| if i < 20 { qos2 } else { qos1 };
         let (sent, levels) =
-            publishes_on_the_wire_at(Broker::start(), v311, None, &last_qos1, 30, 20).await;
+            publishes_on_the_wire_at(Broker::start(), v311, &default, &last_qos1, 30, 20).await;
         assert_eq!((sent, levels), (20, vec![2; 20]));
         // QoS 1 publishes after 19 QoS 2 ones go up to the window.
         let qos2_first = |i: usize| if i < 19 { qos2 } else { qos1 };
         let (sent, _) =
-            publishes_on_the_wire_at(Broker::start(), v311, None, &qos2_first, 150, 100).await;
+            publishes_on_the_wire_at(Broker::start(), v311, &default, &qos2_first, 150, 100).await;
         assert_eq!(sent, 100);
+        // Without the client's line (the engine's queue bounded by the user), the 3.1.1
+        // default is 20 for QoS 1 and 2 together.
+        let queue_bounded = |b: ClientBuilder| b.max_queued_outgoing_messages(1_000);
+        let (sent, _) =
+            publishes_on_the_wire_at(Broker::start(), v311, &queue_bounded, &|_| qos1, 150, 20)
+                .await;
+        assert_eq!(sent, 20);
     })
     .await;
 }
