@@ -67,6 +67,15 @@
 //!   so that a burst stays linear and other clients are not held up.
 //! - Per-command completions go through the [registry], which tolerates any pattern of
 //!   callbacks.
+//!
+//! # What it cannot take care of
+//! - **A resumed session resends every client's messages.** At a CONNACK that resumes a
+//!   session with messages in flight, Paho resends the unacknowledged QoS 1/2 PUBLISHes
+//!   (with DUP) and PUBRELs of every connected client of the process, not only that
+//!   client's (`MQTTAsync_receiveThread` calls `MQTTProtocol_retry(zero, 1, 1)`, which
+//!   walks `bstate->clients`). Brokers take the duplicates as resends; a QoS 1 subscriber
+//!   may get the message twice. There is no hook to confine it (test
+//!   `faults::a_resumed_session_makes_paho_resend_every_clients_messages`).
 
 mod admission;
 mod call;

@@ -1737,6 +1737,111 @@ async fn rst_under_qos1_bursts_persistent_session_recovers() {
     with_timeout(Duration::from_secs(100), rst_under_qos1_bursts(true, 20)).await;
 }
 
+/// Paho C 1.3.16: when one client's session resumes with messages in flight, Paho resends
+/// the unacknowledged messages of every connected client of the process, not only its own.
+/// At a CONNACK with `outboundMsgs` not empty, `MQTTAsync_receiveThread`
+/// (`MQTTAsyncUtils.c`) calls `MQTTProtocol_retry(zero, 1, 1)`, which walks all clients
+/// (`bstate->clients`) and resends each one's QoS 1/2 PUBLISHes with DUP set (and its
+/// PUBRELs) "regardless". Here client A, whose link never drops, has a QoS 1 publish
+/// unacknowledged (its proxy holds the broker's replies) when client B's persistent session
+/// resumes after a cut: A's PUBLISH goes out a second time, with DUP, on A's one connection.
+/// MQTT 5 forbids resending except on reconnect [MQTT-4.4.0-1]; a QoS 1 subscriber gets
+/// the message twice (Mosquitto delivers the DUP PUBLISH again). Observed, not repaired (no hook in Paho C); runs in a child process so
+/// that B's resumption resends nothing of the tests beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_makes_paho_resend_every_clients_messages() {
+    if let Some(child) = isolated(
+        "faults::a_resumed_session_makes_paho_resend_every_clients_messages",
+        Duration::from_secs(60),
+    ) {
+        child.assert_passed();
+        return;
+    }
+    with_timeout(Duration::from_secs(40), async {
+        let broker = Broker::start();
+        let (proxy_a, proxy_b) = (
+            FaultProxy::start(broker.port()).await,
+            FaultProxy::start(broker.port()).await,
+        );
+        let topic = unique_topic("resend_all");
+        let watcher = builder(broker.port(), V311)
+            .build()
+            .expect("valid options")
+            .connect()
+            .await
+            .expect("connect the watcher");
+        watcher
+            .subscribe((topic.as_str(), QoS::AtLeastOnce))
+            .await
+            .expect("subscribe");
+        let inbox = Inbox::collect(watcher.messages());
+        let a = builder(proxy_a.port(), V311)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("valid options")
+            .connect()
+            .await
+            .expect("connect A");
+        let b = persistent(builder(proxy_b.port(), V311), V311)
+            .identifier("resend-all-b")
+            .timeout(Duration::from_secs(30))
+            .reconnect(policy())
+            .build()
+            .expect("valid options")
+            .connect()
+            .await
+            .expect("connect B");
+        // Both publishes stay unacknowledged: each proxy holds the broker's replies.
+        proxy_a.blackhole_dir(Direction::BrokerToClient, true);
+        proxy_b.blackhole_dir(Direction::BrokerToClient, true);
+        let a_call = tokio::spawn(a.publish(&topic, "1").qos(QoS::AtLeastOnce).into_future());
+        let b_call = tokio::spawn(b.publish(&topic, "2").qos(QoS::AtLeastOnce).into_future());
+        let once = Duration::from_secs(10);
+        proxy_a
+            .wait_for(Direction::ClientToBroker, PacketType::Publish, 1, once)
+            .await;
+        proxy_b
+            .wait_for(Direction::ClientToBroker, PacketType::Publish, 1, once)
+            .await;
+        // B's link drops; B reconnects and its session resumes with its publish in flight.
+        proxy_b.cut();
+        proxy_b.blackhole_dir(Direction::BrokerToClient, false);
+        proxy_b
+            .wait_for(Direction::ClientToBroker, PacketType::Publish, 2, once)
+            .await;
+        b_call
+            .await
+            .expect("B's call")
+            .expect("B's publish, resent after the reconnect");
+        // A's PUBLISH went out again on A's one connection.
+        proxy_a
+            .wait_for(Direction::ClientToBroker, PacketType::Publish, 2, once)
+            .await;
+        let a_publishes = proxy_a.packets(Direction::ClientToBroker, PacketType::Publish);
+        let dups: Vec<bool> = a_publishes.iter().map(|p| p.dup()).collect();
+        assert_eq!(
+            dups,
+            [false, true],
+            "A's PUBLISH, then the same again with DUP"
+        );
+        assert_eq!(a_publishes[0].packet_id(), a_publishes[1].packet_id());
+        assert_eq!(proxy_a.connections(), 1, "A's link never dropped");
+        proxy_a.blackhole_dir(Direction::BrokerToClient, false);
+        a_call.await.expect("A's call").expect("A's publish");
+        // Mosquitto takes the DUP PUBLISH of QoS 1 as a message: the watcher gets A's twice.
+        let a_count = || inbox.seqs(&topic).iter().filter(|&&s| s == 1).count();
+        assert!(
+            wait_until_async(once, || a_count() == 2).await,
+            "{:?}",
+            inbox.seqs(&topic)
+        );
+        // And only twice.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(a_count(), 2, "{:?}", inbox.seqs(&topic));
+    })
+    .await;
+}
+
 /// A window wider than the broker's at QoS 2 cannot abort the process. Mosquitto with
 /// `max_inflight_messages 20` and `max_queued_messages 0` closes a 3.1.1 connection that goes
 /// past 20 messages in flight; with 1,000 allowed in flight the engine is then writing

@@ -858,3 +858,100 @@ async fn mosquitto_drops_publishes_while_its_qos2_window_is_full() {
     })
     .await;
 }
+
+/// The 3.1.1 default window also holds when a reconnect resends what was in flight: a
+/// mixed burst of 600 calls (two QoS 2 calls in three) on a persistent session with
+/// automatic reconnects, cut with an RST midway, completes whole against a Mosquitto with
+/// its default window and queue, and the broker refuses no PUBLISH (no reason code 151 in
+/// its log; a refusal loses the message silently there). Runs in a child process: a session
+/// resumed with messages in flight makes Paho C resend every connected client's in-flight
+/// messages (`faults::a_resumed_session_makes_paho_resend_every_clients_messages`), which
+/// would add PUBLISH packets to the wire counts of the tests beside it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_v311_default_window_holds_across_a_reconnect() {
+    if let Some(child) = isolated(
+        "flow::the_v311_default_window_holds_across_a_reconnect",
+        Duration::from_secs(90),
+    ) {
+        child.assert_passed();
+        return;
+    }
+    with_timeout(Duration::from_secs(60), async {
+        let broker = Broker::builder().max_inflight_messages(20).start();
+        let proxy = FaultProxy::start(broker.port()).await;
+        let topic = unique_topic("window_resend");
+        let watcher = connect_on(broker.port(), ProtocolVersion::V311).await;
+        watcher
+            .subscribe((topic.as_str(), QoS::ExactlyOnce))
+            .await
+            .unwrap();
+        let mut inbox = watcher.messages();
+        let conn = Client::builder("127.0.0.1")
+            .port(proxy.port())
+            .identifier("window-resend")
+            .clean_session(false)
+            .timeout(Duration::from_secs(30))
+            .reconnect(
+                aiomqtt::ReconnectPolicy::new()
+                    .initial_delay(Duration::from_millis(100))
+                    .max_delay(Duration::from_secs(1)),
+            )
+            .build()
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        const N: usize = 600;
+        let qos = |i: usize| {
+            if i % 3 == 2 {
+                QoS::AtLeastOnce
+            } else {
+                QoS::ExactlyOnce
+            }
+        };
+        let calls: Vec<_> = (0..N)
+            .map(|i| {
+                conn.publish(&topic, i.to_string())
+                    .qos(qos(i))
+                    .into_future()
+            })
+            .collect();
+        let all = tokio::spawn(futures::future::join_all(calls));
+        proxy
+            .wait_for(
+                Direction::ClientToBroker,
+                PacketType::Publish,
+                N / 3,
+                Duration::from_secs(10),
+            )
+            .await;
+        proxy.cut();
+        for (i, result) in all.await.unwrap().into_iter().enumerate() {
+            result.unwrap_or_else(|e| panic!("call {i} ({:?}): {e}", qos(i)));
+        }
+        assert!(proxy.connections() >= 2, "the cut made a reconnect");
+        // QoS 1 messages may come twice after the resend; each comes at least once.
+        let mut seen = vec![0u32; N];
+        while seen.contains(&0) {
+            let message = tokio::time::timeout(Duration::from_secs(10), inbox.next())
+                .await
+                .unwrap_or_else(|_| {
+                    let missing: Vec<usize> = (0..N).filter(|&i| seen[i] == 0).collect();
+                    panic!("missing {missing:?}")
+                })
+                .expect("the stream is open")
+                .expect("a message");
+            let i: usize = message.payload_str().unwrap().parse().unwrap();
+            seen[i] += 1;
+        }
+        let twice: Vec<usize> = (0..N).filter(|&i| seen[i] > 1).collect();
+        assert!(
+            twice.iter().all(|&i| qos(i) == QoS::AtLeastOnce),
+            "a QoS 2 message came twice: {twice:?}"
+        );
+        let log = broker.log();
+        let refused: Vec<&str> = log.lines().filter(|l| l.contains(", rc151)")).collect();
+        assert!(refused.is_empty(), "refused: {refused:?}");
+    })
+    .await;
+}
