@@ -73,9 +73,13 @@
 //!   session with messages in flight, Paho resends the unacknowledged QoS 1/2 PUBLISHes
 //!   (with DUP) and PUBRELs of every connected client of the process, not only that
 //!   client's (`MQTTAsync_receiveThread` calls `MQTTProtocol_retry(zero, 1, 1)`, which
-//!   walks `bstate->clients`). Brokers take the duplicates as resends; a QoS 1 subscriber
-//!   may get the message twice. There is no hook to confine it (test
-//!   `faults::a_resumed_session_makes_paho_resend_every_clients_messages`).
+//!   walks `bstate->clients`). A QoS 1 subscriber may get the message twice; Mosquitto
+//!   (Debian's 2.0.11, with the fix for CVE-2023-28366) closes a connection whose QoS 2
+//!   PUBLISH comes a third time before its PUBREL, so two resumptions while another
+//!   client's QoS 2 exchange waits for its PUBREC end that client's connection. There is
+//!   no hook to confine it (tests
+//!   `faults::a_resumed_session_makes_paho_resend_every_clients_messages`,
+//!   `faults::two_resumed_sessions_get_another_clients_qos2_exchange_closed_by_mosquitto`).
 
 mod admission;
 mod call;

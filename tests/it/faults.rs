@@ -1842,6 +1842,105 @@ async fn a_resumed_session_makes_paho_resend_every_clients_messages() {
     .await;
 }
 
+/// The same Paho C defect, with consequences: Mosquitto 2.0.11 as Debian ships it (with
+/// upstream's fix for CVE-2023-28366) counts the copies of a QoS 2 PUBLISH it holds before
+/// the PUBREL and closes the connection at the third (`handle__publish`: `dup` above 1,
+/// `MOSQ_ERR_PROTOCOL`). Client A's QoS 2 publish is unacknowledged (its proxy holds the
+/// broker's replies) while two other clients of the process resume their sessions, one
+/// after the other: Paho sends A's PUBLISH twice more, and Mosquitto closes A's connection
+/// ("disconnected due to protocol error"), though A did nothing wrong. Runs in a child
+/// process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_resumed_sessions_get_another_clients_qos2_exchange_closed_by_mosquitto() {
+    if let Some(child) = isolated(
+        "faults::two_resumed_sessions_get_another_clients_qos2_exchange_closed_by_mosquitto",
+        Duration::from_secs(60),
+    ) {
+        child.assert_passed();
+        return;
+    }
+    with_timeout(Duration::from_secs(40), async {
+        let broker = Broker::start();
+        let topic = unique_topic("resend_thrice");
+        let proxy_a = FaultProxy::start(broker.port()).await;
+        let a = builder(proxy_a.port(), V311)
+            .identifier("resend-thrice-a")
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("valid options")
+            .connect()
+            .await
+            .expect("connect A");
+        proxy_a.blackhole_dir(Direction::BrokerToClient, true);
+        let a_call = tokio::spawn(a.publish(&topic, "1").qos(QoS::ExactlyOnce).into_future());
+        let once = Duration::from_secs(10);
+        proxy_a
+            .wait_for(Direction::ClientToBroker, PacketType::Publish, 1, once)
+            .await;
+        let mut others = Vec::new();
+        for (n, id) in ["resend-thrice-b", "resend-thrice-c"]
+            .into_iter()
+            .enumerate()
+        {
+            // A session resumes with a publish in flight.
+            let proxy = FaultProxy::start(broker.port()).await;
+            let other = persistent(builder(proxy.port(), V311), V311)
+                .identifier(id)
+                .timeout(Duration::from_secs(30))
+                .reconnect(policy())
+                .build()
+                .expect("valid options")
+                .connect()
+                .await
+                .expect("connect");
+            proxy.blackhole_dir(Direction::BrokerToClient, true);
+            let call = tokio::spawn(
+                other
+                    .publish(&topic, "2")
+                    .qos(QoS::AtLeastOnce)
+                    .into_future(),
+            );
+            proxy
+                .wait_for(Direction::ClientToBroker, PacketType::Publish, 1, once)
+                .await;
+            proxy.cut();
+            proxy.blackhole_dir(Direction::BrokerToClient, false);
+            call.await
+                .expect("the call")
+                .expect("resent after the reconnect");
+            // Each resumption sent A's PUBLISH again.
+            proxy_a
+                .wait_for(Direction::ClientToBroker, PacketType::Publish, n + 2, once)
+                .await;
+            others.push((other, proxy));
+        }
+        let dups: Vec<bool> = proxy_a
+            .packets(Direction::ClientToBroker, PacketType::Publish)
+            .iter()
+            .map(|p| p.dup())
+            .collect();
+        assert_eq!(
+            dups,
+            [false, true, true],
+            "A's PUBLISH, then twice with DUP"
+        );
+        let closed = "Client resend-thrice-a disconnected due to protocol error.";
+        assert!(
+            wait_until_async(once, || broker.log().contains(closed)).await,
+            "{}",
+            broker.log()
+        );
+        // The broker's close reaches A once its proxy forwards again.
+        proxy_a.blackhole_dir(Direction::BrokerToClient, false);
+        let result = a_call.await.expect("A's call");
+        assert!(
+            matches!(result, Err(Error::ConnectionLost { .. })),
+            "A's call fails with the loss: {result:?}"
+        );
+    })
+    .await;
+}
+
 /// A window wider than the broker's at QoS 2 cannot abort the process. Mosquitto with
 /// `max_inflight_messages 20` and `max_queued_messages 0` closes a 3.1.1 connection that goes
 /// past 20 messages in flight; with 1,000 allowed in flight the engine is then writing
