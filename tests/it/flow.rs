@@ -17,19 +17,8 @@ const T: Duration = Duration::from_secs(30);
 /// Publishes `n` messages at `qos` at once through a proxy to a paused broker (3.1.1)
 /// and returns how many PUBLISH packets the client put on the wire.
 async fn publishes_on_the_wire(window: Option<u16>, qos: QoS, n: usize, expected: usize) -> usize {
-    let broker = Broker::start();
     let v311 = ProtocolVersion::V311;
-    let (sent, _) =
-        publishes_on_the_wire_at(broker, v311, &with_window(window), &|_| qos, n, expected).await;
-    sent
-}
-
-/// A builder with `max_inflight_messages(window)` when set.
-fn with_window(window: Option<u16>) -> impl Fn(ClientBuilder) -> ClientBuilder {
-    move |b| match window {
-        Some(window) => b.max_inflight_messages(window),
-        None => b,
-    }
+    publishes_on_the_wire_to(Broker::start(), v311, window, qos, n, expected).await
 }
 
 /// The same, over `protocol` to `broker`, waiting for `expected` PUBLISH packets.
@@ -45,6 +34,14 @@ async fn publishes_on_the_wire_to(
     let (sent, _) =
         publishes_on_the_wire_at(broker, protocol, &configure, &|_| qos, n, expected).await;
     sent
+}
+
+/// A builder with `max_inflight_messages(window)` when set.
+fn with_window(window: Option<u16>) -> impl Fn(ClientBuilder) -> ClientBuilder {
+    move |b| match window {
+        Some(window) => b.max_inflight_messages(window),
+        None => b,
+    }
 }
 
 /// The same with a client `configure`d and call `i` at `qos(i)`; also returns the QoS of each
