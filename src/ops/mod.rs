@@ -37,15 +37,11 @@ impl Kind {
     /// [`Admission`](crate::engine::Admission)).
     fn claim(self) -> Claim {
         match self {
-            Kind::Publish {
-                qos: QoS::AtMostOnce,
-            } => Claim::Nothing,
-            Kind::Publish {
-                qos: QoS::AtLeastOnce,
-            } => Claim::AtLeastOnce,
-            Kind::Publish {
-                qos: QoS::ExactlyOnce,
-            } => Claim::ExactlyOnce,
+            Kind::Publish { qos } => match qos {
+                QoS::AtMostOnce => Claim::Nothing,
+                QoS::AtLeastOnce => Claim::AtLeastOnce,
+                QoS::ExactlyOnce => Claim::ExactlyOnce,
+            },
             Kind::Subscribe | Kind::Unsubscribe => Claim::Place,
         }
     }
@@ -95,7 +91,8 @@ pub(crate) async fn run<T>(
     // The call's place in the engine's window plus slack: held until the call's commands
     // are registered (their entries hold places until Paho reports them), or until the
     // call ends when they are not (the engine thread hands them over).
-    let mut admitted = match session.admission.enter(kind.claim()) {
+    let claim = kind.claim();
+    let mut admitted = match session.admission.enter(claim) {
         Ok(admitted) => admitted,
         Err(queued) => {
             let admitted = Box::pin(before_deadline_or_end(session, deadline, queued)).await?;
@@ -112,7 +109,7 @@ pub(crate) async fn run<T>(
         let ticket = Ticket::new(
             deadline.into_std(),
             fail_at_end.then_some(&session.scope),
-            Some((&session.admission, kind.claim())),
+            Some((&session.admission, claim)),
         );
         start(session.engine.as_ref(), ticket.as_ref())
     };

@@ -1797,6 +1797,58 @@ async fn a_window_wider_than_the_brokers_cannot_abort() {
     .await;
 }
 
+/// A client of `broker` through a proxy of its own (returned), `configure`d, whose publish
+/// of `payload` at `qos` stays unacknowledged: its PUBLISH is on the wire, and the proxy
+/// holds the broker's replies.
+async fn publish_held(
+    broker: &Broker,
+    configure: impl FnOnce(ClientBuilder) -> ClientBuilder,
+    topic: &str,
+    payload: &'static str,
+    qos: QoS,
+) -> (Connection, FaultProxy, JoinHandle<Result<(), Error>>) {
+    let proxy = FaultProxy::start(broker.port()).await;
+    let conn = configure(builder(proxy.port(), V311).timeout(Duration::from_secs(30)))
+        .build()
+        .expect("valid options")
+        .connect()
+        .await
+        .expect("connect");
+    proxy.blackhole_dir(Direction::BrokerToClient, true);
+    let call = tokio::spawn(conn.publish(topic, payload).qos(qos).into_future());
+    proxy
+        .wait_for(
+            Direction::ClientToBroker,
+            PacketType::Publish,
+            1,
+            Duration::from_secs(10),
+        )
+        .await;
+    (conn, proxy, call)
+}
+
+/// Cuts the link of a persistent session with reconnects whose publish [`publish_held`]
+/// holds: the session resumes with that publish in flight, which is sent again and
+/// completes.
+async fn resume_with_its_publish_in_flight(
+    proxy: &FaultProxy,
+    call: JoinHandle<Result<(), Error>>,
+) {
+    proxy.cut();
+    proxy.blackhole_dir(Direction::BrokerToClient, false);
+    proxy
+        .wait_for(
+            Direction::ClientToBroker,
+            PacketType::Publish,
+            2,
+            Duration::from_secs(10),
+        )
+        .await;
+    call.await
+        .expect("the call")
+        .expect("the publish, resent after the reconnect");
+}
+
 /// Paho C 1.3.16: when one client's session resumes with messages in flight, Paho resends
 /// the unacknowledged messages of every connected client of the process, not only its own.
 /// At a CONNACK with `outboundMsgs` not empty, `MQTTAsync_receiveThread`
@@ -1820,10 +1872,6 @@ async fn a_resumed_session_makes_paho_resend_every_clients_messages() {
     }
     with_timeout(Duration::from_secs(40), async {
         let broker = Broker::start();
-        let (proxy_a, proxy_b) = (
-            FaultProxy::start(broker.port()).await,
-            FaultProxy::start(broker.port()).await,
-        );
         let topic = unique_topic("resend_all");
         let watcher = builder(broker.port(), V311)
             .build()
@@ -1836,45 +1884,20 @@ async fn a_resumed_session_makes_paho_resend_every_clients_messages() {
             .await
             .expect("subscribe");
         let inbox = Inbox::collect(watcher.messages());
-        let a = builder(proxy_a.port(), V311)
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("valid options")
-            .connect()
-            .await
-            .expect("connect A");
-        let b = persistent(builder(proxy_b.port(), V311), V311)
-            .identifier("resend-all-b")
-            .timeout(Duration::from_secs(30))
-            .reconnect(policy())
-            .build()
-            .expect("valid options")
-            .connect()
-            .await
-            .expect("connect B");
-        // Both publishes stay unacknowledged: each proxy holds the broker's replies.
-        proxy_a.blackhole_dir(Direction::BrokerToClient, true);
-        proxy_b.blackhole_dir(Direction::BrokerToClient, true);
-        let a_call = tokio::spawn(a.publish(&topic, "1").qos(QoS::AtLeastOnce).into_future());
-        let b_call = tokio::spawn(b.publish(&topic, "2").qos(QoS::AtLeastOnce).into_future());
-        let once = Duration::from_secs(10);
-        proxy_a
-            .wait_for(Direction::ClientToBroker, PacketType::Publish, 1, once)
-            .await;
-        proxy_b
-            .wait_for(Direction::ClientToBroker, PacketType::Publish, 1, once)
-            .await;
+        // Both publishes stay unacknowledged.
+        let (_a, proxy_a, a_call) =
+            publish_held(&broker, |b| b, &topic, "1", QoS::AtLeastOnce).await;
+        let resuming = |b| {
+            persistent(b, V311)
+                .identifier("resend-all-b")
+                .reconnect(policy())
+        };
+        let (_b, proxy_b, b_call) =
+            publish_held(&broker, resuming, &topic, "2", QoS::AtLeastOnce).await;
         // B's link drops; B reconnects and its session resumes with its publish in flight.
-        proxy_b.cut();
-        proxy_b.blackhole_dir(Direction::BrokerToClient, false);
-        proxy_b
-            .wait_for(Direction::ClientToBroker, PacketType::Publish, 2, once)
-            .await;
-        b_call
-            .await
-            .expect("B's call")
-            .expect("B's publish, resent after the reconnect");
+        resume_with_its_publish_in_flight(&proxy_b, b_call).await;
         // A's PUBLISH went out again on A's one connection.
+        let once = Duration::from_secs(10);
         proxy_a
             .wait_for(Direction::ClientToBroker, PacketType::Publish, 2, once)
             .await;
@@ -1923,52 +1946,20 @@ async fn two_resumed_sessions_get_another_clients_qos2_exchange_closed_by_mosqui
     with_timeout(Duration::from_secs(40), async {
         let broker = Broker::start();
         let topic = unique_topic("resend_thrice");
-        let proxy_a = FaultProxy::start(broker.port()).await;
-        let a = builder(proxy_a.port(), V311)
-            .identifier("resend-thrice-a")
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("valid options")
-            .connect()
-            .await
-            .expect("connect A");
-        proxy_a.blackhole_dir(Direction::BrokerToClient, true);
-        let a_call = tokio::spawn(a.publish(&topic, "1").qos(QoS::ExactlyOnce).into_future());
+        let a_id = |b: ClientBuilder| b.identifier("resend-thrice-a");
+        let (_a, proxy_a, a_call) =
+            publish_held(&broker, a_id, &topic, "1", QoS::ExactlyOnce).await;
         let once = Duration::from_secs(10);
-        proxy_a
-            .wait_for(Direction::ClientToBroker, PacketType::Publish, 1, once)
-            .await;
         let mut others = Vec::new();
         for (n, id) in ["resend-thrice-b", "resend-thrice-c"]
             .into_iter()
             .enumerate()
         {
             // A session resumes with a publish in flight.
-            let proxy = FaultProxy::start(broker.port()).await;
-            let other = persistent(builder(proxy.port(), V311), V311)
-                .identifier(id)
-                .timeout(Duration::from_secs(30))
-                .reconnect(policy())
-                .build()
-                .expect("valid options")
-                .connect()
-                .await
-                .expect("connect");
-            proxy.blackhole_dir(Direction::BrokerToClient, true);
-            let call = tokio::spawn(
-                other
-                    .publish(&topic, "2")
-                    .qos(QoS::AtLeastOnce)
-                    .into_future(),
-            );
-            proxy
-                .wait_for(Direction::ClientToBroker, PacketType::Publish, 1, once)
-                .await;
-            proxy.cut();
-            proxy.blackhole_dir(Direction::BrokerToClient, false);
-            call.await
-                .expect("the call")
-                .expect("resent after the reconnect");
+            let resuming = |b| persistent(b, V311).identifier(id).reconnect(policy());
+            let (other, proxy, call) =
+                publish_held(&broker, resuming, &topic, "2", QoS::AtLeastOnce).await;
+            resume_with_its_publish_in_flight(&proxy, call).await;
             // Each resumption sent A's PUBLISH again.
             proxy_a
                 .wait_for(Direction::ClientToBroker, PacketType::Publish, n + 2, once)

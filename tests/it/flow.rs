@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::support::mqtt::connect_on;
 use crate::support::*;
-use aiomqtt::{Client, ClientBuilder, Error, ProtocolVersion, QoS};
+use aiomqtt::{Client, ClientBuilder, Error, Messages, ProtocolVersion, QoS};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
@@ -175,29 +175,61 @@ async fn the_v311_default_window_survives_a_mixed_burst() {
             .max_inflight_messages(20)
             .max_queued_messages(0)
             .start();
-        // One QoS 2 call in three, then two in three.
-        let patterns: [fn(usize) -> QoS; 2] = [
-            |i| {
-                if i % 3 == 2 {
-                    QoS::ExactlyOnce
-                } else {
-                    QoS::AtLeastOnce
-                }
-            },
-            |i| {
-                if i % 3 == 2 {
-                    QoS::AtLeastOnce
-                } else {
-                    QoS::ExactlyOnce
-                }
-            },
-        ];
-        for qos in patterns {
+        let mixes: [fn(usize) -> QoS; 2] = [one_qos2_in_three, two_qos2_in_three];
+        for qos in mixes {
             let proxy = a_burst_arrives_whole_in_call_order(&broker, "mixed_burst", 600, qos).await;
             assert_eq!(proxy.connections(), 1, "the broker dropped the connection");
         }
     })
     .await;
+}
+
+/// Call `i`'s QoS in a mixed burst: QoS 2 for every third call, QoS 1 for the others.
+fn one_qos2_in_three(i: usize) -> QoS {
+    if i % 3 == 2 {
+        QoS::ExactlyOnce
+    } else {
+        QoS::AtLeastOnce
+    }
+}
+
+/// Call `i`'s QoS in a mixed burst: QoS 1 for every third call, QoS 2 for the others.
+fn two_qos2_in_three(i: usize) -> QoS {
+    if i % 3 == 2 {
+        QoS::AtLeastOnce
+    } else {
+        QoS::ExactlyOnce
+    }
+}
+
+/// Reads `inbox` until each of the payloads `0..n` has come, then for as long as more come
+/// within 300 ms; returns how many times each came.
+async fn receive_each(inbox: &mut Messages, n: usize) -> Vec<u32> {
+    let mut seen = vec![0u32; n];
+    while seen.contains(&0) {
+        let message = tokio::time::timeout(Duration::from_secs(10), inbox.next())
+            .await
+            .unwrap_or_else(|_| {
+                let missing: Vec<usize> = (0..n).filter(|&i| seen[i] == 0).collect();
+                panic!("missing {missing:?}")
+            })
+            .expect("the stream is open")
+            .expect("a message");
+        let i: usize = message.payload_str().unwrap().parse().unwrap();
+        seen[i] += 1;
+    }
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_millis(300), inbox.next()).await
+    {
+        let i: usize = message.payload_str().unwrap().parse().unwrap();
+        seen[i] += 1;
+    }
+    seen
+}
+
+/// A PUBLISH packet's payload, as text.
+fn payload_text(p: &Packet) -> String {
+    String::from_utf8_lossy(p.payload().unwrap_or_default()).into_owned()
 }
 
 /// Makes `n` publish calls at once (call `i` at `qos(i)`, its payload `i`) on a connection
@@ -237,40 +269,20 @@ async fn a_burst_arrives_whole_in_call_order(
     {
         result.unwrap_or_else(|e| panic!("call {i} ({:?}): {e}", qos(i)));
     }
-    let mut seen = vec![0u32; n];
-    while seen.contains(&0) {
-        let message = tokio::time::timeout(Duration::from_secs(10), inbox.next())
-            .await
-            .unwrap_or_else(|_| {
-                let missing: Vec<usize> = (0..n).filter(|&i| seen[i] == 0).collect();
-                panic!("missing {missing:?}")
-            })
-            .expect("the stream is open")
-            .expect("a message");
-        let i: usize = message.payload_str().unwrap().parse().unwrap();
-        seen[i] += 1;
-    }
-    while let Ok(Some(Ok(message))) =
-        tokio::time::timeout(Duration::from_millis(300), inbox.next()).await
-    {
-        let i: usize = message.payload_str().unwrap().parse().unwrap();
-        seen[i] += 1;
-    }
+    let seen = receive_each(&mut inbox, n).await;
     // Each message once; a QoS 1 one twice only if the client resent it (DUP), which
     // Paho C does when a session of another test of this process resumes.
-    let payload =
-        |p: &Packet| String::from_utf8_lossy(p.payload().unwrap_or_default()).into_owned();
     let resent: Vec<String> = proxy
         .packets(Direction::ClientToBroker, PacketType::Publish)
         .iter()
         .filter(|p| p.dup() && p.qos() == 1)
-        .map(payload)
+        .map(payload_text)
         .collect();
     let twice: Vec<usize> = (0..n)
         .filter(|&i| seen[i] > 1 && !resent.contains(&i.to_string()))
         .collect();
     assert!(twice.is_empty(), "more than once: {twice:?} ({seen:?})");
-    let wire: Vec<String> = first_publishes(&proxy).iter().map(payload).collect();
+    let wire: Vec<String> = first_publishes(&proxy).iter().map(payload_text).collect();
     let calls: Vec<String> = (0..n).map(|i| i.to_string()).collect();
     assert_eq!(wire, calls, "PUBLISH packets not in call order");
     proxy
@@ -360,10 +372,7 @@ async fn a_burst_waits_beyond(mut broker: Broker, protocol: ProtocolVersion, win
     assert_eq!(first_publishes(&proxy).len(), window);
     broker.resume();
     publishes_once_settled(&proxy, handed).await;
-    let wire: Vec<String> = first_publishes(&proxy)
-        .iter()
-        .map(|p| String::from_utf8_lossy(p.payload().unwrap_or_default()).into_owned())
-        .collect();
+    let wire: Vec<String> = first_publishes(&proxy).iter().map(payload_text).collect();
     let expected: Vec<String> = (0..handed).map(|i| i.to_string()).collect();
     assert_eq!(wire, expected);
 }
@@ -916,13 +925,7 @@ async fn the_v311_default_window_holds_across_a_reconnect() {
             .await
             .unwrap();
         const N: usize = 600;
-        let qos = |i: usize| {
-            if i % 3 == 2 {
-                QoS::AtLeastOnce
-            } else {
-                QoS::ExactlyOnce
-            }
-        };
+        let qos = two_qos2_in_three;
         let calls: Vec<_> = (0..N)
             .map(|i| {
                 conn.publish(&topic, i.to_string())
@@ -945,19 +948,7 @@ async fn the_v311_default_window_holds_across_a_reconnect() {
         }
         assert!(proxy.connections() >= 2, "the cut made a reconnect");
         // QoS 1 messages may come twice after the resend; each comes at least once.
-        let mut seen = vec![0u32; N];
-        while seen.contains(&0) {
-            let message = tokio::time::timeout(Duration::from_secs(10), inbox.next())
-                .await
-                .unwrap_or_else(|_| {
-                    let missing: Vec<usize> = (0..N).filter(|&i| seen[i] == 0).collect();
-                    panic!("missing {missing:?}")
-                })
-                .expect("the stream is open")
-                .expect("a message");
-            let i: usize = message.payload_str().unwrap().parse().unwrap();
-            seen[i] += 1;
-        }
+        let seen = receive_each(&mut inbox, N).await;
         let twice: Vec<usize> = (0..N).filter(|&i| seen[i] > 1).collect();
         assert!(
             twice.iter().all(|&i| qos(i) == QoS::AtLeastOnce),
