@@ -11,8 +11,12 @@
 //!
 //! Faults are scheduled by the test (a 1 s partition, a 100 ms outage); every wait for an
 //! outcome waits for the event itself, bounded, and fails with a diagnostic instead of
-//! hanging. The two tests that count the threads and file descriptors of the whole process
-//! run alone in a child process (`isolated`).
+//! hanging. Some tests run alone in a child process ([`ran_in_child`]): those that count
+//! the threads and file descriptors of the whole process or may corrupt its heap, and every
+//! test whose client resumes a session while one of its QoS 1 or 2 publishes is
+//! unacknowledged. At such a resumption Paho C resends the unacknowledged publishes of every
+//! client in the process (`a_resumed_session_makes_paho_resend_every_clients_messages`),
+//! which would disturb the tests running beside it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::{Future, IntoFuture};
@@ -433,6 +437,18 @@ fn relay_observations(child: &ChildRun) {
     }
 }
 
+/// Runs `test` (`faults::name`) alone in a child process, bounded by `timeout`, and relays
+/// its `OBSERVED` lines: `true` in the parent once the child passed, `false` in the child,
+/// which then runs the test's body.
+fn ran_in_child(test: &str, timeout: Duration) -> bool {
+    let Some(child) = isolated(test, timeout) else {
+        return false;
+    };
+    relay_observations(&child);
+    child.assert_passed();
+    true
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1. Deadlock stress: 8 clients, 5 broker kills.
 
@@ -705,12 +721,10 @@ fn await_progress(
 /// with the loss (`connect_works_at_once_after_a_call_failed_with_the_loss`, 1 of 31).
 #[test]
 fn eight_clients_survive_five_broker_kills() {
-    if let Some(child) = isolated(
+    if ran_in_child(
         "faults::eight_clients_survive_five_broker_kills",
         Duration::from_secs(170),
     ) {
-        relay_observations(&child);
-        child.assert_passed();
         return;
     }
     const BOUND: Duration = Duration::from_secs(30);
@@ -1237,18 +1251,35 @@ async fn broker_signal(signal: Signal, protocol: ProtocolVersion) -> String {
     report
 }
 
+/// The SIGTERM and SIGSTOP tests run in child processes: their clients resume sessions with
+/// publishes unacknowledged (see the module docs). After SIGKILL the broker has forgotten
+/// the sessions, and Paho resends nothing.
 const SIGNAL_T: Duration = Duration::from_secs(100);
+/// What a child process may take beyond its test's own bound (start-up, the broker).
+const CHILD_SLACK: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_persistence_v311_keeps_qos1_and_qos2() {
+    if ran_in_child(
+        "faults::sigterm_with_persistence_v311_keeps_qos1_and_qos2",
+        SIGNAL_T + CHILD_SLACK,
+    ) {
+        return;
+    }
     let r = with_timeout(SIGNAL_T, broker_signal(Signal::Term, V311)).await;
-    eprintln!("{r}");
+    println!("{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_persistence_v5_keeps_qos1_and_qos2() {
+    if ran_in_child(
+        "faults::sigterm_with_persistence_v5_keeps_qos1_and_qos2",
+        SIGNAL_T + CHILD_SLACK,
+    ) {
+        return;
+    }
     let r = with_timeout(SIGNAL_T, broker_signal(Signal::Term, V5)).await;
-    eprintln!("{r}");
+    println!("{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1265,14 +1296,26 @@ async fn sigkill_without_persistence_v5_resolves_every_call_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstop_v311_detected_by_keepalive_and_recovered() {
+    if ran_in_child(
+        "faults::sigstop_v311_detected_by_keepalive_and_recovered",
+        SIGNAL_T + CHILD_SLACK,
+    ) {
+        return;
+    }
     let r = with_timeout(SIGNAL_T, broker_signal(Signal::Stop, V311)).await;
-    eprintln!("{r}");
+    println!("{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstop_v5_detected_by_keepalive_and_recovered() {
+    if ran_in_child(
+        "faults::sigstop_v5_detected_by_keepalive_and_recovered",
+        SIGNAL_T + CHILD_SLACK,
+    ) {
+        return;
+    }
     let r = with_timeout(SIGNAL_T, broker_signal(Signal::Stop, V5)).await;
-    eprintln!("{r}");
+    println!("{r}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1518,6 +1561,8 @@ async fn calls_in_flight(mode: CutMode, protocol: ProtocolVersion, reconnect: bo
     report.join("\n")
 }
 
+/// The tests with reconnects run in child processes: their persistent sessions resume with
+/// publishes unacknowledged (see the module docs).
 const INFLIGHT_T: Duration = Duration::from_secs(90);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1542,9 +1587,15 @@ async fn fin_with_calls_in_flight_without_reconnect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rst_with_calls_in_flight_with_reconnect() {
+    if ran_in_child(
+        "faults::rst_with_calls_in_flight_with_reconnect",
+        INFLIGHT_T + CHILD_SLACK,
+    ) {
+        return;
+    }
     with_timeout(INFLIGHT_T, async {
         for p in [V311, V5] {
-            eprintln!("{}", calls_in_flight(CutMode::Rst, p, true).await);
+            println!("{}", calls_in_flight(CutMode::Rst, p, true).await);
         }
     })
     .await
@@ -1552,9 +1603,15 @@ async fn rst_with_calls_in_flight_with_reconnect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fin_with_calls_in_flight_with_reconnect() {
+    if ran_in_child(
+        "faults::fin_with_calls_in_flight_with_reconnect",
+        INFLIGHT_T + CHILD_SLACK,
+    ) {
+        return;
+    }
     with_timeout(INFLIGHT_T, async {
         for p in [V311, V5] {
-            eprintln!("{}", calls_in_flight(CutMode::Fin, p, true).await);
+            println!("{}", calls_in_flight(CutMode::Fin, p, true).await);
         }
     })
     .await
@@ -1708,12 +1765,10 @@ async fn rst_under_qos1_bursts(keep_session: bool, cycles: usize) {
 /// eclipse-paho/paho.mqtt.c issues 1532, 1621, 1622. Runs in a child process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rst_under_qos1_bursts_clean_session_does_not_crash() {
-    if let Some(child) = isolated(
+    if ran_in_child(
         "faults::rst_under_qos1_bursts_clean_session_does_not_crash",
         Duration::from_secs(120),
     ) {
-        relay_observations(&child);
-        child.assert_passed();
         return;
     }
     with_timeout(Duration::from_secs(100), rst_under_qos1_bursts(false, 30)).await;
@@ -1726,12 +1781,10 @@ async fn rst_under_qos1_bursts_clean_session_does_not_crash() {
 /// corruption (6 of 6 runs before the repair). Runs in a child process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rst_under_qos1_bursts_persistent_session_recovers() {
-    if let Some(child) = isolated(
+    if ran_in_child(
         "faults::rst_under_qos1_bursts_persistent_session_recovers",
         Duration::from_secs(120),
     ) {
-        relay_observations(&child);
-        child.assert_passed();
         return;
     }
     with_timeout(Duration::from_secs(100), rst_under_qos1_bursts(true, 20)).await;
@@ -1746,12 +1799,10 @@ async fn rst_under_qos1_bursts_persistent_session_recovers() {
 /// the client connects again. Runs in a child process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_wider_than_the_brokers_cannot_abort() {
-    if let Some(child) = isolated(
+    if ran_in_child(
         "faults::a_window_wider_than_the_brokers_cannot_abort",
         Duration::from_secs(120),
     ) {
-        relay_observations(&child);
-        child.assert_passed();
         return;
     }
     with_timeout(Duration::from_secs(100), async {
@@ -1863,11 +1914,10 @@ async fn resume_with_its_publish_in_flight(
 /// the tests beside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_session_makes_paho_resend_every_clients_messages() {
-    if let Some(child) = isolated(
+    if ran_in_child(
         "faults::a_resumed_session_makes_paho_resend_every_clients_messages",
         Duration::from_secs(60),
     ) {
-        child.assert_passed();
         return;
     }
     with_timeout(Duration::from_secs(40), async {
@@ -1936,11 +1986,10 @@ async fn a_resumed_session_makes_paho_resend_every_clients_messages() {
 /// process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_resumed_sessions_get_another_clients_qos2_exchange_closed_by_mosquitto() {
-    if let Some(child) = isolated(
+    if ran_in_child(
         "faults::two_resumed_sessions_get_another_clients_qos2_exchange_closed_by_mosquitto",
         Duration::from_secs(60),
     ) {
-        child.assert_passed();
         return;
     }
     with_timeout(Duration::from_secs(40), async {
@@ -2463,11 +2512,10 @@ async fn slow_consumer_is_not_a_loss() {
 /// (`shim::unblock_interrupts`). In a child process: Paho C's state is process-wide.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn six_hundred_clients_connect_at_once() {
-    if let Some(child) = isolated(
+    if ran_in_child(
         "faults::six_hundred_clients_connect_at_once",
         Duration::from_secs(120),
     ) {
-        child.assert_passed();
         return;
     }
     with_timeout(Duration::from_secs(100), async {
@@ -2505,12 +2553,10 @@ async fn six_hundred_clients_connect_at_once() {
 /// the clients alive and after dropping them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_keeps_threads_and_fds_flat() {
-    if let Some(child) = isolated(
+    if ran_in_child(
         "faults::churn_keeps_threads_and_fds_flat",
         Duration::from_secs(150),
     ) {
-        relay_observations(&child);
-        child.assert_passed();
         return;
     }
     with_timeout(Duration::from_secs(130), async {
