@@ -1,7 +1,9 @@
 //! The integration suite: one test binary (one link of Paho C and OpenSSL) whose
 //! modules each cover one area. Every broker-backed test starts its own Mosquitto
-//! (see `support`). Tests that may abort the process re-run themselves in a child
-//! process (`support::util::isolated`).
+//! (see `support`). Tests that may abort the process, that count its threads or file
+//! descriptors, or whose client resumes a session with publishes unacknowledged (Paho C
+//! then resends every client's, see `faults`) re-run themselves in a child process
+//! (`support::isolate::isolated`).
 
 mod support;
 
