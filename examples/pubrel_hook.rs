@@ -109,11 +109,10 @@ fn sample(
         sub.subscribe(&topic, qos).await?;
         publ.connect(options).await?;
         let start = Instant::now();
-        let mut pending = VecDeque::new();
+        let mut pending: VecDeque<paho::DeliveryToken> = VecDeque::new();
         for _ in 0..n {
             if pending.len() >= PENDING {
                 if let Some(token) = pending.pop_front() {
-                    let token: paho::DeliveryToken = token;
                     token.await?;
                 }
             }
@@ -149,6 +148,9 @@ fn main() -> Result<(), BoxError> {
             "--rounds" => rounds = value,
             other => return Err(format!("unknown option {other}").into()),
         }
+    }
+    if n == 0 || rounds == 0 {
+        return Err("--messages and --rounds must be at least 1".into());
     }
     // The bench's broker: no limit of its own on messages in flight.
     let broker = broker::Broker::start(0, false)?;
