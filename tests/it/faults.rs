@@ -430,25 +430,6 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
-/// Prints the `OBSERVED` lines of a child run (its stdout is captured).
-fn relay_observations(child: &ChildRun) {
-    for line in child.stdout().lines().filter(|l| l.contains("OBSERVED")) {
-        eprintln!("{line}");
-    }
-}
-
-/// Runs `test` (`faults::name`) alone in a child process, bounded by `timeout`, and relays
-/// its `OBSERVED` lines: `true` in the parent once the child passed, `false` in the child,
-/// which then runs the test's body.
-fn ran_in_child(test: &str, timeout: Duration) -> bool {
-    let Some(child) = isolated(test, timeout) else {
-        return false;
-    };
-    relay_observations(&child);
-    child.assert_passed();
-    true
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. Deadlock stress: 8 clients, 5 broker kills.
 

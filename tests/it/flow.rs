@@ -582,11 +582,10 @@ async fn a_qos0_stream_goes_on_when_the_socket_drains() {
 /// held behind a stopped broker, and takes no CPU once every publish has completed.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_pump_parks_when_nothing_is_pending() {
-    if let Some(child) = isolated(
+    if ran_in_child(
         "flow::the_pump_parks_when_nothing_is_pending",
         Duration::from_secs(60),
     ) {
-        child.assert_passed();
         return;
     }
     let mut broker = Broker::start();
@@ -655,11 +654,10 @@ async fn thread_counters(name: &'static str) -> impl Fn() -> (Duration, u64) {
 /// which on a loaded machine takes a core from Paho's threads or the broker.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flowing_qos0_stream_is_looked_at_every_few_milliseconds() {
-    if let Some(child) = isolated(
+    if ran_in_child(
         "flow::a_flowing_qos0_stream_is_looked_at_every_few_milliseconds",
         Duration::from_secs(60),
     ) {
-        child.assert_passed();
         return;
     }
     let broker = Broker::start();
@@ -698,11 +696,10 @@ async fn a_flowing_qos0_stream_is_looked_at_every_few_milliseconds() {
 /// call whose deadline passes.
 #[tokio::test(flavor = "multi_thread")]
 async fn calls_completing_in_time_leave_the_expiry_thread_asleep() {
-    if let Some(child) = isolated(
+    if ran_in_child(
         "flow::calls_completing_in_time_leave_the_expiry_thread_asleep",
         Duration::from_secs(60),
     ) {
-        child.assert_passed();
         return;
     }
     let mut broker = Broker::start();
@@ -756,11 +753,10 @@ async fn calls_completing_in_time_leave_the_expiry_thread_asleep() {
 /// the next incoming packet.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_prompt_qos0_publish_does_not_wake_the_engine() {
-    if let Some(child) = isolated(
+    if ran_in_child(
         "flow::a_prompt_qos0_publish_does_not_wake_the_engine",
         Duration::from_secs(60),
     ) {
-        child.assert_passed();
         return;
     }
     let broker = Broker::start();
@@ -892,11 +888,10 @@ async fn mosquitto_drops_publishes_while_its_qos2_window_is_full() {
 /// would add PUBLISH packets to the wire counts of the tests beside it.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_v311_default_window_holds_across_a_reconnect() {
-    if let Some(child) = isolated(
+    if ran_in_child(
         "flow::the_v311_default_window_holds_across_a_reconnect",
         Duration::from_secs(90),
     ) {
-        child.assert_passed();
         return;
     }
     with_timeout(Duration::from_secs(60), async {

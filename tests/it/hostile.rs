@@ -63,8 +63,7 @@ macro_rules! scenario {
         $(#[$meta])*
         #[tokio::test(flavor = "multi_thread")]
         async fn $name() {
-            if let Some(child) = isolated(concat!("hostile::", stringify!($name)), CHILD) {
-                child.assert_passed();
+            if ran_in_child(concat!("hostile::", stringify!($name)), CHILD) {
                 return;
             }
             init_logging();

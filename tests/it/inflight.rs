@@ -1222,8 +1222,7 @@ macro_rules! tests {
         $(#[$doc])*
         #[test]
         fn $name() {
-            if let Some(child) = isolated(concat!("inflight::", stringify!($name)), CHILD) {
-                child.assert_passed();
+            if ran_in_child(concat!("inflight::", stringify!($name)), CHILD) {
                 return;
             }
             tokio::runtime::Builder::new_multi_thread()

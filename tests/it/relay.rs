@@ -286,8 +286,7 @@ fn upstream_options(broker_port: u16) -> (i32, i32, i32) {
 /// no other test's socket may come and go meanwhile.
 #[tokio::test(flavor = "multi_thread")]
 async fn socket_options_are_set_on_the_dialled_socket() {
-    if let Some(child) = isolated("relay::socket_options_are_set_on_the_dialled_socket", CHILD) {
-        child.assert_passed();
+    if ran_in_child("relay::socket_options_are_set_on_the_dialled_socket", CHILD) {
         return;
     }
     with_timeout(TEST, async {
@@ -960,8 +959,7 @@ async fn unix_socket_connects_in_milliseconds() {
 /// carried link wakes it at least once per packet and direction).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bare_link_is_handed_to_the_engine() {
-    if let Some(child) = isolated("relay::a_bare_link_is_handed_to_the_engine", CHILD) {
-        child.assert_passed();
+    if ran_in_child("relay::a_bare_link_is_handed_to_the_engine", CHILD) {
         return;
     }
     with_timeout(TEST, async {
@@ -983,8 +981,7 @@ async fn a_bare_link_is_handed_to_the_engine() {
 /// the TLS session (the broker's listener speaks nothing else).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tls_link_is_handed_to_the_engine() {
-    if let Some(child) = isolated("relay::a_tls_link_is_handed_to_the_engine", CHILD) {
-        child.assert_passed();
+    if ran_in_child("relay::a_tls_link_is_handed_to_the_engine", CHILD) {
         return;
     }
     with_timeout(TEST, async {
@@ -1184,8 +1181,7 @@ impl Drop for Stall {
 /// Runs in a child process: Paho's mutex is held for the whole process.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_private_endpoint_is_private() {
-    if let Some(child) = isolated("relay::the_private_endpoint_is_private", CHILD) {
-        child.assert_passed();
+    if ran_in_child("relay::the_private_endpoint_is_private", CHILD) {
         return;
     }
     with_timeout(TEST, endpoint_case()).await;

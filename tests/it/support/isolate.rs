@@ -5,13 +5,14 @@
 //! ```ignore
 //! #[tokio::test]
 //! async fn survives_hostile_input() {
-//!     if let Some(child) = isolated("hostile::survives_hostile_input", Duration::from_secs(60)) {
-//!         child.assert_passed();
+//!     if ran_in_child("hostile::survives_hostile_input", Duration::from_secs(60)) {
 //!         return;
 //!     }
 //!     // ... the body, run only in the child
 //! }
 //! ```
+//!
+//! [`isolated`] gives the parent the child's whole run, for tests that read more of it.
 
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -74,6 +75,21 @@ pub fn isolated(test: &str, timeout: Duration) -> Option<ChildRun> {
         test: test.to_owned(),
         output,
     })
+}
+
+/// [`isolated`] for the common case: `true` in the parent once the child passed (the
+/// caller returns), `false` in the child (the caller runs the test's body). The child's
+/// `OBSERVED` lines, which its captured stdout would swallow, are repeated on stderr.
+#[track_caller]
+pub fn ran_in_child(test: &str, timeout: Duration) -> bool {
+    let Some(child) = isolated(test, timeout) else {
+        return false;
+    };
+    for line in child.stdout().lines().filter(|l| l.contains("OBSERVED")) {
+        eprintln!("{line}");
+    }
+    child.assert_passed();
+    true
 }
 
 /// `true` in a child started by [`isolated`].

@@ -23,7 +23,8 @@
 //! - [`TlsFront`]: an OpenSSL server in the test before a broker's plain port, for TLS
 //!   behaviour Mosquitto cannot be configured to (TLS 1.2 only with chosen suites; a TLS 1.3
 //!   server that asks for a client certificate and sends no session tickets).
-//! - [`isolated`]: run one test alone in a child process (crashes, whole-process views).
+//! - [`ran_in_child`] / [`isolated`]: run one test alone in a child process (crashes,
+//!   whole-process views).
 //! - Helpers: [`unique_topic`], [`init_logging`], [`with_timeout`], `within!`,
 //!   [`run_bounded`], [`run_with_timeout`], [`ChildGuard`], [`wait_until`].
 #![allow(dead_code)]
@@ -48,7 +49,7 @@ pub use certs::{CLIENT_KEY_PASSPHRASE, Certs, ServerCert, WRONG_HOSTNAME};
 pub use fake_broker::{ConnectInfo, Event, FakeBroker, FakeConn, packets};
 pub use fault_proxy::{CutMode, Direction, FaultProxy, Packet, PacketType};
 pub use http_proxy::HttpProxy;
-pub use isolate::{ChildRun, in_child, isolated};
+pub use isolate::{ChildRun, in_child, isolated, ran_in_child};
 pub use logcap::{all_records, capture_logger, logged};
 pub use tls_front::{Handshake, TlsFront};
 pub use util::{
