@@ -26,19 +26,19 @@
 //! On MQTT 3.1.1 with the default window the line also keeps the broker's own window for
 //! incoming QoS 2 exchanges ([`Admission::new`]'s `exactly_once`). Mosquitto (2.0.11 as
 //! Debian 12 ships it, with upstream's fix for CVE-2023-28366) holds every QoS 2 PUBLISH it
-//! received until its PUBREL, counts those against `max_inflight_messages` (20 by
-//! default), and answers a QoS 1 or 2 PUBLISH that arrives while that count is full with a
-//! reason code a 3.1.1 client cannot see (`handle__publish` in its `src/handle_publish.c`:
+//! received until its PUBREL, counts those against `max_inflight_messages` (20 by default),
+//! and answers a QoS 1 or 2 PUBLISH that arrives while that count is full with a reason
+//! code a 3.1.1 client cannot see (`handle__publish` in its `src/handle_publish.c`:
 //! `db__ready_for_flight` false, then `process_bad_message`, a PUBACK or PUBREC with 0x97
 //! sent as success) — a message lost silently (test
-//! `flow::mosquitto_drops_publishes_while_its_qos2_window_is_full`). QoS 1 PUBLISHes are acknowledged as they arrive and do not count. So a QoS 2
-//! publish takes a QoS 2 place as well, and the places in the engine's hands never reach
-//! the broker's count while a QoS 1 publish is there too: QoS 2 publishes may fill all
-//! places only with no QoS 1 one held, and a QoS 1 publish goes only with a QoS 2 place
-//! free. Whatever the broker holds is among what the engine holds (the broker forgets a
-//! QoS 2 message at its PUBREL, before the PUBCOMP that ends the call here), so a
-//! PUBLISH — sent first, or again after a reconnect — always finds the broker's count
-//! below full.
+//! `flow::mosquitto_drops_publishes_while_its_qos2_window_is_full`). QoS 1 PUBLISHes are
+//! acknowledged as they arrive and do not count. So a QoS 2 publish takes a QoS 2 place as
+//! well, and the places in the engine's hands never reach the broker's count while a QoS 1
+//! publish is there too: QoS 2 publishes may fill all places only with no QoS 1 one held,
+//! and a QoS 1 publish goes only with a QoS 2 place free. Whatever the broker holds is
+//! among what the engine holds (the broker forgets a QoS 2 message at its PUBREL, before
+//! the PUBCOMP that ends the call here), so a PUBLISH — sent first, or again after a
+//! reconnect — always finds the broker's count below full.
 //!
 //! A call holds a place from its admission until the engine reports its command: the
 //! command's registry entry holds it (a [`Place`]) once the command is handed over, so
