@@ -26,7 +26,8 @@
 //! - [`ran_in_child`] / [`isolated`]: run one test alone in a child process (crashes,
 //!   whole-process views).
 //! - Helpers: [`unique_topic`], [`init_logging`], [`with_timeout`], `within!`,
-//!   [`run_bounded`], [`run_with_timeout`], [`ChildGuard`], [`wait_until`].
+//!   [`run_bounded`], [`run_with_timeout`], [`ChildGuard`], [`wait_until`],
+//!   [`loss_detection_bound`] (how late Paho may report a dead link).
 #![allow(dead_code)]
 #![allow(unused_imports)]
 
@@ -53,7 +54,7 @@ pub use isolate::{ChildRun, in_child, isolated, ran_in_child};
 pub use logcap::{all_records, capture_logger, logged};
 pub use tls_front::{Handshake, TlsFront};
 pub use util::{
-    ChildGuard, IntoTimeout, Watchdog, free_port, free_ports, init_logging, port_accepts,
-    process_alive, process_state, run_bounded, run_with_timeout, send_signal, try_signal,
-    unique_topic, wait_until, wait_until_async, with_timeout, with_timeout_ctx,
+    ChildGuard, IntoTimeout, Watchdog, free_port, free_ports, init_logging, loss_detection_bound,
+    port_accepts, process_alive, process_state, run_bounded, run_with_timeout, send_signal,
+    try_signal, unique_topic, wait_until, wait_until_async, with_timeout, with_timeout_ctx,
 };
