@@ -216,7 +216,9 @@ impl Client {
                 });
             }
         };
-        session.link_up(info, epoch);
+        // Lost since its CONNACK: without reconnects the connection has ended; with them
+        // the supervisor finds the link down and reconnects. No event reader exists yet.
+        let _ = session.link_up(info, epoch, None);
         claim.done = true;
         if let Some(policy) = &options.reconnect {
             crate::reconnect::supervise(&session, policy.clone());

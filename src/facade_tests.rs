@@ -381,3 +381,54 @@ async fn priority_queue_orders_by_key_then_arrival() {
     }
     assert_eq!(got, ["-5:e", "1:b", "1:d", "2:c", "3:a"]);
 }
+
+/// What a connection's events say, in a word each.
+fn event_names(events: &[crate::ConnectionEvent]) -> Vec<String> {
+    use crate::ConnectionEvent as E;
+    events
+        .iter()
+        .map(|e| match e {
+            E::Lost { .. } => "Lost".to_owned(),
+            E::Reconnecting { attempt, .. } => format!("Reconnecting {attempt}"),
+            E::ReconnectFailed { attempt, .. } => format!("ReconnectFailed {attempt}"),
+            E::Connected { .. } => "Connected".to_owned(),
+        })
+        .collect()
+}
+
+/// A link lost between its CONNACK and the moment the client marks it up was never
+/// reported connected: that reconnect attempt fails with the loss (no second `Lost`), and
+/// the next attempt connects.
+#[tokio::test(start_paused = true)]
+async fn a_loss_before_the_link_is_up_fails_that_reconnect_attempt() {
+    let fake = FakeEngine::new();
+    let policy = crate::ReconnectPolicy::new()
+        .initial_delay(Duration::from_millis(10))
+        .max_delay(Duration::from_millis(10));
+    let client = Client::with_fake_engine(builder().reconnect(policy), &fake);
+    let conn = client.connect().await.unwrap();
+    let mut events = conn.events();
+    fake.lose_next_connection();
+    fake.lose(Loss::Network(None));
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        seen.push(events.next().await.expect("an event"));
+    }
+    assert_eq!(
+        event_names(&seen),
+        [
+            "Lost",
+            "Reconnecting 1",
+            "ReconnectFailed 1",
+            "Reconnecting 2",
+            "Connected"
+        ]
+    );
+    assert!(
+        matches!(&seen[2], crate::ConnectionEvent::ReconnectFailed { cause, .. }
+            if matches!(**cause, Error::ConnectionLost { .. })),
+        "{:?}",
+        seen[2]
+    );
+    assert!(conn.is_connected());
+}

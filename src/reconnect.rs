@@ -145,6 +145,10 @@ impl ReconnectPolicy {
 
 /// What happened to a connection with automatic reconnects
 /// ([`Connection::events`](crate::Connection::events)).
+///
+/// The events follow the connection's state: `Lost` only while it is up; `Reconnecting`,
+/// `ReconnectFailed` and `Connected` only while it is down. A connection lost before the
+/// client took it as up ends its attempt in `ReconnectFailed`.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum ConnectionEvent {
@@ -318,13 +322,9 @@ async fn run(weak: Weak<Session>, policy: ReconnectPolicy) {
                 return;
             }
             match reconnect(&session).await {
-                Ok(true) => break,
-                Ok(false) => continue,
+                Ok(()) => break,
                 Err(cause) => {
-                    session.emit(ConnectionEvent::ReconnectFailed {
-                        attempt,
-                        cause: Arc::new(cause),
-                    });
+                    session.emit(ConnectionEvent::ReconnectFailed { attempt, cause });
                 }
             }
         }
@@ -332,8 +332,8 @@ async fn run(weak: Weak<Session>, policy: ReconnectPolicy) {
 }
 
 /// One reconnect: CONNECT, subscriptions again if the broker kept no session, then the
-/// link is up. `Ok(false)` when the link was lost again meanwhile.
-async fn reconnect(session: &Arc<Session>) -> Result<bool, Error> {
+/// link is up. Fails with the loss if the connection was lost before it was marked up.
+async fn reconnect(session: &Arc<Session>) -> Result<(), Arc<Error>> {
     let epoch = session.epoch();
     let deadline = crate::deadline::after(session.options.timeout);
     let clean = session.options.reconnect_clean_flag();
@@ -341,7 +341,7 @@ async fn reconnect(session: &Arc<Session>) -> Result<bool, Error> {
     if session.end.is_ending() {
         // Closed by the user meanwhile: this connection belongs to nobody.
         session.engine.close_quietly(0);
-        return Ok(true);
+        return Ok(());
     }
     let session_present = info.session_present;
     let mut resubscribed = 0;
@@ -351,14 +351,11 @@ async fn reconnect(session: &Arc<Session>) -> Result<bool, Error> {
             resubscribed += codes.iter().filter(|c: &&ReasonCode| !c.is_error()).count();
         }
     }
-    if !session.link_up(info, epoch) {
-        return Ok(false);
-    }
-    session.emit(ConnectionEvent::Connected {
+    let connected = ConnectionEvent::Connected {
         session_present,
         resubscribed,
-    });
-    Ok(true)
+    };
+    session.link_up(info, epoch, Some(connected))
 }
 
 #[cfg(test)]

@@ -39,6 +39,9 @@ pub(crate) struct Established {
 pub(crate) struct Link {
     pub(crate) up: Option<Arc<Established>>,
     pub(crate) epoch: u64,
+    /// A loss of a connection not marked up yet (between its CONNACK and `link_up`): the
+    /// connect or reconnect that was bringing it up reports it.
+    early_loss: Option<Arc<Error>>,
 }
 
 /// Bounds and counts outgoing calls.
@@ -205,8 +208,15 @@ impl Session {
         self.link.borrow().up.is_some()
     }
 
-    /// Marks the link up after a CONNACK, unless a loss came since `epoch`.
-    pub(crate) fn link_up(&self, info: ConnectInfo, epoch: u64) -> bool {
+    /// Marks the link up after a CONNACK, unless a loss came since `epoch`: then returns
+    /// that loss. `connected` is emitted with the change, under the link's lock, so that a
+    /// loss racing with it is emitted after it, never before.
+    pub(crate) fn link_up(
+        &self,
+        info: ConnectInfo,
+        epoch: u64,
+        connected: Option<ConnectionEvent>,
+    ) -> Result<(), Arc<Error>> {
         let identifier = info
             .properties
             .as_ref()
@@ -229,17 +239,29 @@ impl Session {
             properties: info.properties,
         });
         *lock(&self.last) = Some(established.clone());
+        let mut early_loss = None;
         let updated = self.link.send_if_modified(|link| {
             if link.epoch != epoch {
+                early_loss = link.early_loss.take();
                 return false;
             }
             link.up = Some(established);
+            link.early_loss = None;
+            if let Some(event) = connected {
+                self.emit(event);
+            }
             true
         });
-        if updated {
-            *lock(&self.up_since) = Instant::now();
+        if !updated {
+            return Err(early_loss.unwrap_or_else(|| {
+                Arc::new(Error::ConnectionLost {
+                    rc: None,
+                    detail: "the connection was lost as it was established".to_owned(),
+                })
+            }));
         }
-        updated
+        *lock(&self.up_since) = Instant::now();
+        Ok(())
     }
 
     /// The current loss epoch.
@@ -317,13 +339,17 @@ impl Session {
             self.end(cause);
             return;
         }
-        // `Lost` first: marking the link down wakes the reconnect supervisor, whose
-        // `Reconnecting` must come after it.
-        self.emit(ConnectionEvent::Lost {
-            cause: Arc::new(error),
-        });
+        // `Lost` under the link's lock: after the `Connected` of the connection it ends
+        // (`link_up`), and before the supervisor, woken when the lock is released, emits
+        // `Reconnecting`. A connection not marked up yet was never reported connected: its
+        // loss goes to the connect that was bringing it up.
+        let cause = Arc::new(error);
         self.link.send_modify(|link| {
-            link.up = None;
+            if link.up.take().is_some() {
+                self.emit(ConnectionEvent::Lost { cause });
+            } else {
+                link.early_loss = Some(cause);
+            }
             link.epoch += 1;
         });
     }

@@ -43,6 +43,8 @@ struct State {
     waiting: VecDeque<slot::Sender>,
     /// What the next connects return (default: success without a session).
     connects: VecDeque<Result<ConnectInfo, Error>>,
+    /// The link of the next successful connect is lost before the connect returns.
+    lose_next_connection: bool,
     events: Option<Arc<dyn Events>>,
 }
 
@@ -88,6 +90,12 @@ impl FakeEngine {
         self.lock().connects.push_back(Err(e));
     }
 
+    /// The link of the next successful connect is lost between its CONNACK and the
+    /// connect's return.
+    pub(crate) fn lose_next_connection(&self) {
+        self.lock().lose_next_connection = true;
+    }
+
     /// The link is lost.
     pub(crate) fn lose(&self, loss: Loss) {
         let events = self.lock().events.clone();
@@ -119,14 +127,19 @@ impl Driver for FakeEngine {
         clean: bool,
         _deadline: Instant,
     ) -> Pin<Box<dyn Future<Output = Result<ConnectInfo, Error>> + Send + '_>> {
-        let result = {
+        let (result, lose) = {
             let mut state = self.lock();
             state.commands.push(Command::Connect { clean });
-            state.connects.pop_front().unwrap_or(Ok(ConnectInfo {
+            let result = state.connects.pop_front().unwrap_or(Ok(ConnectInfo {
                 session_present: false,
                 properties: None,
-            }))
+            }));
+            let lose = result.is_ok() && std::mem::take(&mut state.lose_next_connection);
+            (result, lose)
         };
+        if lose {
+            self.lose(Loss::Network(None));
+        }
         Box::pin(std::future::ready(result))
     }
 

@@ -208,6 +208,10 @@ fn is_connected(e: &ConnectionEvent) -> bool {
     matches!(e, ConnectionEvent::Connected { .. })
 }
 
+fn is_reconnect_failed(e: &ConnectionEvent) -> bool {
+    matches!(e, ConnectionEvent::ReconnectFailed { .. })
+}
+
 impl EventLog {
     fn record(conn: &Connection) -> EventLog {
         let log = EventLog::default();
@@ -257,6 +261,25 @@ impl EventLog {
                 _ => None,
             })
             .collect()
+    }
+
+    /// The first event out of the connection's states, if any: a connection up since
+    /// `connect()` reports `Lost` only while up, and `Reconnecting`, `ReconnectFailed` and
+    /// `Connected` only while down.
+    fn order_error(&self) -> Option<String> {
+        let mut up = true;
+        for (i, (_, e)) in self.0.lock().unwrap().iter().enumerate() {
+            let fits = match e {
+                ConnectionEvent::Lost { .. } => std::mem::replace(&mut up, false),
+                ConnectionEvent::Connected { .. } => !std::mem::replace(&mut up, true),
+                _ => !up,
+            };
+            if !fits {
+                let state = if up { "up" } else { "down" };
+                return Some(format!("event {i} ({e:?}) while {state}"));
+            }
+        }
+        None
     }
 
     fn summary(&self, since: Instant) -> String {
@@ -1189,6 +1212,9 @@ async fn broker_signal(signal: Signal, protocol: ProtocolVersion) -> String {
                 "{name}: the last event is not Connected: {:?}",
                 log.last()
             ));
+        }
+        if let Some(e) = log.order_error() {
+            failures.push(format!("{name}: events out of order: {e}"));
         }
     }
     if signal == Signal::Stop {
@@ -2153,6 +2179,15 @@ async fn events_report_lost_before_reconnecting() {
             out_of_order.len(),
             summaries.join("\n")
         );
+        let disordered: Vec<String> = conns
+            .iter()
+            .filter_map(|(_, _, l)| l.order_error())
+            .collect();
+        assert!(
+            disordered.is_empty(),
+            "{disordered:?}\n{}",
+            summaries.join("\n")
+        );
         for (_, conn, _) in conns {
             conn.disconnect().await.expect("disconnect");
         }
@@ -2336,6 +2371,12 @@ async fn long_partition(protocol: ProtocolVersion) -> String {
         .unwrap_or_else(|e| panic!("{label}: a: round trip after the heal: {e}"));
     let lost = events.count(t0, is_lost);
     assert_eq!(lost, 1, "{label}: a's events: [{}]", events.summary(t0));
+    if let Some(e) = events.order_error() {
+        panic!(
+            "{label}: a's events out of order: {e}: [{}]",
+            events.summary(t0)
+        );
+    }
 
     // b: one error, then the end; the client connects again at once.
     let ended = wait_until_async(Duration::from_secs(5), || b_inbox.ended().is_some()).await;
@@ -2365,6 +2406,79 @@ async fn long_partition(protocol: ProtocolVersion) -> String {
     again.disconnect().await.expect("disconnect");
     a.conn.disconnect().await.expect("disconnect a");
     drop(b_conn);
+    report
+}
+
+/// A partition that outlasts the first reconnect attempt. At the heal the attempt the
+/// client gave up on, its CONNECT held in the partition, reaches the broker beside the
+/// current one, and the broker may give the session to that dead connection and close the
+/// live one. The client then reconnects once more and goes on: at most two Lost events, in
+/// order (`Connected` before the `Lost` that ends it), the last event Connected, and a
+/// round trip works.
+async fn late_heal(protocol: ProtocolVersion) -> String {
+    let label = format!("late heal/{}", pname(protocol));
+    let broker = Broker::start();
+    let proxy = FaultProxy::start(broker.port()).await;
+    let t = unique_topic("late_heal");
+    let mut a = peer(&proxy, protocol, &t, "late-a", true).await;
+    let events = a.events.clone().expect("recorded");
+
+    proxy.blackhole(true);
+    let t0 = Instant::now();
+    // Detection, then the first attempt's 3 s timeout.
+    let gave_up = wait_until_async(loss_detection_bound(KA) + Duration::from_secs(6), || {
+        events.count(t0, is_reconnect_failed) >= 1
+    })
+    .await;
+    assert!(
+        gave_up,
+        "{label}: no attempt failed in the partition: [{}]",
+        events.summary(t0)
+    );
+    // The next attempt is under way (the policy waits at most 1 s).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.blackhole(false);
+    let healed = Instant::now();
+
+    let back = wait_until_async(Duration::from_secs(20), || {
+        events.count(healed, is_connected) >= 1
+    })
+    .await;
+    assert!(back, "{label}: no reconnect: [{}]", events.summary(t0));
+    // A takeover by the dead connection follows the heal within moments; its own end too.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let settled = wait_until_async(Duration::from_secs(10), || {
+        events.last().as_ref().is_some_and(is_connected)
+    })
+    .await;
+    assert!(
+        settled,
+        "{label}: the last event is not Connected: [{}]",
+        events.summary(t0)
+    );
+    round_trip(&a.conn, &mut a.messages, &a.echo, 2)
+        .await
+        .unwrap_or_else(|e| panic!("{label}: round trip after the heal: {e}"));
+    let lost = events.count(t0, is_lost);
+    assert!(
+        (1..=2).contains(&lost),
+        "{label}: {lost} Lost events: [{}]",
+        events.summary(t0)
+    );
+    // Regression: the loss at the takeover was emitted before the `Connected` of the
+    // connection it ended (emitted after the link was marked up, outside its lock).
+    if let Some(e) = events.order_error() {
+        panic!(
+            "{label}: events out of order: {e}: [{}]",
+            events.summary(t0)
+        );
+    }
+    let report = format!(
+        "OBSERVED {label}: {lost} Lost events; proxy connections {}; events [{}]",
+        proxy.connections(),
+        events.summary(t0)
+    );
+    a.conn.disconnect().await.expect("disconnect a");
     report
 }
 
@@ -2471,6 +2585,15 @@ async fn partition_shorter_than_keepalive_is_not_a_loss() {
 async fn long_partition_is_detected_within_the_keepalive_bound() {
     with_timeout(PARTITION_T, async {
         let (a, b) = tokio::join!(long_partition(V311), long_partition(V5));
+        eprintln!("{a}\n{b}");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_heal_that_releases_an_abandoned_attempt_is_recovered_from() {
+    with_timeout(PARTITION_T, async {
+        let (a, b) = tokio::join!(late_heal(V311), late_heal(V5));
         eprintln!("{a}\n{b}");
     })
     .await
