@@ -2310,7 +2310,7 @@ async fn short_partition(protocol: ProtocolVersion) -> String {
 /// A partition is detected within [`loss_detection_bound`] of its start, by a client with
 /// automatic reconnects (one Lost event; it recovers after the heal) and by one without (one
 /// stream error; `connect()` works again); not before one keepalive, as the last packets
-/// crossed just before the partition. The link heals 1 s after both detected the loss.
+/// crossed just before the partition. The link heals once both detected the loss.
 async fn long_partition(protocol: ProtocolVersion) -> String {
     let label = format!("long partition/{}", pname(protocol));
     let broker = Broker::start();
@@ -2337,10 +2337,10 @@ async fn long_partition(protocol: ProtocolVersion) -> String {
     .await;
     let da = events.first(t0, is_lost).map(|t| t - t0);
     let db = b_inbox.errors().first().map(|(t, _)| *t - t0);
-    // Heal while a's first reconnect attempt still waits for its CONNACK. Once that attempt
-    // has timed out, a heal would also deliver its CONNECT, held in the partition, and the
-    // broker would give that dead connection the session of a's next one: a second Lost.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Heal at once, while a's first reconnect attempt still waits for its CONNACK (3 s).
+    // Once that attempt has timed out, a heal would also deliver its CONNECT, held in the
+    // partition, and the broker could give that dead connection the session of a's next
+    // one: a second Lost (`late_heal`).
     proxy.blackhole(false);
     let healed = Instant::now();
     assert!(

@@ -543,10 +543,11 @@ async fn a_large_publish_gets_a_longer_default_timeout() {
 /// stopped for a moment) goes on as soon as the broker reads again. Paho alone continues
 /// the partly written packet only when its receive loop wakes, and sends the rest only when
 /// its send thread wakes, each at most once a second without incoming packets: each round
-/// would then wait for the rest of that second (uniformly up to 1 s; eight rounds all
-/// under 600 ms by chance: under 2 in 100). 48 MiB per round is more than loopback's
+/// would then wait for the rest of that second (uniformly up to 1 s; eleven rounds of
+/// twelve under 600 ms by chance: about 2 in 100). 48 MiB per round is more than loopback's
 /// socket buffers hold (4 MiB to send, up to 32 MiB to receive here); with the facade's
-/// wake-ups a round takes the time to move what is left, a few hundred milliseconds.
+/// wake-ups a round takes the time to move what is left, a few hundred milliseconds (one
+/// round may take longer on a loaded machine).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_qos0_stream_goes_on_when_the_socket_drains() {
     with_timeout(Duration::from_secs(60), async {
@@ -556,7 +557,7 @@ async fn a_qos0_stream_goes_on_when_the_socket_drains() {
         let topic = unique_topic("qos0_stream");
         let payload = vec![1u8; 16 << 10];
         let mut rounds = Vec::new();
-        for _ in 0..8 {
+        for _ in 0..12 {
             broker.pause();
             let mut calls: FuturesUnordered<_> = (0..N)
                 .map(|_| conn.publish(&topic, payload.clone()).into_future())
@@ -570,10 +571,11 @@ async fn a_qos0_stream_goes_on_when_the_socket_drains() {
             }
             rounds.push(resumed.elapsed());
         }
-        assert!(
-            rounds.iter().all(|&took| took < Duration::from_millis(600)),
-            "{rounds:?}"
-        );
+        let slow = rounds
+            .iter()
+            .filter(|&&took| took >= Duration::from_millis(600))
+            .count();
+        assert!(slow <= 1, "{rounds:?}");
     })
     .await;
 }
@@ -624,8 +626,20 @@ async fn the_pump_parks_when_nothing_is_pending() {
         result.unwrap();
     }
 
-    // Nothing pending.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Nothing pending: the pump parks after 20 ms of looks every 5 ms, later on a loaded
+    // machine. Once it has not run for 100 ms, it must not run again.
+    let mut last = pump().1;
+    let mut since = std::time::Instant::now();
+    let parked = wait_until_async(Duration::from_secs(3), || {
+        let runs = pump().1;
+        if runs != last {
+            last = runs;
+            since = std::time::Instant::now();
+        }
+        since.elapsed() >= Duration::from_millis(100)
+    })
+    .await;
+    assert!(parked, "the pump kept running with nothing pending");
     let before = pump().0;
     tokio::time::sleep(settle).await;
     let idle = pump().0 - before;

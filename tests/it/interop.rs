@@ -540,11 +540,12 @@ async fn will_delay_and_properties_v5() {
         let cut_at = Instant::now();
         assert_eq!(proxy.cut(), 1);
 
-        // Mosquitto counts whole seconds: a 2 s delay is never shorter than 1 s.
-        assert_quiet(&mut watched, Duration::from_millis(900)).await;
+        // Mosquitto counts whole seconds: a 2 s delay is never shorter than 1 s, nor longer
+        // than 3 s and its once-a-second check (a second more for load).
+        assert_quiet(&mut watched, Duration::from_millis(700)).await;
         let got = recv(&mut watched).await;
         let waited = cut_at.elapsed();
-        assert!(waited < Duration::from_secs(4), "Will after {waited:?}");
+        assert!(waited < Duration::from_secs(5), "Will after {waited:?}");
         assert_eq!(got.payload, b"gone");
         let p = props(&got);
         assert_eq!(p.content_type.as_deref(), Some("text/plain"));
@@ -709,16 +710,17 @@ async fn keepalive_broker_publishes_will_of_silent_client() {
         proxy.blackhole_dir(Direction::ClientToBroker, true);
         let silent_at = Instant::now();
 
-        let got = match tokio::time::timeout(Duration::from_secs(10), watched.next()).await {
+        let got = match tokio::time::timeout(Duration::from_secs(14), watched.next()).await {
             Ok(Some(Ok(m))) => m,
             other => panic!("no Will: {other:?}\n{}", broker.log()),
         };
         assert_eq!(got.payload, b"keepalive expiry");
         let after = silent_at.elapsed();
-        // Mosquitto allows 1.5 × keepalive, but 2.0.11 checks keepalives only every few
-        // seconds (measured: 5.6 s for a keepalive of 1 s).
+        // Mosquitto allows 1.5 × keepalive, but 2.0 sweeps keepalives only every 5–6 s
+        // (`keepalive__check`, whole seconds; measured: 5.6 s for a keepalive of 1 s): up to
+        // about 8 s, and up to 12 s on a loaded machine.
         assert!(
-            after >= Duration::from_millis(1500) && after < Duration::from_secs(9),
+            after >= Duration::from_millis(1500) && after < Duration::from_secs(12),
             "Will after {after:?}"
         );
         wait_log(&broker, "has exceeded timeout, disconnecting.").await;
@@ -731,10 +733,12 @@ async fn keepalive_broker_publishes_will_of_silent_client() {
 /// keepalive intervals, and `Messages` yields `Disconnected(ConnectionLost)`.
 ///
 /// Paho sends PINGREQ after 1 s of silence and gives up 1.5 keepalives later (measured
-/// 2.6–3.0 s). Its check runs on a process-wide timer that every CONNECT resets from its
-/// own keepalive; the other tests of this file connect clients with the default 60 s at the
-/// same time, so this also checks that the facade keeps the timer at the smallest live
-/// keepalive (without that, detection took 5–8 s here, or longer).
+/// 2.6–3.0 s; bound: [`loss_detection_bound`]). Its check runs on a process-wide timer that
+/// every CONNECT resets from its own keepalive, and the other tests of this file connect
+/// clients with the default 60 s at the same time: without the facade keeping the timer at
+/// the smallest live keepalive, detection took 5–8 s here, or longer
+/// (`operations::short_keepalive_pings_in_time_beside_a_client_with_a_long_keepalive`
+/// tests that directly).
 #[tokio::test(flavor = "multi_thread")]
 async fn keepalive_client_detects_dead_link() {
     with_timeout(BODY, async {
@@ -746,7 +750,8 @@ async fn keepalive_client_detects_dead_link() {
         proxy.blackhole(true);
         let silent_at = Instant::now();
 
-        let item = tokio::time::timeout(Duration::from_secs(8), messages.next())
+        let bound = loss_detection_bound(Duration::from_secs(1));
+        let item = tokio::time::timeout(bound + Duration::from_secs(2), messages.next())
             .await
             .expect("the client never noticed the dead link");
         let after = silent_at.elapsed();
@@ -757,8 +762,8 @@ async fn keepalive_client_detects_dead_link() {
             other => panic!("expected Disconnected(ConnectionLost), got {other:?}"),
         }
         assert!(
-            after >= Duration::from_secs(1) && after < Duration::from_millis(4500),
-            "noticed after {after:?}"
+            after >= Duration::from_secs(1) && after <= bound,
+            "noticed after {after:?} (bound {bound:?})"
         );
         assert!(!conn.is_connected());
         assert!(matches!(
