@@ -863,7 +863,7 @@ async fn test_messages_view_len() {
                 .await
                 .unwrap();
             assert!(
-                wait_until_async(Duration::from_secs(1), || messages.len() == index + 1).await,
+                wait_until_async(Duration::from_secs(5), || messages.len() == index + 1).await,
                 "len {} after {} messages",
                 messages.len(),
                 index + 1
@@ -1136,11 +1136,12 @@ async fn client_timeout_and_pending_calls_threshold_accessors() {
         let err = conn
             .publish(unique_topic("accessors"), ())
             .qos(QoS::AtLeastOnce)
-            .timeout(Duration::from_millis(200))
+            .timeout(Duration::from_millis(100))
             .await
             .expect_err("no PUBACK");
         assert!(matches!(err, Error::Unacknowledged), "{err:?}");
-        assert!(started.elapsed() < Duration::from_millis(650));
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_millis(650), "{waited:?}");
         proxy.blackhole_dir(Direction::BrokerToClient, false);
     })
     .await;

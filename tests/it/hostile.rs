@@ -505,18 +505,22 @@ async fn instead_of_connack(protocol: ProtocolVersion, bytes: &[u8], fin: bool) 
     let timeout = Duration::from_secs(2);
     let client = client(&fb, protocol, timeout);
     let started = Instant::now();
-    let (r, mut fc) = tokio::join!(tokio::time::timeout(EVENT, client.connect()), async {
-        let fc = fb.accept().await;
-        fc.send(bytes).await.unwrap();
-        if fin {
-            fc.close_fin().await;
+    let (r, mut fc) = tokio::join!(
+        tokio::time::timeout(timeout + EVENT, client.connect()),
+        async {
+            let fc = fb.accept().await;
+            fc.send(bytes).await.unwrap();
+            if fin {
+                fc.close_fin().await;
+            }
+            fc
         }
-        fc
-    });
+    );
     match r {
         Err(_) => panic!(
-            "after {what}: connect() had not failed {EVENT:?} later (its timeout is \
+            "after {what}: connect() had not failed {:?} later (its timeout is \
              {timeout:?}) (client socket: {:?})",
+            timeout + EVENT,
             fc.ended()
         ),
         Ok(Ok(_)) => panic!("after {what}: connect() succeeded"),

@@ -428,7 +428,7 @@ async fn silent_proxy_times_out_instead_of_hanging() {
             let elapsed = started.elapsed();
             assert!(matches!(err, Error::Timeout), "{err:?}");
             assert!(
-                elapsed >= timeout && elapsed < timeout + Duration::from_secs(1),
+                elapsed >= timeout && elapsed < timeout + Duration::from_secs(2),
                 "{elapsed:?}"
             );
         }
@@ -486,8 +486,9 @@ async fn many_clients_behind_a_silent_proxy_stall_nothing_else() {
             .await
             .unwrap();
         let took = started.elapsed();
+        // Paho's own proxy code held them 250 ms at a time: 5 s or more for the 20.
         assert!(
-            took < Duration::from_secs(1),
+            took < Duration::from_secs(2),
             "20 round trips and a connect beside the silent proxy took {took:?}"
         );
         for task in stuck {
