@@ -323,6 +323,8 @@ async fn run(weak: Weak<Session>, policy: ReconnectPolicy) {
             }
             match reconnect(&session).await {
                 Ok(()) => break,
+                // Cut short by the connection's end: nothing more to report.
+                Err(_) if session.end.is_ending() => return,
                 Err(cause) => {
                     session.emit(ConnectionEvent::ReconnectFailed { attempt, cause });
                 }
