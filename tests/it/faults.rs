@@ -5,8 +5,8 @@
 //! `src/reconnect.rs`, `src/ops/mod.rs`): no process-wide deadlock and a flat thread count;
 //! every call resolves; one loss is reported once; QoS 1 without gaps and QoS 2 exactly once
 //! where the broker keeps its state; a dead link detected within 2.5 x keepalive and Paho's
-//! check cadence ([`loss_detection_bound`]) and no
-//! loss reported for a partition shorter than 1.5 x keepalive or for a slow consumer.
+//! check cadence ([`loss_detection_bound`]); no loss reported for a partition shorter than
+//! 1.5 x keepalive or for a slow consumer; events that follow the connection's state.
 //! What a test measures beyond its assertions (timings, what a broker that forgot its
 //! sessions lost) it prints as `OBSERVED ...` lines (`--nocapture` shows them).
 //!
