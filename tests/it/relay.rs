@@ -721,9 +721,10 @@ async fn a_silent_tls13_server_that_asked_for_a_certificate_costs_a_bounded_wait
             .unwrap_or_else(|e| panic!("connect: {e} ({e:?})"));
         let took = started.elapsed();
         // The wait's floor is its slack (nothing arrives to end it); its ceiling is far
-        // below the client's timeout of 10 s.
+        // below the client's timeout of 10 s: half of it, as the handshakes it is made of
+        // (the OpenSSL server runs in this process) slow down on a loaded machine.
         assert!(
-            took >= Duration::from_millis(50) && took < FAST,
+            took >= Duration::from_millis(50) && took < CLIENT_TIMEOUT / 2,
             "connect took {took:?}"
         );
         exchange(&conn, "silent_tls13").await;
