@@ -282,6 +282,16 @@ impl EventLog {
         None
     }
 
+    /// Fails the test if an event came out of the connection's states ([`Self::order_error`]).
+    fn assert_in_order(&self, label: &str, since: Instant) {
+        if let Some(e) = self.order_error() {
+            panic!(
+                "{label}: events out of order: {e}: [{}]",
+                self.summary(since)
+            );
+        }
+    }
+
     fn summary(&self, since: Instant) -> String {
         self.0
             .lock()
@@ -2371,12 +2381,7 @@ async fn long_partition(protocol: ProtocolVersion) -> String {
         .unwrap_or_else(|e| panic!("{label}: a: round trip after the heal: {e}"));
     let lost = events.count(t0, is_lost);
     assert_eq!(lost, 1, "{label}: a's events: [{}]", events.summary(t0));
-    if let Some(e) = events.order_error() {
-        panic!(
-            "{label}: a's events out of order: {e}: [{}]",
-            events.summary(t0)
-        );
-    }
+    events.assert_in_order(&format!("{label}: a"), t0);
 
     // b: one error, then the end; the client connects again at once.
     let ended = wait_until_async(Duration::from_secs(5), || b_inbox.ended().is_some()).await;
@@ -2467,12 +2472,7 @@ async fn late_heal(protocol: ProtocolVersion) -> String {
     );
     // Regression: the loss at the takeover was emitted before the `Connected` of the
     // connection it ended (emitted after the link was marked up, outside its lock).
-    if let Some(e) = events.order_error() {
-        panic!(
-            "{label}: events out of order: {e}: [{}]",
-            events.summary(t0)
-        );
-    }
+    events.assert_in_order(&label, t0);
     let report = format!(
         "OBSERVED {label}: {lost} Lost events; proxy connections {}; events [{}]",
         proxy.connections(),
