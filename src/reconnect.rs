@@ -271,12 +271,13 @@ pub(crate) fn supervise(session: &Arc<Session>, policy: ReconnectPolicy) {
 async fn run(weak: Weak<Session>, policy: ReconnectPolicy) {
     let mut attempt: u32 = 0;
     loop {
-        // Wait for a loss, or the end.
-        let (mut link, up_for) = {
+        // Wait for a loss, or the end. The link came up at `up_since` (a connect or the
+        // reconnect that just worked): how long it stayed up is known only at the loss.
+        let (mut link, up_since) = {
             let Some(session) = weak.upgrade() else {
                 return;
             };
-            (session.link(), session.up_for())
+            (session.link(), session.up_since())
         };
         let lost = async {
             let _ = link.wait_for(|l| l.up.is_none()).await;
@@ -291,7 +292,7 @@ async fn run(weak: Weak<Session>, policy: ReconnectPolicy) {
         if session.end.is_ending() {
             return;
         }
-        if up_for >= policy.stable_after {
+        if up_since.elapsed() >= policy.stable_after {
             attempt = 0;
         }
         drop(session);

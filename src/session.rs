@@ -13,7 +13,6 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
 
 use tokio::sync::{Semaphore, broadcast, watch};
 use tokio::time::Instant;
@@ -269,13 +268,9 @@ impl Session {
         self.link.borrow().epoch
     }
 
-    /// How long the link has been up (zero while down).
-    pub(crate) fn up_for(&self) -> Duration {
-        if self.is_up() {
-            lock(&self.up_since).elapsed()
-        } else {
-            Duration::ZERO
-        }
+    /// When the link last came up.
+    pub(crate) fn up_since(&self) -> Instant {
+        *lock(&self.up_since)
     }
 
     /// Counts a pending call, warning above the threshold as aiomqtt does.

@@ -376,6 +376,63 @@ async fn a_takeover_fight_on_v311_slows_down_to_max_delay() {
     .await;
 }
 
+/// A connection that stayed up for `stable_after` starts the attempt count again at its
+/// loss, and `max_attempts` counts attempts in a row: a connection that reconnects at the
+/// second attempt after each of three losses never gives up with `max_attempts(2)`.
+///
+/// Regression: the supervisor read how long the link had been up just after it came up
+/// (about zero), not at the loss, so the count never started again: the second loss here
+/// began at attempt 3 and ended the connection at once ("gave up reconnecting after 2
+/// attempts").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_that_stayed_up_starts_counting_attempts_again() {
+    with_timeout(T, async {
+        let broker = Broker::start();
+        let proxy = FaultProxy::start(broker.port()).await;
+        let stable = Duration::from_millis(600);
+        let client = via(&proxy, ProtocolVersion::V311)
+            // The second attempt comes a second after the first failed: time enough to
+            // stop refusing on a loaded machine.
+            .reconnect(
+                fast()
+                    .initial_delay(Duration::from_millis(500))
+                    .max_delay(Duration::from_secs(1))
+                    .stable_after(stable)
+                    .max_attempts(Some(2)),
+            )
+            .build()
+            .unwrap();
+        let conn = client.connect().await.unwrap();
+        let mut events = conn.events();
+        for loss in 1..=3 {
+            tokio::time::sleep(stable + Duration::from_millis(400)).await;
+            // The first attempt is refused, the second goes through.
+            proxy.refuse(true);
+            assert!(proxy.cut() >= 1, "loss {loss}: no link to cut");
+            let mut attempts = Vec::new();
+            loop {
+                match next_event(&mut events).await {
+                    ConnectionEvent::Reconnecting { attempt, .. } => attempts.push(attempt),
+                    ConnectionEvent::ReconnectFailed { attempt, .. } => {
+                        assert_eq!(attempt, 1, "loss {loss}: {attempts:?}");
+                        proxy.refuse(false);
+                    }
+                    ConnectionEvent::Connected { .. } => break,
+                    _ => {}
+                }
+            }
+            assert_eq!(
+                attempts,
+                [1, 2],
+                "loss {loss}: after {stable:?} up the count starts again"
+            );
+        }
+        assert!(conn.is_connected());
+        conn.disconnect().await.unwrap();
+    })
+    .await;
+}
+
 /// `max_attempts`: after that many failed attempts in a row the connection ends, with an
 /// error that says so.
 #[tokio::test(flavor = "multi_thread")]
