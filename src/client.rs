@@ -119,10 +119,10 @@ impl Drop for Claim<'_> {
         if self.done {
             return;
         }
-        let keeps_session = self.shared.options.keeps_session();
+        let resumes = self.shared.options.resumes_on_connect();
         let retire = self.started.as_ref().and_then(|(slot, session)| {
             slot.router.detach(session);
-            (!self.engine_finished && !keeps_session).then_some(&slot.engine)
+            (!self.engine_finished && !resumes).then_some(&slot.engine)
         });
         self.shared.release(self.generation, retire);
     }

@@ -449,6 +449,15 @@ impl Options {
         }
     }
 
+    /// Whether the next [`Client::connect`](crate::Client::connect) resumes the session
+    /// the engine kept: it keeps one ([`keeps_session`](Self::keeps_session)) and
+    /// `connect()` does not start clean. Not so on MQTT 5 with `CleanStart::FirstOnly` or
+    /// `Always`, whatever the Session Expiry Interval: a session that only automatic
+    /// reconnects resume is, between `connect()` calls, a clean one.
+    pub(crate) fn resumes_on_connect(&self) -> bool {
+        self.keeps_session() && !self.clean_flag()
+    }
+
     /// The Clean Session (3.x) / Clean Start (5) flag of an automatic reconnect:
     /// `CleanStart::FirstOnly` resumes.
     pub(crate) fn reconnect_clean_flag(&self) -> bool {

@@ -156,11 +156,12 @@ impl Session {
     }
 
     /// Whether a call still waiting for the broker fails as soon as the connection
-    /// ends. Only when Paho forgets it: a clean session that does not reconnect (its
-    /// engine is retired at the loss). Otherwise the call stays pending, as Paho does:
-    /// the resumed session completes it, or its timeout ends the wait.
+    /// ends. Only when no later connection can complete it: no automatic reconnects,
+    /// and the next `connect()` starts clean (the engine is retired at the loss).
+    /// Otherwise the call stays pending, as Paho does: the resumed session completes
+    /// it, or its timeout ends the wait.
     pub(crate) fn calls_fail_at_end(&self) -> bool {
-        !self.reconnects() && !self.options.keeps_session()
+        !self.reconnects() && !self.options.resumes_on_connect()
     }
 
     pub(crate) fn is_ended(&self) -> bool {
@@ -357,7 +358,7 @@ impl Session {
     /// may still hold commands of this connection that nobody should see completed
     /// later: a clean session that ended by a loss, or was closed with calls pending.
     pub(crate) fn end(&self, cause: EndCause) -> bool {
-        let clean = !self.options.keeps_session();
+        let clean = !self.options.resumes_on_connect();
         let retire = clean
             && match cause {
                 EndCause::Closed => self.pending_calls() > 0,

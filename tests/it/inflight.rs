@@ -917,16 +917,29 @@ async fn broker_restart(protocol: ProtocolVersion) {
 // ---------------------------------------------------------------------------------------------
 // 5. Clean session: pending calls fail at the loss, nothing is sent later
 
-async fn clean_session_loss(protocol: ProtocolVersion) {
+/// What makes a session clean between `connect()` calls.
+#[derive(Clone, Copy)]
+enum Clean {
+    /// Clean Session 1 (3.1.1), Clean Start `Always` (5).
+    Flag,
+    /// MQTT 5's default, `CleanStart::FirstOnly`, with a Session Expiry Interval: the
+    /// broker keeps the session after the loss, but the next `connect()` starts clean.
+    ConnectStartsClean,
+}
+
+async fn clean_session_loss(protocol: ProtocolVersion, how: Clean) {
     init_logging();
     let broker = Broker::start();
     let proxy = FaultProxy::start(broker.port()).await;
     let base = unique_topic("clean_session_loss");
     let (topic, marker) = (format!("{base}/m"), format!("{base}/marker"));
     let mut witness = Witness::start(broker.port(), protocol, &format!("{base}/#")).await;
-    let clean = match protocol {
-        V5 => builder(proxy.port(), protocol).clean_start(CleanStart::Always),
-        _ => builder(proxy.port(), protocol).clean_session(true),
+    let clean = match (protocol, how) {
+        (V5, Clean::Flag) => builder(proxy.port(), protocol).clean_start(CleanStart::Always),
+        (V5, Clean::ConnectStartsClean) => builder(proxy.port(), protocol)
+            .properties(Properties::new().session_expiry_interval(300)),
+        (_, Clean::Flag) => builder(proxy.port(), protocol).clean_session(true),
+        (_, Clean::ConnectStartsClean) => unreachable!("MQTT 5 only"),
     };
     let mut ours = Ours::connect(clean.identifier(client_id("clean")), Loop).await;
 
@@ -1285,8 +1298,13 @@ tests! {
     broker_restart_v5 => broker_restart(V5);
 
     // 5. Clean session, loop style.
-    clean_session_loss_fails_at_once_v311 => clean_session_loss(V311);
-    clean_session_loss_fails_at_once_v5 => clean_session_loss(V5);
+    clean_session_loss_fails_at_once_v311 => clean_session_loss(V311, Clean::Flag);
+    clean_session_loss_fails_at_once_v5 => clean_session_loss(V5, Clean::Flag);
+    /// MQTT 5's default Clean Start with a Session Expiry Interval: clean in loop style.
+    /// Regression: the calls waited for their timeout (`Unacknowledged`), and the engine
+    /// was kept as for a session the next `connect()` would resume.
+    clean_session_loss_fails_at_once_v5_first_only_with_expiry =>
+        clean_session_loss(V5, Clean::ConnectStartsClean);
     /// A QoS 1 stream, cut in four rounds.
     clean_session_stream_loss_v311 => clean_session_stream_loss(V311);
     clean_session_stream_loss_v5 => clean_session_stream_loss(V5);
