@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use aiomqtt::{Client, Error, Properties, ProtocolVersion, QoS, Transport};
+use aiomqtt::{Client, Error, Properties, ProtocolVersion, QoS, Transport, Will};
 
 use crate::support::*;
 
@@ -65,22 +65,34 @@ async fn v3_connack_to_a_v5_connect_is_unsupported_protocol() {
 
 /// A broker that closes on an MQTT 5 CONNECT but answers a 3.1.1 one (RabbitMQ, rumqttd's
 /// v4 listener): found by the failure's diagnosis, one bare 3.1.1 CONNECT with an empty
-/// identifier (so it can take over no session).
+/// identifier (so it can take over no session), without the client's user name, password
+/// or Will, and a DISCONNECT after its CONNACK.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_closing_on_v5_but_answering_v311_is_unsupported_protocol() {
     with_timeout(BODY, async {
         let fb = FakeBroker::start().await;
-        let client = v5_client(&fb);
+        let client = Client::builder("127.0.0.1")
+            .port(fb.port())
+            .protocol(ProtocolVersion::V5)
+            .identifier("errors-v5")
+            .username("probe-user")
+            .password("probe-secret")
+            .will(Will::new("errors/will", "gone"))
+            .timeout(TIMEOUT)
+            .build()
+            .unwrap();
         let broker = async {
             let first = fb.accept().await;
             assert!(first.v5());
+            assert!(first.connect.will, "the client's own CONNECT has its Will");
             first.close_fin().await;
-            let probe = fb.accept().await;
+            let mut probe = fb.accept().await;
             assert!(!probe.v5(), "the probe speaks 3.1.1");
             probe.send_connack(false, 0).await.unwrap();
-            (first, probe)
+            let disconnect = probe.try_expect(PacketType::Disconnect, EVENT).await;
+            (first, probe, disconnect)
         };
-        let (r, (_first, probe)) = tokio::join!(client.connect(), broker);
+        let (r, (_first, probe, disconnect)) = tokio::join!(client.connect(), broker);
         let err = r.expect_err("refused");
         assert!(
             matches!(
@@ -100,7 +112,66 @@ async fn a_broker_closing_on_v5_but_answering_v311_is_unsupported_protocol() {
             probe.connect.client_id, "",
             "the probe must not reuse the client's identifier"
         );
+        let connect = probe.connect.packet.as_ref().expect("the probe's CONNECT");
+        // Clean session only: no user name (0x80), password (0x40) or Will (0x04).
+        assert_eq!(connect.connect_flags(), Some(0x02), "{connect}");
+        assert_eq!(
+            connect.remaining_len, 12,
+            "a CONNECT of 14 bytes: {connect}"
+        );
+        assert_eq!(probe.connect.keepalive, 10);
+        assert!(
+            disconnect.is_some(),
+            "no DISCONNECT after the probe's CONNACK"
+        );
         assert!(std::error::Error::source(&err).is_some(), "{err:?}");
+    })
+    .await;
+}
+
+/// A server that closes on CONNECT and then accepts the diagnosis's probes but never
+/// answers them: each probe gives up after 500 ms, so `connect()` ends well within its
+/// timeout with `ConnectionClosed`; with a timeout shorter than the probes, at the timeout,
+/// with the same error (a probe cut short finds nothing; the close was seen). Never a hang.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_probes_keep_the_diagnosis_within_the_timeout() {
+    with_timeout(BODY, async {
+        for (timeout, bound) in [
+            (Duration::from_secs(6), Duration::from_millis(2500)),
+            (Duration::from_millis(600), Duration::from_millis(900)),
+        ] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let server = tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                // The client's CONNECT: read, then the connection closed.
+                let (mut first, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 256];
+                let _ = first.read(&mut buf).await;
+                drop(first);
+                // Every probe held open and never answered.
+                let mut held = Vec::new();
+                while let Ok((probe, _)) = listener.accept().await {
+                    held.push(probe);
+                }
+            });
+            let client = Client::builder("127.0.0.1")
+                .port(port)
+                .protocol(ProtocolVersion::V5)
+                .identifier("errors-silent-probes")
+                .timeout(timeout)
+                .build()
+                .unwrap();
+            let started = Instant::now();
+            let err = client.connect().await.expect_err("no CONNACK");
+            let took = started.elapsed();
+            server.abort();
+            assert!(took < bound, "timeout {timeout:?}: took {took:?} ({err:?})");
+            assert!(
+                matches!(err, Error::ConnectionClosed { .. }),
+                "timeout {timeout:?}: {err:?}"
+            );
+        }
     })
     .await;
 }
