@@ -350,6 +350,39 @@ scenario!(control_well_formed_5, control(V5));
 
 // ---- 1-3: PUBLISH with an invalid topic name --------------------------------------------------
 
+/// A PUBLISH whose topic is not a valid topic name ends the connection (guarantees.md):
+/// the stream's end and the pending call of this clean session carry `Error::Protocol`,
+/// the client closes the socket, and on MQTT 5 its DISCONNECT says 0x90 (Topic Name
+/// invalid).
+async fn assert_closed_for_invalid_topic(
+    what: &str,
+    messages: &mut Messages,
+    fc: &mut FakeConn,
+    pending: Pending,
+) {
+    match tokio::time::timeout(EVENT, messages.next()).await {
+        Ok(Some(Err(Error::Disconnected(cause)))) => assert!(
+            matches!(*cause, Error::Protocol(_)),
+            "after {what}: the connection ended with {cause:?}, not a protocol error"
+        ),
+        other => panic!("after {what}: expected Err(Disconnected(Protocol)), got {other:?}"),
+    }
+    match tokio::time::timeout(EVENT, pending.task).await {
+        Ok(Ok(Err(Error::Protocol(_)))) => {}
+        other => panic!("after {what}: the pending publish ended as {other:?}"),
+    }
+    assert!(
+        fc.peer_closed(EVENT).await,
+        "after {what}: the client kept the socket open\n{}",
+        fc.trace()
+    );
+    let disconnects = fc.received(PacketType::Disconnect);
+    if fc.v5() {
+        let reason = disconnects.first().and_then(|p| p.body.first().copied());
+        assert_eq!(reason, Some(0x90), "after {what}:\n{}", fc.trace());
+    }
+}
+
 /// The fake broker sends a PUBLISH on `topic` (QoS 1: after a subscribe it answered), with
 /// `props` on v5, while a publish of the client waits for its PUBACK.
 async fn invalid_topic(protocol: ProtocolVersion, topic: &[u8], qos: u8, props: &[u8]) {
@@ -370,7 +403,7 @@ async fn invalid_topic(protocol: ProtocolVersion, topic: &[u8], qos: u8, props: 
     ))
     .await
     .unwrap();
-    assert_not_delivered(&what, &conn, &mut messages, &mut fc, pending).await;
+    assert_closed_for_invalid_topic(&what, &mut messages, &mut fc, pending).await;
     eprintln!(
         "OBSERVED {what}: the client sent {} PUBACK(s) for it",
         fc.received(PacketType::Puback)
@@ -528,7 +561,11 @@ async fn instead_of_connack(protocol: ProtocolVersion, bytes: &[u8], fin: bool) 
             let took = started.elapsed();
             eprintln!("OBSERVED {what}: connect() failed after {took:?} with {e} / {e:?}");
             if fin {
-                assert!(!e.is_timeout(), "after {what}: {e:?}");
+                // Not an MQTT broker (README, tls_and_proxies.md): said so, at once.
+                assert!(
+                    matches!(e, Error::ConnectionClosed { .. }),
+                    "after {what}: {e:?}"
+                );
                 assert!(took < timeout, "after {what}: took {took:?}");
             } else {
                 assert!(matches!(e, Error::Timeout), "after {what}: {e:?}");

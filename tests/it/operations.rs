@@ -626,6 +626,31 @@ async fn subscribe_accepts_every_filter_form_and_returns_one_code_per_filter() {
                 .unwrap(),
             codes(&[1])
         );
+        assert_eq!(
+            conn.subscribe(f("o2"))
+                .options(SubscribeOptions::new().qos(QoS::AtLeastOnce))
+                .qos(QoS::ExactlyOnce)
+                .await
+                .unwrap(),
+            codes(&[2])
+        );
+        // A filter's own QoS, then its own options, come before the call's.
+        assert_eq!(
+            conn.subscribe((f("own-qos"), QoS::AtMostOnce))
+                .options(SubscribeOptions::new().qos(QoS::ExactlyOnce))
+                .qos(QoS::ExactlyOnce)
+                .await
+                .unwrap(),
+            codes(&[0])
+        );
+        assert_eq!(
+            conn.subscribe((f("own-opts"), SubscribeOptions::new().qos(QoS::AtLeastOnce)))
+                .options(SubscribeOptions::new().qos(QoS::ExactlyOnce))
+                .qos(QoS::ExactlyOnce)
+                .await
+                .unwrap(),
+            codes(&[1])
+        );
 
         // Lists: Vec, array, slice, collected; one code per filter, in order.
         assert_eq!(
@@ -1434,22 +1459,22 @@ async fn pending_call_fails_when_the_broker_is_killed() {
 /// Calls that Paho still holds in its command queue when the connection is closed (the
 /// socket is full: the broker reads nothing) fail at once with the end, not at their
 /// timeout: Paho keeps a disconnected client's queued commands, and the engine is not
-/// destroyed while calls hold the connection, so only the end can answer them.
+/// destroyed while calls hold the connection, so only the end can answer them. The
+/// engine is retired: none of those commands goes out on the client's next connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_queued_in_the_engine_fail_at_once_when_the_connection_is_closed() {
     with_timeout(T, async {
         let mut broker = Broker::start();
+        let proxy = FaultProxy::start(broker.port()).await;
         let t = unique_topic("queued_at_close");
-        let conn = builder(broker.port(), ProtocolVersion::V5)
+        let client = builder(proxy.port(), ProtocolVersion::V5)
             .timeout(Duration::from_secs(20))
             .build()
-            .unwrap()
-            .connect()
-            .await
             .unwrap();
+        let conn = client.connect().await.unwrap();
         broker.pause();
-        // 200 x 64 KiB: far more than the socket's buffers hold.
-        let calls: Vec<_> = (0..200)
+        // 400 x 64 KiB: far more than the sockets' buffers (the proxy's too) hold.
+        let calls: Vec<_> = (0..400)
             .map(|i| {
                 let publish =
                     conn.publish(format!("{t}/{i}"), vec![b'x'; 64 * 1024])
@@ -1482,17 +1507,32 @@ async fn calls_queued_in_the_engine_fail_at_once_when_the_connection_is_closed()
             took < Duration::from_secs(3),
             "the calls resolved {took:?} after the close (timeout 20 s): {outcomes:?}"
         );
-        // The 100 QoS 1 calls wait for a PUBACK that never comes; QoS 0 calls complete
+        // The 200 QoS 1 calls wait for a PUBACK that never comes; QoS 0 calls complete
         // once written, unless they were still in the engine.
         let failed = outcomes.get("NotConnected").copied().unwrap_or(0);
         assert!(
-            failed >= 100,
+            failed >= 200,
             "every QoS 1 call fails with the close: {outcomes:?}"
         );
         assert!(
             outcomes.keys().all(|o| o == "Ok" || o == "NotConnected"),
             "{outcomes:?}"
         );
+
+        let next = client.connect().await.unwrap();
+        let marker = format!("{t}-marker");
+        next.publish(marker.as_str(), "m")
+            .qos(QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let later: Vec<String> = proxy
+            .packets(Direction::ClientToBroker, PacketType::Publish)
+            .into_iter()
+            .filter(|p| p.conn > 1)
+            .filter_map(|p| p.topic())
+            .collect();
+        assert_eq!(later, [marker], "PUBLISHes on the next connection");
+        next.disconnect().await.unwrap();
     })
     .await
 }

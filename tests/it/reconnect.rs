@@ -78,6 +78,10 @@ async fn reconnects_and_the_stream_goes_on(protocol: ProtocolVersion) {
         .qos(QoS::AtLeastOnce)
         .await
         .unwrap();
+    // Unsubscribed before the loss: not made again.
+    let gone = format!("{t}-gone");
+    conn.subscribe(gone.as_str()).await.unwrap();
+    conn.unsubscribe(gone.as_str()).await.unwrap();
     let publisher = direct(&broker).await;
     publisher
         .publish(format!("{t}/1"), "before")
@@ -101,12 +105,18 @@ async fn reconnects_and_the_stream_goes_on(protocol: ProtocolVersion) {
         ),
         "{seen:?}"
     );
-    // A clean session: the broker kept nothing, so the subscription was made again.
+    // A clean session: the broker kept nothing, so the subscription was made again, and
+    // only the one still in force.
     assert!(!session_present);
     assert_eq!(resubscribed, 1);
     assert!(conn.is_connected());
     assert_eq!(proxy.connections(), 2);
 
+    publisher
+        .publish(gone.as_str(), "unsubscribed")
+        .qos(QoS::AtLeastOnce)
+        .await
+        .unwrap();
     publisher
         .publish(format!("{t}/2"), "after")
         .qos(QoS::AtLeastOnce)

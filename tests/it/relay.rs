@@ -261,6 +261,17 @@ async fn bind_failures_are_bind_errors_at_once() {
         );
         assert!(matches!(err, Error::Bind { .. }), "{err:?}");
         assert!(client_sources(&broker).is_empty(), "{}", broker.log());
+
+        // An IPv6 address to bind, and only an IPv4 address for the broker.
+        let client = builder().bind_address("::1").build().unwrap();
+        let err = connect_fails_fast(&client).await;
+        assert!(matches!(err, Error::ConnectionRefused { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("no address of the family of bind_address"),
+            "{err}"
+        );
+        assert!(client_sources(&broker).is_empty(), "{}", broker.log());
     })
     .await;
 }
@@ -333,6 +344,26 @@ async fn socket_options_are_set_on_the_dialled_socket() {
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
         assert_eq!(client_sources(&broker).len(), 2, "{}", broker.log());
+
+        // With a proxy, the bound address and the options are the socket to the proxy's.
+        let proxy = HttpProxy::start(&[broker.port()]);
+        let client = builder()
+            .proxy(ProxySettings::http("127.0.0.1", proxy.port()))
+            .bind_address(LOCAL_2.to_string())
+            .socket_options(vec![
+                SocketOption::int(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+                SocketOption::int(libc::SOL_SOCKET, libc::SO_RCVBUF, RCVBUF),
+            ])
+            .build()
+            .unwrap();
+        let conn = client.connect().await.unwrap();
+        let to_proxy = sockets::own_connections_to(proxy.port());
+        assert_eq!(to_proxy.len(), 1, "one socket to the proxy: {to_proxy:?}");
+        assert_eq!(*to_proxy[0].1.local.ip(), LOCAL_2, "{to_proxy:?}");
+        let (keepalive, _, rcvbuf) = upstream_options(proxy.port());
+        assert_eq!((keepalive, rcvbuf), (1, 2 * RCVBUF));
+        exchange(&conn, "socket_options via a proxy").await;
+        conn.disconnect().await.unwrap();
     })
     .await;
 }

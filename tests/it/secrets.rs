@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::support::socks::{MicroSocks, MicroSocksConfig};
 use crate::support::*;
 use aiomqtt::{Client, Error, ProtocolVersion, ProxySettings, QoS, TlsParams};
 
@@ -120,6 +121,41 @@ async fn password_never_reaches_any_log_record() {
         let err = wrong.connect().await.unwrap_err();
         assert!(
             !format!("{err} {err:?}").contains(PROXY_PASSWORD),
+            "{err:?}"
+        );
+
+        // The SOCKS 5 password: through microsocks with username/password authentication.
+        let socks = MicroSocks::start(MicroSocksConfig {
+            credentials: Some(("proxyuser".to_owned(), PROXY_PASSWORD.to_owned())),
+            ..Default::default()
+        });
+        let socks_client = |password: &str| {
+            Client::builder("127.0.0.1")
+                .port(broker.port())
+                .timeout(Duration::from_secs(5))
+                .proxy(
+                    ProxySettings::socks5("127.0.0.1", socks.port())
+                        .credentials("proxyuser", password),
+                )
+                .logger("secrets-test")
+                .build()
+                .unwrap()
+        };
+        let client = socks_client(PROXY_PASSWORD);
+        assert!(!format!("{client:?}").contains(PROXY_PASSWORD));
+        let conn = client.connect().await.unwrap();
+        conn.publish("t", "via socks")
+            .qos(QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        conn.disconnect().await.unwrap();
+        let err = socks_client(&format!("{PROXY_PASSWORD}!"))
+            .connect()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Proxy { .. })
+                && !format!("{err} {err:?}").contains(PROXY_PASSWORD),
             "{err:?}"
         );
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::logcap::on_record;
 use crate::support::*;
-use aiomqtt::{Client, ClientBuilder, Error, QoS, TlsErrorKind, TlsParams};
+use aiomqtt::{Client, ClientBuilder, Error, QoS, TlsErrorKind, TlsParams, TlsVersion};
 
 const T: Duration = Duration::from_secs(30);
 /// Every failure must be reported well within this.
@@ -85,14 +85,21 @@ async fn unknown_ca() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn wrong_hostname_is_checked_by_default_and_only_tls_insecure_skips_it() {
+/// The host name is verified by Paho C's TLS (direct) and by the relay's (a pinned TLS
+/// version sends the connection through the relay, which runs the handshake itself).
+async fn wrong_hostname(pinned: Option<TlsVersion>) {
     with_timeout(T, async {
         let broker = Broker::builder()
             .tls()
             .server_cert(ServerCert::WrongHost)
             .start();
-        let params = || TlsParams::new().ca_certs(&broker.certs().ca);
+        let params = || {
+            let params = TlsParams::new().ca_certs(&broker.certs().ca);
+            match pinned {
+                Some(version) => params.tls_version(version),
+                None => params,
+            }
+        };
         let text = expect_tls(
             tls_client(broker.tls_port(), params()),
             TlsErrorKind::HostnameMismatch,
@@ -110,6 +117,17 @@ async fn wrong_hostname_is_checked_by_default_and_only_tls_insecure_skips_it() {
         conn.publish("t", "x").qos(QoS::AtLeastOnce).await.unwrap();
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_hostname_is_checked_by_default_and_only_tls_insecure_skips_it() {
+    wrong_hostname(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_hostname_is_checked_through_the_relay_too() {
+    wrong_hostname(Some(TlsVersion::Tls13)).await;
+    wrong_hostname(Some(TlsVersion::Tls12)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
