@@ -938,8 +938,12 @@ async fn unsubscribe_v5() {
 // MQTT 5 only
 
 /// `test_session_expiry`, shortened: a Session Expiry Interval of 0 ends the session with
-/// the connection; one of 1 s keeps it across an immediate reconnect (Session Present) and
+/// the connection; one of 3 s keeps it across an immediate reconnect (Session Present) and
 /// lets it expire when the client stays away for longer.
+///
+/// Mosquitto 2.0 keeps whole seconds: a session disconnected in second S with an interval
+/// of I expires at its first check in second S + I + 1, so between I and I + 1 s after the
+/// disconnect. 3 s leaves a loaded machine room for the reconnect; 5 s away is past it.
 #[tokio::test(flavor = "multi_thread")]
 async fn session_expiry_v5() {
     with_timeout(BODY, async {
@@ -966,22 +970,25 @@ async fn session_expiry_v5() {
         assert!(!conn.session_present(), "expiry 0 ends the session at once");
         conn.disconnect().await.unwrap();
 
-        let conn = session(1, CleanStart::Always).connect().await.unwrap();
+        const EXPIRY: u32 = 3;
+        let conn = session(EXPIRY, CleanStart::Always).connect().await.unwrap();
         assert!(!conn.session_present());
         conn.subscribe(t.topic(0))
             .qos(QoS::ExactlyOnce)
             .await
             .unwrap();
         conn.disconnect().await.unwrap();
-        let conn = session(1, CleanStart::Never).connect().await.unwrap();
+        let away = Instant::now();
+        let conn = session(EXPIRY, CleanStart::Never).connect().await.unwrap();
         assert!(
             conn.session_present(),
-            "the session outlives a short absence"
+            "the session outlives a short absence ({:?})",
+            away.elapsed()
         );
         conn.disconnect().await.unwrap();
 
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        let conn = session(1, CleanStart::Never).connect().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(u64::from(EXPIRY) + 2)).await;
+        let conn = session(EXPIRY, CleanStart::Never).connect().await.unwrap();
         assert!(!conn.session_present(), "the session expired");
         conn.disconnect().await.unwrap();
     })
