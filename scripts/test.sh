@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, the integration suite (each test starts its own
 # Mosquitto; the conformance suite also runs RabbitMQ, NATS and rumqttd, prepared by
-# scripts/brokers.sh), the tests of the tls-context feature, doc tests, and every example
+# scripts/brokers.sh), the tests of the optional features, doc tests, and every example
 # and benchmark built. Ends with one line: "N passed, M failed" over every test binary.
 #
 # Set AIOMQTT_REQUIRE_ALL_BROKERS=1 to fail (not skip) when a foreign broker is missing.
@@ -34,11 +34,14 @@ cargo test --all-targets --no-fail-fast 2>&1 | tee -a "$log" || status=1
 step 5/6 "the fault suite again, every link dialled by the relay and handed to the engine (about 90 s)"
 AIOMQTT_TEST_LINK=handed cargo test --test it --no-fail-fast -- faults:: 2>&1 | tee -a "$log" || status=1
 
-step 6/6 "tests of the tls-context feature, doc tests"
-# The tests of `tls_context` exist only with its feature (it makes openssl part of the
-# API); the rest of the suite does not change with it.
-cargo test --features tls-context --test it --no-fail-fast -- tls_context 2>&1 | tee -a "$log" || status=1
-cargo test --doc 2>&1 | tee -a "$log" || status=1
+step 6/6 "tests of the optional features (bytes, tls-context), doc tests"
+# The tests of `tls_context` and of `bytes` payloads exist only with their features (they
+# make openssl and bytes part of the API); the rest of the integration suite does not
+# change with them. The unit tests and doc tests run with both, which only add.
+features=bytes,tls-context
+cargo test --features "$features" --test it --no-fail-fast -- tls_context 2>&1 | tee -a "$log" || status=1
+cargo test --features "$features" --lib --no-fail-fast 2>&1 | tee -a "$log" || status=1
+cargo test --features "$features" --doc 2>&1 | tee -a "$log" || status=1
 
 # One total over every "test result:" line of every binary.
 read -r passed failed < <(awk '
