@@ -1222,6 +1222,53 @@ async fn unacknowledged_then_delivered(protocol: ProtocolVersion, style: Style, 
 }
 
 // ---------------------------------------------------------------------------------------------
+// 8. The broker lost the session: the calls still pending fail
+
+/// A persistent session whose broker restarts without persistence while a QoS 1 call waits
+/// for its PUBACK (held back at the proxy): the next connection finds no session
+/// (`session_present` false), and the call fails then with `ConnectionLost`, not at its
+/// timeout as `Unacknowledged` (guarantees.md).
+async fn broker_lost_the_session(protocol: ProtocolVersion, style: Style) {
+    init_logging();
+    let mut broker = Broker::start();
+    let proxy = FaultProxy::start(broker.port()).await;
+    let topic = format!("{}/m", unique_topic("session_lost"));
+    let mut ours = Ours::connect(persistent(proxy.port(), protocol, "lost"), style).await;
+
+    proxy.blackhole_dir(B2C, true);
+    let before = proxy.count(C2B, PacketType::Publish);
+    let publish = tokio::spawn(
+        ours.conn
+            .publish(&topic, "pending")
+            .qos(QoS::AtLeastOnce)
+            .into_future(),
+    );
+    proxy
+        .wait_for(C2B, PacketType::Publish, before + 1, WAIT)
+        .await;
+    broker.kill();
+    proxy.cut();
+    proxy.blackhole_dir(B2C, false);
+    ours.lost().await;
+    tokio::task::block_in_place(|| broker.start_again());
+    let restarted = Instant::now();
+    assert!(
+        !ours.resumed().await,
+        "the restarted broker kept no session"
+    );
+    let result = within!(WAIT, publish).expect("publish task");
+    let after = restarted.elapsed();
+    match &result {
+        Err(e @ Error::ConnectionLost { .. }) => assert!(e.is_connection_lost()),
+        other => panic!("expected ConnectionLost, got {other:?} {after:?} after the restart"),
+    }
+    assert!(
+        after < CALL_TIMEOUT,
+        "the call failed {after:?} after the restart: at its timeout, not with the session"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // The tests
 
 /// How long a child process running one test may take.
@@ -1322,4 +1369,10 @@ tests! {
     unacknowledged_then_delivered_qos1_v5_auto => unacknowledged_then_delivered(V5, Auto, QoS::AtLeastOnce);
     unacknowledged_then_delivered_qos2_v311_loop => unacknowledged_then_delivered(V311, Loop, QoS::ExactlyOnce);
     unacknowledged_then_delivered_qos2_v5_auto => unacknowledged_then_delivered(V5, Auto, QoS::ExactlyOnce);
+
+    // 8. The broker lost the session.
+    broker_lost_the_session_v311_loop => broker_lost_the_session(V311, Loop);
+    broker_lost_the_session_v311_auto => broker_lost_the_session(V311, Auto);
+    broker_lost_the_session_v5_loop => broker_lost_the_session(V5, Loop);
+    broker_lost_the_session_v5_auto => broker_lost_the_session(V5, Auto);
 }
