@@ -95,8 +95,8 @@ pub enum TlsVersion {
 #[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct TlsParams {
-    /// PEM file of the CA certificates that sign the broker's certificate.
-    /// `None` uses the system's trust store.
+    /// PEM file of the CA certificates that sign the broker's certificate, the only ones
+    /// trusted when set. `None` uses the system's trust store.
     pub ca_certs: Option<PathBuf>,
     /// PEM file of the client certificate (mutual TLS).
     pub certfile: Option<PathBuf>,

@@ -287,7 +287,7 @@ fn tls_probe(o: &Options, host: &str, port: u16, time: Duration) -> Error {
         Err(e) => return setup(e),
     };
     if let Some(ca) = &params.ca_certs {
-        if let Err(e) = b.set_ca_file(ca) {
+        if let Err(e) = super::tls_config::trust_only(&mut b, ca) {
             return setup(e);
         }
     }

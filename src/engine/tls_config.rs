@@ -1,6 +1,12 @@
-//! The client-key check `build()` runs on [`TlsParams`].
+//! What the client's own TLS contexts take from [`TlsParams`]: the client key (also
+//! checked by `build()`) and the trusted CAs.
 
+use std::path::Path;
+
+use openssl::error::ErrorStack;
 use openssl::pkey::{PKey, Private};
+use openssl::ssl::SslContextBuilder;
+use openssl::x509::store::X509StoreBuilder;
 
 use crate::options::TlsParams;
 use crate::{Error, TlsErrorKind};
@@ -46,4 +52,16 @@ pub(crate) fn load_key(params: &TlsParams) -> Result<Option<PKey<Private>>, Erro
             path.display()
         ))
     })
+}
+
+/// Makes the CAs in `ca_file` the only ones trusted, as Paho C does with a trust store
+/// (`SSLSocket_createContext` loads the system's default paths only without one): the
+/// default paths an `SslConnector` starts with are dropped first, so a server certificate
+/// from a CA of the system's store is refused when `ca_certs` names another.
+pub(crate) fn trust_only(
+    builder: &mut SslContextBuilder,
+    ca_file: &Path,
+) -> Result<(), ErrorStack> {
+    builder.set_cert_store(X509StoreBuilder::new()?.build());
+    builder.set_ca_file(ca_file)
 }

@@ -130,6 +130,54 @@ async fn wrong_hostname_is_checked_through_the_relay_too() {
     wrong_hostname(Some(TlsVersion::Tls12)).await;
 }
 
+/// Without `ca_certs` the system's trust store is used; with it, only its CAs are trusted,
+/// on Paho C's TLS and on the relay's alike. The system's store is stood in for by
+/// `SSL_CERT_FILE` (read by OpenSSL's default paths) naming the CA that signed the server's
+/// certificate. Runs in a child process: it sets that variable for the whole process.
+///
+/// Regression: the relay's TLS (and the diagnosis's TLS probe) added `ca_certs` to the
+/// default paths, so a server certificate from a CA of the system's store passed though
+/// `ca_certs` named another CA.
+#[test]
+fn ca_certs_replaces_the_system_trust_store() {
+    if ran_in_child(
+        "tls::ca_certs_replaces_the_system_trust_store",
+        Duration::from_secs(60),
+    ) {
+        return;
+    }
+    let broker = Broker::builder().tls().start();
+    // SAFETY: set before the runtime and any TLS exist; no other thread of this child
+    // process reads the environment meanwhile.
+    unsafe { std::env::set_var("SSL_CERT_FILE", &broker.certs().ca) };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(with_timeout(T, async {
+        for pinned in [None, Some(TlsVersion::Tls13)] {
+            let with = |params: TlsParams| match pinned {
+                Some(version) => params.tls_version(version),
+                None => params,
+            };
+            let conn = tls_client(broker.tls_port(), with(TlsParams::new()))
+                .build()
+                .unwrap()
+                .connect()
+                .await
+                .unwrap_or_else(|e| panic!("{pinned:?}, the system's store: {e:?}"));
+            conn.publish("t", "x").qos(QoS::AtLeastOnce).await.unwrap();
+            conn.disconnect().await.unwrap();
+            let params = with(TlsParams::new().ca_certs(&broker.certs().other_ca));
+            expect_tls(
+                tls_client(broker.tls_port(), params),
+                TlsErrorKind::UnknownCa,
+            )
+            .await;
+        }
+    }));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_certificate() {
     with_timeout(T, async {

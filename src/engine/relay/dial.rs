@@ -428,7 +428,7 @@ fn tls_setup(e: openssl::error::ErrorStack) -> Error {
 fn context_from_params(params: &TlsParams) -> Result<SslContext, Error> {
     let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(tls_setup)?;
     if let Some(ca) = &params.ca_certs {
-        b.set_ca_file(ca).map_err(tls_setup)?;
+        super::super::tls_config::trust_only(&mut b, ca).map_err(tls_setup)?;
     }
     if params.cert_reqs == CertRequirements::None {
         b.set_verify(SslVerifyMode::NONE);
