@@ -317,13 +317,13 @@ where
             None => Step::Closed,
             Some(item) => take(item, &mut batch),
         };
-        if let Step::More = step
-            && batch.len() < CHUNK
-            && let Poll::Ready(item) =
-                std::future::poll_fn(|cx| Poll::Ready(from.poll_next_unpin(cx))).await
-        {
-            next = item;
-            continue;
+        // (Not a let chain: those need Rust 1.88, and the crate's MSRV is 1.85.)
+        if matches!(step, Step::More) && batch.len() < CHUNK {
+            let more = std::future::poll_fn(|cx| Poll::Ready(from.poll_next_unpin(cx))).await;
+            if let Poll::Ready(item) = more {
+                next = item;
+                continue;
+            }
         }
         if let Step::Failed(failure) = &step {
             record(end, LinkEnd::Failed(failure.clone()));
