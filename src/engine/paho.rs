@@ -221,6 +221,9 @@ pub(crate) struct ConnectOptions {
     raw: sys::MQTTAsync_connectOptions,
     _strings: Vec<CString>,
     _will: Option<Box<sys::MQTTAsync_willOptions>>,
+    /// The Will payload, copied: `MQTTAsync_connect` reads it at every connect, and the
+    /// options these were made from may not outlive this (the relay's view of them).
+    _will_payload: Option<Box<[u8]>>,
     _ssl: Option<Box<sys::MQTTAsync_SSLOptions>>,
     _headers: Option<Box<[sys::MQTTAsync_nameValue]>>,
     /// Boxed: the options point into them.
@@ -274,6 +277,7 @@ impl ConnectOptions {
             raw.password = cstr(password, "password")?;
         }
         let mut will_props = None;
+        let mut will_payload = None;
         let will = match &o.will {
             Some(w) => {
                 let mut will = Box::new(sys::MQTTAsync_willOptions::default());
@@ -281,11 +285,15 @@ impl ConnectOptions {
                 will.payload.len = c_int::try_from(w.payload.as_bytes().len()).map_err(|_| {
                     Error::InvalidArgument("the Will payload is too large".to_owned())
                 })?;
-                // Paho copies the payload (memcpy) during MQTTAsync_connect.
+                // Paho copies the payload (memcpy) during each MQTTAsync_connect, from
+                // this copy, which lives as long as these options.
                 will.payload.data = if w.payload.as_bytes().is_empty() {
                     ptr::null()
                 } else {
-                    w.payload.as_bytes().as_ptr() as *const c_void
+                    let copy: Box<[u8]> = w.payload.as_bytes().into();
+                    let data = copy.as_ptr() as *const c_void;
+                    will_payload = Some(copy);
+                    data
                 };
                 will.qos = c_int::from(w.qos.as_u8());
                 will.retained = c_int::from(w.retain);
@@ -380,6 +388,7 @@ impl ConnectOptions {
             raw,
             _strings: strings,
             _will: will,
+            _will_payload: will_payload,
             _ssl: ssl,
             _headers: headers,
             _connect_props: connect_props,

@@ -445,6 +445,19 @@ async fn dropping_the_connection_disconnects_without_the_will() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn will_is_published_on_abrupt_close() {
+    will_on_abrupt_close(false).await;
+}
+
+/// The same through the relay (`bind_address`), whose options Paho gets as a copy.
+/// Regression: Paho's Will options pointed into that copy's payload, freed once the engine
+/// was created, and every CONNECT read the Will payload from freed memory.
+#[tokio::test(flavor = "multi_thread")]
+async fn will_is_published_on_abrupt_close_through_the_relay() {
+    will_on_abrupt_close(true).await;
+}
+
+async fn will_on_abrupt_close(relayed: bool) {
+    const WILL: &str = "offline: this Will payload is longer than what a free() overwrites";
     with_timeout(T, async {
         let broker = Broker::start();
         let will_topic = unique_topic("will-cut");
@@ -457,15 +470,17 @@ async fn will_is_published_on_abrupt_close() {
         let mut wills = watcher.messages();
 
         let proxy = FaultProxy::start(broker.port()).await;
-        let c = Client::builder("127.0.0.1")
-            .port(proxy.port())
-            .will(
-                Will::new(&will_topic, "offline")
-                    .qos(QoS::AtLeastOnce)
-                    .retain(false),
-            )
-            .build()
-            .unwrap();
+        let builder = Client::builder("127.0.0.1").port(proxy.port()).will(
+            Will::new(&will_topic, WILL)
+                .qos(QoS::AtLeastOnce)
+                .retain(false),
+        );
+        let builder = if relayed {
+            builder.bind_address("127.0.0.1")
+        } else {
+            builder
+        };
+        let c = builder.build().unwrap();
         let conn = c.connect().await.unwrap();
         let mut own = conn.messages();
         proxy.cut();
@@ -473,7 +488,7 @@ async fn will_is_published_on_abrupt_close() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(will.payload, b"offline");
+        assert_eq!(String::from_utf8_lossy(&will.payload), WILL);
         assert_eq!(will.qos, QoS::AtLeastOnce);
         // Our side learns of the loss too.
         let end = with_timeout(Duration::from_secs(5), own.next()).await;
