@@ -844,6 +844,15 @@ impl ClientBuilder {
         if o.max_concurrent_outgoing_calls == Some(0) {
             return Err(invalid("max_concurrent_outgoing_calls must be at least 1"));
         }
+        // tokio's semaphore holds at most this many permits (and panics beyond).
+        if o.max_concurrent_outgoing_calls
+            .is_some_and(|n| n > tokio::sync::Semaphore::MAX_PERMITS)
+        {
+            return Err(invalid(&format!(
+                "max_concurrent_outgoing_calls must be at most {} (leave it unset for no bound)",
+                tokio::sync::Semaphore::MAX_PERMITS
+            )));
+        }
         if let Some(max) = o.max_queued_outgoing_messages {
             if max > i32::MAX as usize {
                 return Err(invalid("max_queued_outgoing_messages is too large"));

@@ -142,6 +142,9 @@ pub(crate) fn check_transport(o: &Options) -> Result<(), Error> {
             if proto.is_empty() || proto.len() > 255 {
                 return Err(invalid("each ALPN protocol must be 1 to 255 bytes"));
             }
+            // Paho C copies the list as a C string (MQTTStrdup) but hands OpenSSL its
+            // full length: a NUL would make OpenSSL read past Paho's copy.
+            no_nul("an ALPN protocol", proto)?;
         }
     }
     if let Some(proxy) = &o.proxy {

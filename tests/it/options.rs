@@ -119,6 +119,13 @@ fn values_are_validated() {
     invalid(b().timeout(Duration::ZERO).build());
     invalid(b().max_inflight_messages(0).build());
     invalid(b().max_concurrent_outgoing_calls(0).build());
+    // Beyond what tokio's semaphore holds: refused, not a panic in connect().
+    assert!(invalid(b().max_concurrent_outgoing_calls(usize::MAX).build()).contains("at most"));
+    assert!(
+        b().max_concurrent_outgoing_calls(usize::MAX >> 3)
+            .build()
+            .is_ok()
+    );
     invalid(Client::builder("").build());
     // The Will's topic is validated by build(), Will::new itself is infallible.
     assert!(matches!(
@@ -160,6 +167,10 @@ fn transport_options_are_checked() {
             .build()
             .is_ok()
     );
+    // Paho C would hand OpenSSL the list's full length past a NUL.
+    let alpn = |p: &str| b().tls_params(TlsParams::new().alpn_protocols([p])).build();
+    assert!(invalid(alpn("mq\0tt")).contains("NUL"));
+    assert!(alpn("mqtt").is_ok());
 }
 
 #[test]
