@@ -56,7 +56,9 @@ pub struct ReconnectPolicy {
     /// How long a connection must stay up for the next loss to start counting
     /// attempts from 1 again (default 10 s).
     pub stable_after: Duration,
-    /// Gives up after this many attempts in a row (default: never).
+    /// Gives up after this many failed attempts in a row (default: never). An attempt
+    /// that connects starts this count again, however short the connection it made;
+    /// `stable_after` governs only the delays.
     pub max_attempts: Option<u32>,
 }
 
@@ -269,7 +271,10 @@ pub(crate) fn supervise(session: &Arc<Session>, policy: ReconnectPolicy) {
 }
 
 async fn run(weak: Weak<Session>, policy: ReconnectPolicy) {
+    // The attempt number sets the delay and starts again after a stable connection; the
+    // failures in a row are what `max_attempts` bounds.
     let mut attempt: u32 = 0;
+    let mut failures: u32 = 0;
     loop {
         // Wait for a loss, or the end. The link came up at `up_since` (a connect or the
         // reconnect that just worked): how long it stayed up is known only at the loss.
@@ -302,17 +307,14 @@ async fn run(weak: Weak<Session>, policy: ReconnectPolicy) {
             let Some(session) = weak.upgrade() else {
                 return;
             };
-            attempt = attempt.saturating_add(1);
-            if policy.max_attempts.is_some_and(|max| attempt > max) {
+            if policy.max_attempts.is_some_and(|max| failures >= max) {
                 session.end(EndCause::Lost {
                     rc: None,
-                    detail: format!(
-                        "gave up reconnecting after {} attempts",
-                        attempt.saturating_sub(1)
-                    ),
+                    detail: format!("gave up reconnecting after {failures} attempts"),
                 });
                 return;
             }
+            attempt = attempt.saturating_add(1);
             let delay = policy.delay(attempt, random_unit());
             session.emit(ConnectionEvent::Reconnecting { attempt, delay });
             tokio::select! {
@@ -323,10 +325,14 @@ async fn run(weak: Weak<Session>, policy: ReconnectPolicy) {
                 return;
             }
             match reconnect(&session).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    failures = 0;
+                    break;
+                }
                 // Cut short by the connection's end: nothing more to report.
                 Err(_) if session.end.is_ending() => return,
                 Err(cause) => {
+                    failures = failures.saturating_add(1);
                     session.emit(ConnectionEvent::ReconnectFailed { attempt, cause });
                 }
             }

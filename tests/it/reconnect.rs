@@ -443,6 +443,52 @@ async fn a_connection_that_stayed_up_starts_counting_attempts_again() {
     .await;
 }
 
+/// `max_attempts` counts failed attempts in a row: on a link that drops again before
+/// `stable_after` but reconnects at the first attempt each time, the attempt number (and
+/// the delay) grows and the connection never gives up.
+///
+/// Regression: `max_attempts` bounded the attempt number, so the third quick loss here ended
+/// the connection ("gave up reconnecting after 2 attempts") though no attempt had failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn max_attempts_counts_only_failed_attempts() {
+    with_timeout(T, async {
+        let broker = Broker::start();
+        let proxy = FaultProxy::start(broker.port()).await;
+        let client = via(&proxy, ProtocolVersion::V311)
+            .reconnect(
+                fast()
+                    .stable_after(Duration::from_secs(30))
+                    .max_attempts(Some(2)),
+            )
+            .build()
+            .unwrap();
+        let conn = client.connect().await.unwrap();
+        let mut events = conn.events();
+        let mut attempts = Vec::new();
+        for loss in 1..=4 {
+            assert!(proxy.cut() >= 1, "loss {loss}: no link to cut");
+            let (seen, _, _) = until_connected(&mut events).await;
+            for event in seen {
+                match event {
+                    ConnectionEvent::Reconnecting { attempt, .. } => attempts.push(attempt),
+                    ConnectionEvent::ReconnectFailed { .. } => {
+                        panic!("loss {loss}: an attempt failed")
+                    }
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(
+            attempts,
+            [1, 2, 3, 4],
+            "one attempt a loss, the count not restarted"
+        );
+        assert!(conn.is_connected());
+        conn.disconnect().await.unwrap();
+    })
+    .await;
+}
+
 /// `max_attempts`: after that many failed attempts in a row the connection ends, with an
 /// error that says so.
 #[tokio::test(flavor = "multi_thread")]
