@@ -16,8 +16,11 @@ use crate::{Error, Payload, Properties, QoS, Topic};
 ///
 /// Completes when the packet is written (QoS 0), on PUBACK (QoS 1) or on PUBCOMP
 /// (QoS 2). A v5 PUBACK/PUBREC with a failure reason code is [`Error::Code`].
-/// The work starts when the future is first polled; dropping the future after
-/// that stops the wait, not the delivery.
+/// The work starts when the future is first polled, which hands the message to the
+/// engine at once unless the call must wait its turn (for a
+/// `max_concurrent_outgoing_calls` slot, or beyond the in-flight window plus 32 calls).
+/// Dropping the future after the engine has the message stops the wait, not the delivery;
+/// dropping it while it waits its turn means it is never sent.
 #[must_use = "a publish does nothing until it is awaited"]
 pub struct Publish {
     session: Arc<Session>,

@@ -1456,6 +1456,61 @@ async fn pending_call_fails_when_the_broker_is_killed() {
     .await
 }
 
+/// A publish future dropped after its first poll: once the engine has the message (at
+/// once, as here for the first), the drop stops only the wait and the message is
+/// delivered; one still waiting for a `max_concurrent_outgoing_calls` slot is never sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_publish_is_delivered_once_the_engine_has_it() {
+    use futures::FutureExt;
+    with_timeout(T, async {
+        let broker = Broker::start();
+        let proxy = FaultProxy::start(broker.port()).await;
+        let t = unique_topic("dropped_publish");
+        let watcher = connect(broker.port(), ProtocolVersion::V311).await;
+        watcher
+            .subscribe(format!("{t}/#"))
+            .qos(QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let mut seen = watcher.messages();
+        let (_client, conn) = crate::support::mqtt::connect(
+            builder(proxy.port(), ProtocolVersion::V311).max_concurrent_outgoing_calls(1),
+        )
+        .await;
+        // No PUBACK reaches the client: the first call keeps the only slot.
+        proxy.blackhole_dir(Direction::BrokerToClient, true);
+        let mut first = conn
+            .publish(format!("{t}/first"), "handed over")
+            .qos(QoS::AtLeastOnce)
+            .into_future();
+        assert!(
+            futures::poll!(&mut first).is_pending(),
+            "the first publish waits for its PUBACK"
+        );
+        let second = conn
+            .publish(format!("{t}/second"), "waiting for a slot")
+            .qos(QoS::AtLeastOnce)
+            .into_future()
+            .now_or_never();
+        assert!(second.is_none(), "the second publish waits for the slot");
+        drop(first);
+        let m = next_message(&mut seen).await;
+        assert_eq!(m.topic.as_str(), format!("{t}/first"));
+        proxy.blackhole_dir(Direction::BrokerToClient, false);
+        conn.publish(format!("{t}/marker"), "marker")
+            .qos(QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let m = next_message(&mut seen).await;
+        assert_eq!(
+            m.topic.as_str(),
+            format!("{t}/marker"),
+            "the dropped call that never had a slot was sent"
+        );
+    })
+    .await
+}
+
 /// Calls that Paho still holds in its command queue when the connection is closed (the
 /// socket is full: the broker reads nothing) fail at once with the end, not at their
 /// timeout: Paho keeps a disconnected client's queued commands, and the engine is not
