@@ -479,7 +479,7 @@ impl Options {
 impl fmt::Debug for Options {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Options")
-            .field("hostname", &self.hostname)
+            .field("hostname", &redact_userinfo(&self.hostname))
             .field("port", &self.port)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| Redacted))
@@ -872,10 +872,18 @@ fn check_hostname(hostname: &str, transport: Transport) -> Result<(), Error> {
     if transport == Transport::Unix {
         return Ok(());
     }
+    let shown = redact_userinfo(hostname);
     if let Some((scheme, _)) = hostname.split_once("://") {
+        let hostname = &shown;
         return Err(Error::InvalidArgument(format!(
             "hostname {hostname:?} is a URL: pass the host alone and choose the transport with \
              .transport(), .tls_params() and .port() (scheme {scheme:?})"
+        )));
+    }
+    if hostname.contains('@') {
+        return Err(Error::InvalidArgument(format!(
+            "hostname {shown:?} carries user information: pass the host alone, and the user \
+             name and password with .username() and .password()"
         )));
     }
     // One colon: host:port (an IPv6 literal has at least two).
@@ -887,6 +895,16 @@ fn check_hostname(hostname: &str, transport: Transport) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// `hostname` with what precedes its last `@` (after any `scheme://`) replaced by `…`: a
+/// URL's user information may hold a password, which no error or `Debug` output shows.
+fn redact_userinfo(hostname: &str) -> std::borrow::Cow<'_, str> {
+    let start = hostname.find("://").map_or(0, |i| i + 3);
+    match hostname.rfind('@') {
+        Some(at) if at >= start => format!("{}…{}", &hostname[..start], &hostname[at..]).into(),
+        _ => hostname.into(),
+    }
 }
 
 /// Strings handed to the engine must not contain NUL (ENGINE.md hazard 6).

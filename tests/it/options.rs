@@ -127,6 +127,16 @@ fn values_are_validated() {
             .is_ok()
     );
     invalid(Client::builder("").build());
+    // A URL's user information is refused, and its password shown nowhere.
+    for host in ["mqtt://user:s3cret@broker", "user:s3cret@broker"] {
+        let b = Client::builder(host);
+        assert!(!format!("{b:?}").contains("s3cret"), "{b:?}");
+        let text = invalid(b.build());
+        assert!(
+            !text.contains("s3cret") && text.contains("…@broker"),
+            "{text}"
+        );
+    }
     // The Will's topic is validated by build(), Will::new itself is infallible.
     assert!(matches!(
         b().will(Will::new("a/+/b", "x")).build(),
