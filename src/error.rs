@@ -21,8 +21,9 @@ pub enum Error {
     /// The broker refused the connection (CONNACK with a failure code).
     Connect(ReasonCode),
 
-    /// The broker answered an operation with a failure reason code
-    /// (a negative PUBACK/PUBREC/PUBCOMP, SUBACK or UNSUBACK).
+    /// The broker answered an operation with a failure reason code: an MQTT 5
+    /// PUBACK/PUBREC/PUBCOMP, or an UNSUBACK refusing a filter. (A SUBACK's refusals are
+    /// the codes `subscribe` returns, not an error.)
     Code(ReasonCode),
 
     /// `connect()` was called while a connection from the same client is alive.
@@ -108,9 +109,10 @@ pub enum Error {
         engine: Option<Box<Error>>,
     },
 
-    /// The broker does not accept this MQTT version: it answered CONNECT with MQTT 3's
+    /// The broker does not accept MQTT 5: it answered an MQTT 5 CONNECT with MQTT 3's
     /// "unacceptable protocol version", or closed the connection on it while it accepts
-    /// an MQTT 3.1.1 CONNECT.
+    /// an MQTT 3.1.1 CONNECT. (That return code to an MQTT 3.x CONNECT is
+    /// [`Error::Connect`] with reason code 0x84.)
     #[non_exhaustive]
     UnsupportedProtocol {
         /// The version that was refused.
@@ -423,7 +425,9 @@ impl Error {
 
     /// `true` for errors of `connect()`: a refused CONNACK, or a failure before one
     /// arrived (DNS, refused TCP connection, TLS, a protocol version the broker does not
-    /// accept, a connection closed before CONNACK).
+    /// accept, a connection closed before CONNACK). A CONNACK that does not come within
+    /// the timeout is [`Error::Timeout`], for which this is `false` and
+    /// [`is_timeout`](Self::is_timeout) `true`.
     pub fn is_connect(&self) -> bool {
         matches!(
             self,

@@ -12,7 +12,8 @@ pub struct Message {
     pub payload: Vec<u8>,
     /// The QoS it was delivered with.
     pub qos: QoS,
-    /// Whether it came from the broker's retained store.
+    /// The RETAIN flag as received: set for a message from the broker's retained store,
+    /// and on MQTT 5, with `retain_as_published`, for a live one published retained.
     pub retain: bool,
     /// The packet identifier of the PUBLISH (0 for QoS 0), as aiomqtt's `mid`.
     pub mid: u16,

@@ -621,9 +621,13 @@ impl ClientBuilder {
         self.options.timeout = timeout;
         self
     }
-    /// The keep-alive interval, in whole seconds up to 65,535 (default 60 s). Zero turns
-    /// keep-alive off: no PINGREQ is sent, and the broker does not time the connection out
-    /// (a dead link is then noticed only when a write fails).
+    /// The keep-alive interval, in whole seconds up to 65,535 (default 60 s). Zero asks
+    /// for no keep-alive: on MQTT 3.x no PINGREQ is sent and the broker does not time the
+    /// connection out (a dead link is then noticed only when a write fails). On MQTT 5 the
+    /// broker may assign its own, as it may for any value, in the CONNACK's Server Keep
+    /// Alive ([`Connection::connack_properties`](crate::Connection::connack_properties)),
+    /// and that one applies: Mosquitto 2.0 answers 0 with its `max_keepalive`, 65,535 s
+    /// by default.
     pub fn keepalive(mut self, keepalive: Duration) -> Self {
         self.options.keepalive = keepalive;
         self

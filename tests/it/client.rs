@@ -242,7 +242,7 @@ async fn connack_timeout_then_reusable() {
         let err = c.connect().await.unwrap_err();
         let took = started.elapsed();
         assert!(matches!(err, Error::Timeout), "{err:?}");
-        assert!(err.is_timeout());
+        assert!(err.is_timeout() && !err.is_connect());
         assert!(
             took >= Duration::from_millis(900) && took < Duration::from_secs(3),
             "{took:?}"
@@ -617,6 +617,33 @@ async fn keepalive_zero_sends_no_pings() {
             };
             assert_eq!(sent, pings, "keepalive {secs} s: {}", fc.trace());
             drop(conn);
+        }
+    })
+    .await;
+}
+
+/// Keep-alive 0 against Mosquitto 2.0.11: accepted on 3.1.1 with no keep-alive of the
+/// broker's own; on MQTT 5 the broker assigns one in the CONNACK (Server Keep Alive, its
+/// `max_keepalive`, 65,535 s by default), which Paho C then uses, as the option's doc says.
+#[tokio::test(flavor = "multi_thread")]
+async fn keepalive_zero_on_v5_gets_the_brokers_server_keep_alive() {
+    with_timeout(T, async {
+        let broker = Broker::start();
+        for (protocol, assigned) in [
+            (ProtocolVersion::V311, None),
+            (ProtocolVersion::V5, Some(65_535)),
+        ] {
+            let conn = client(&broker)
+                .protocol(protocol)
+                .keepalive(Duration::ZERO)
+                .build()
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let server_keep_alive = conn.connack_properties().and_then(|p| p.server_keep_alive);
+            assert_eq!(server_keep_alive, assigned, "{protocol:?}");
+            conn.disconnect().await.unwrap();
         }
     })
     .await;

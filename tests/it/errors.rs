@@ -63,6 +63,32 @@ async fn v3_connack_to_a_v5_connect_is_unsupported_protocol() {
     .await;
 }
 
+/// The same return code to an MQTT 3.1.1 CONNECT is the broker's refusal as it stands:
+/// `Error::Connect` with reason code 0x84 (unsupported protocol version).
+#[tokio::test(flavor = "multi_thread")]
+async fn unacceptable_protocol_version_to_a_v311_connect_is_a_refused_connack() {
+    with_timeout(BODY, async {
+        let fb = FakeBroker::start().await;
+        let client = Client::builder("127.0.0.1")
+            .port(fb.port())
+            .timeout(TIMEOUT)
+            .build()
+            .unwrap();
+        let (r, _fc) = tokio::join!(client.connect(), async {
+            let fc = fb.accept().await;
+            fc.send(&[0x20, 0x02, 0x00, 0x01]).await.unwrap();
+            fc
+        });
+        let err = r.expect_err("refused");
+        assert!(
+            matches!(err, Error::Connect(rc) if rc.value() == 0x84),
+            "{err:?}"
+        );
+        assert!(err.is_connect());
+    })
+    .await;
+}
+
 /// A broker that closes on an MQTT 5 CONNECT but answers a 3.1.1 one (RabbitMQ, rumqttd's
 /// v4 listener): found by the failure's diagnosis, one bare 3.1.1 CONNECT with an empty
 /// identifier (so it can take over no session), without the client's user name, password
