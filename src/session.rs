@@ -409,21 +409,51 @@ impl Session {
 /// sessions attach on `connect()` and detach when they end.
 #[derive(Default)]
 pub(crate) struct Router {
-    current: Mutex<Option<Arc<Session>>>,
+    current: Mutex<Routed>,
+}
+
+#[derive(Default)]
+struct Routed {
+    session: Option<Arc<Session>>,
+    /// Messages that arrived while no session was attached, kept for the next one. A
+    /// persistent session's CONNACK can come after its `connect()` gave up: the broker
+    /// then sends the messages it stored, which the engine has acknowledged by the time
+    /// they reach us, until the engine's DISCONNECT of that stray connection goes out.
+    orphans: Vec<Message>,
 }
 
 impl Router {
+    /// Attaches `session`, handing it first the messages that came while none was.
     pub(crate) fn attach(&self, session: Arc<Session>) {
-        *lock(&self.current) = Some(session);
+        let mut routed = lock(&self.current);
+        // Under the lock, so that they come before any message the engine hands over next.
+        let orphans = std::mem::take(&mut routed.orphans);
+        let kept = orphans.len();
+        for message in orphans {
+            session.queue.push(message);
+        }
+        let logger = session.logger.clone();
+        routed.session = Some(session);
+        drop(routed);
+        if kept > 0 {
+            log::info!(
+                target: &logger,
+                "{kept} messages arrived after an earlier connect() gave up: delivered first"
+            );
+        }
     }
 
     /// Detaches `session` if it is the current one.
     pub(crate) fn detach(&self, session: &Session) {
-        let mut current = lock(&self.current);
-        if current.as_deref().is_some_and(|s| std::ptr::eq(s, session)) {
+        let mut routed = lock(&self.current);
+        if routed
+            .session
+            .as_deref()
+            .is_some_and(|s| std::ptr::eq(s, session))
+        {
             // Dropped outside the lock: it may be the last reference.
-            let old = current.take();
-            drop(current);
+            let old = routed.session.take();
+            drop(routed);
             drop(old);
         }
     }
@@ -433,13 +463,15 @@ impl Events for Router {
     fn message(&self, message: Message) {
         // Pushed under the router's lock (the queue's lock nests inside it, and nothing
         // else is taken): no reference count traffic per message.
-        if let Some(session) = lock(&self.current).as_deref() {
-            session.queue.push(message);
+        let mut routed = lock(&self.current);
+        match routed.session.as_deref() {
+            Some(session) => session.queue.push(message),
+            None => routed.orphans.push(message),
         }
     }
 
     fn lost(&self, loss: Loss) {
-        let session = lock(&self.current).clone();
+        let session = lock(&self.current).session.clone();
         let Some(session) = session else { return };
         let cause = match loss {
             Loss::Disconnect { reason, properties } => EndCause::Lost {

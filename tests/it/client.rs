@@ -226,6 +226,64 @@ async fn unknown_host_is_a_dns_error() {
     .await;
 }
 
+/// A persistent session's CONNACK that comes after `connect()` gave up: the messages the
+/// broker then sends from the session (which the engine acknowledges) are not lost but
+/// handed to the next connection first.
+///
+/// Regression: with no session attached the router dropped them, though the engine had
+/// acknowledged them to the broker (PUBACK), which then forgot them.
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_after_a_late_connack_reach_the_next_connection() {
+    with_timeout(T, async {
+        let fb = FakeBroker::start().await;
+        let client = Client::builder("127.0.0.1")
+            .port(fb.port())
+            .identifier("late-connack")
+            .clean_session(false)
+            .timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let (first, mut fc) = tokio::join!(client.connect(), fb.accept());
+        assert!(matches!(first, Err(Error::Timeout)), "{first:?}");
+        // The session's stored message, right after the late CONNACK.
+        let mut burst = packets::connack(true, 0, None);
+        burst.extend(packets::publish(
+            b"stored/1",
+            1,
+            7,
+            b"kept",
+            false,
+            false,
+            None,
+        ));
+        fc.send(&burst).await.unwrap();
+        let puback = fc
+            .try_expect(PacketType::Puback, Duration::from_secs(5))
+            .await;
+        assert!(
+            puback.is_some(),
+            "the engine acknowledged it:\n{}",
+            fc.trace()
+        );
+        assert!(
+            fc.peer_closed(Duration::from_secs(5)).await,
+            "the stray connection closed"
+        );
+
+        let (conn, _fc2) = fb.connect(&client).await;
+        let mut messages = conn.messages();
+        let m = with_timeout(Duration::from_secs(5), messages.next())
+            .await
+            .expect("the kept message")
+            .unwrap();
+        assert_eq!(
+            (m.topic.as_str(), &m.payload[..]),
+            ("stored/1", &b"kept"[..])
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn connack_timeout_then_reusable() {
     with_timeout(T, async {
