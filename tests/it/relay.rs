@@ -953,6 +953,52 @@ async fn refused_websocket_upgrade_is_a_websocket_error_at_once() {
     .await;
 }
 
+/// An HTTP proxy whose 200 answers carry 40 headers (more than a fixed 32-slot parse
+/// held): the tunnel is accepted and carries MQTT.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_proxy_answer_with_many_headers_is_accepted() {
+    with_timeout(TEST, async {
+        let broker = Broker::start();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_port = listener.local_addr().unwrap().port();
+        let broker_port = broker.port();
+        let proxy = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    // The CONNECT request, up to its blank line.
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let mut answer = b"HTTP/1.1 200 Connection established\r\n".to_vec();
+                    for i in 0..40 {
+                        answer.extend(format!("X-Header-{i}: {i}\r\n").as_bytes());
+                    }
+                    answer.extend(b"\r\n");
+                    client.write_all(&answer).await.unwrap();
+                    let mut upstream = tokio::net::TcpStream::connect(("127.0.0.1", broker_port))
+                        .await
+                        .unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                });
+            }
+        });
+        let client = Client::builder("127.0.0.1")
+            .port(broker.port())
+            .timeout(CLIENT_TIMEOUT)
+            .proxy(ProxySettings::http("127.0.0.1", proxy_port))
+            .build()
+            .unwrap();
+        round_trip(&client, "many_proxy_headers").await;
+        proxy.abort();
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. Unix sockets.
 

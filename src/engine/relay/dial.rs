@@ -245,6 +245,12 @@ async fn tcp(o: &Options, host: &str, port: u16) -> Result<TcpStream, Error> {
     Err(last.unwrap_or_else(|| Error::refused(address, "no address of the family of bind_address")))
 }
 
+/// Room for every header an HTTP answer read so far can hold (one per line, at most
+/// `MAX_HEAD` bytes of them): a valid answer is never refused for having many.
+fn header_lines(head: &[u8]) -> usize {
+    head.windows(2).filter(|w| w == b"\r\n").count().max(1)
+}
+
 /// A stream whose first bytes were already read (after a proxy's answer).
 struct Prefixed<S> {
     prefix: Vec<u8>,
@@ -326,7 +332,7 @@ async fn http_connect(
             ));
         }
         head.extend_from_slice(&buf[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut headers = vec![httparse::EMPTY_HEADER; header_lines(&head)];
         let mut response = httparse::Response::new(&mut headers);
         match response.parse(&head) {
             Ok(httparse::Status::Complete(len)) => {
@@ -583,7 +589,7 @@ async fn websocket(
             ));
         }
         head.extend_from_slice(&buf[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut headers = vec![httparse::EMPTY_HEADER; header_lines(&head)];
         let mut response = httparse::Response::new(&mut headers);
         match response.parse(&head) {
             Ok(httparse::Status::Complete(len)) => {
