@@ -18,7 +18,7 @@ impl Drop for ConnectionHandle {
     fn drop(&mut self) {
         // DISCONNECT is handed over (not awaited): Drop cannot wait, and must not block.
         if self.session.close().is_some() {
-            log::debug!(target: &self.session.logger, "Connection dropped: DISCONNECT sent");
+            crate::logging::log_debug!(target: &self.session.logger, "Connection dropped: DISCONNECT sent");
         }
     }
 }

@@ -178,7 +178,7 @@ impl Queue {
         {
             drop(state);
             self.discarded.fetch_add(1, Ordering::Relaxed);
-            log::warn!(target: &self.logger, "Message queue is full. Discarding message.");
+            crate::logging::log_warn!(target: &self.logger, "Message queue is full. Discarding message.");
             return;
         }
         state.store.push(message);

@@ -12,6 +12,7 @@ mod error;
 mod facade_tests;
 mod incoming;
 mod limits;
+mod logging;
 mod message;
 mod ops;
 mod options;

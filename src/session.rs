@@ -278,7 +278,7 @@ impl Session {
     pub(crate) fn enter_call(&self) -> PendingGuard<'_> {
         let pending = self.calls.pending.fetch_add(1, Ordering::Relaxed) + 1;
         if pending > self.calls.threshold {
-            log::warn!(target: &self.logger, "There are {pending} pending publish calls.");
+            crate::logging::log_warn!(target: &self.logger, "There are {pending} pending publish calls.");
         }
         PendingGuard(&self.calls.pending)
     }
@@ -329,7 +329,7 @@ impl Session {
             return;
         }
         let error = cause.to_error();
-        log::warn!(target: &self.logger, "Unexpected disconnection: {error}");
+        crate::logging::log_warn!(target: &self.logger, "Unexpected disconnection: {error}");
         let taken_over = matches!(cause, EndCause::Lost { rc: Some(rc), .. } if rc == ReasonCode::SESSION_TAKEN_OVER);
         if !self.reconnects() || taken_over {
             self.end(cause);
@@ -436,7 +436,7 @@ impl Router {
         routed.session = Some(session);
         drop(routed);
         if kept > 0 {
-            log::info!(
+            crate::logging::log_info!(
                 target: &logger,
                 "{kept} messages arrived after an earlier connect() gave up: delivered first"
             );

@@ -47,7 +47,7 @@ pub(crate) fn start() -> bool {
                 .name("aiomqtt-expiry".to_owned())
                 .spawn(run)
                 .map(|handle| handle.thread().clone())
-                .map_err(|e| log::error!(target: "aiomqtt::engine", "no expiry thread: {e}"))
+                .map_err(|e| crate::logging::log_error!(target: "aiomqtt::engine", "no expiry thread: {e}"))
                 .ok()
         })
         .is_some()
@@ -66,6 +66,7 @@ pub(crate) fn watch(at: u64) {
 }
 
 fn run() {
+    crate::logging::defer_on_this_thread();
     loop {
         let earliest = EARLIEST.load(Ordering::Acquire);
         let now = nanos(Instant::now());

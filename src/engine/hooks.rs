@@ -164,7 +164,7 @@ impl Hooks {
         };
         drop(attempt.slow);
         if succeeded && !delivered {
-            log::debug!(target: &self.logger, "A connect finished after its caller gave up: closing it");
+            crate::logging::log_debug!(target: &self.logger, "A connect finished after its caller gave up: closing it");
             self.close_stray();
         }
         self.busy.send_replace(false);
@@ -222,7 +222,7 @@ impl Hooks {
             Ok(topic) => topic,
             Err(why) => {
                 let why = format!("protocol violation by the broker: {why}");
-                log::warn!(target: &self.logger, "{why}; closing the connection");
+                crate::logging::log_warn!(target: &self.logger, "{why}; closing the connection");
                 self.events.lost(Loss::Malformed(why));
                 if let Some(engine) = self.engine.get().and_then(Weak::upgrade) {
                     super::Engine::from_inner(engine).close_quietly_c(0x90);

@@ -240,7 +240,7 @@ impl Drop for Inner {
         if let Err(e) = thread::submit(destroy) {
             // Without the engine thread the client is leaked rather than destroyed on
             // a thread that might be Paho's.
-            log::error!(target: "aiomqtt::engine", "leaking a Paho client: {e}");
+            crate::logging::log_error!(target: "aiomqtt::engine", "leaking a Paho client: {e}");
         }
     }
 }
@@ -353,7 +353,7 @@ impl Engine {
     /// (3.x) or Clean Start (5). The client's session state from earlier connections
     /// is kept by Paho unless `clean` (or the broker says it kept no session).
     async fn connect_logged(&self, clean: bool, deadline: Instant) -> Result<ConnectInfo, Error> {
-        log::debug!(
+        crate::logging::log_debug!(
             target: &self.0.hooks.logger,
             "Connecting to {} (MQTT {}, clean {}: {clean})",
             self.0.uri,
@@ -370,7 +370,7 @@ impl Engine {
                         && Instant::now() + RETRY_PAUSE < deadline =>
                 {
                     tries += 1;
-                    log::debug!(
+                    crate::logging::log_debug!(
                         target: &self.0.hooks.logger,
                         "The engine failed this connect with another connection's failure \
                          (\"socket error\" for a reused socket number); connecting again"
@@ -382,7 +382,7 @@ impl Engine {
         };
         match &result {
             Ok(info) => {
-                log::debug!(
+                crate::logging::log_debug!(
                     target: &self.0.hooks.logger,
                     "Connected (session present: {})",
                     info.session_present
@@ -399,7 +399,7 @@ impl Engine {
                 }
             }
             Err(e) => {
-                log::debug!(target: &self.0.hooks.logger, "Connect failed: {e}");
+                crate::logging::log_debug!(target: &self.0.hooks.logger, "Connect failed: {e}");
                 self.abandon_link();
             }
         }
@@ -710,7 +710,7 @@ impl Engine {
             }
         });
         if let Err(e) = queued {
-            log::error!(target: &self.0.hooks.logger, "cannot close the connection: {e}");
+            crate::logging::log_error!(target: &self.0.hooks.logger, "cannot close the connection: {e}");
         }
     }
 }

@@ -83,7 +83,7 @@ pub(crate) fn init() {
             )
         };
         if rc != 0 {
-            log::error!(target: "aiomqtt::engine", "Paho C could not create its idle client ({rc})");
+            crate::logging::log_error!(target: "aiomqtt::engine", "Paho C could not create its idle client ({rc})");
             return;
         }
         // Paho's interrupt socket pair exists now, and no thread of Paho reads it yet.
@@ -646,8 +646,10 @@ pub(crate) fn disconnect(handle: Handle, v5: bool, reason: u8, key: Option<Key>)
 
 /// Runs a callback body; a panic must not unwind into C (it would abort).
 fn fenced(what: &str, body: impl FnOnce()) {
+    // Paho's threads never wait on the application's logger (see `logging`).
+    let _defer = crate::logging::DeferOnThisThread::new();
     if catch_unwind(AssertUnwindSafe(body)).is_err() {
-        log::error!(target: "aiomqtt::engine", "a panic in the {what} callback was contained");
+        crate::logging::log_error!(target: "aiomqtt::engine", "a panic in the {what} callback was contained");
     }
 }
 
@@ -666,9 +668,9 @@ unsafe extern "C" fn on_trace(level: sys::MQTTASYNC_TRACE_LEVELS, message: *mut 
         // SAFETY: Paho passes a NUL-terminated buffer valid for the call.
         let text = unsafe { CStr::from_ptr(message) }.to_string_lossy();
         if level >= sys::MQTTASYNC_TRACE_LEVELS_MQTTASYNC_TRACE_SEVERE {
-            log::error!(target: "paho_mqtt_c", "{text}");
+            crate::logging::log_error!(target: "paho_mqtt_c", "{text}");
         } else {
-            log::warn!(target: "paho_mqtt_c", "{text}");
+            crate::logging::log_warn!(target: "paho_mqtt_c", "{text}");
         }
     });
 }
@@ -964,7 +966,7 @@ unsafe fn publish_failed(key: Key, failure: Failure, token: c_int) {
         // `MQTTAsync_processCommand` (token 0), before Paho frees the command.
         let detached = unsafe { shim::detach_last_publication(len) };
         if detached != shim::Detach::Done {
-            log::error!(
+            crate::logging::log_error!(
                 target: "aiomqtt::engine",
                 "a QoS 1/2 PUBLISH failed mid-write and its stored copy could not be \
                  repaired ({detached:?}): Paho C may resend freed memory or free it twice"

@@ -196,18 +196,19 @@ fn start() -> Option<Thread> {
     super::paho::init();
     // One wake-up now doubles as the check (a spurious one costs Paho one loop).
     if !super::shim::socket_interrupt() {
-        log::debug!("publishes are not pumped: Socket_interrupt is not available");
+        crate::logging::log_debug!("publishes are not pumped: Socket_interrupt is not available");
         return None;
     }
     thread::Builder::new()
         .name("aiomqtt-pump".to_owned())
         .spawn(run)
         .map(|handle| handle.thread().clone())
-        .map_err(|e| log::warn!("publishes are not pumped: no thread ({e})"))
+        .map_err(|e| crate::logging::log_warn!("publishes are not pumped: no thread ({e})"))
         .ok()
 }
 
 fn run() {
+    crate::logging::defer_on_this_thread();
     let mut idle = Duration::ZERO;
     let mut period = SMALL_PERIOD;
     loop {

@@ -452,7 +452,7 @@ fn qos0_completed(engine: u64, key: Key, written_before: Option<u64>) {
     }
     for k in earlier {
         if let Some(entry) = shard(k).remove(&k) {
-            log::debug!(
+            crate::logging::log_debug!(
                 target: "aiomqtt::engine",
                 "a QoS 0 publish completed with a later one (Paho lost its completion)"
             );

@@ -37,7 +37,7 @@ fn known_engine() -> bool {
         let version = super::paho_version();
         let known = version == Some(KNOWN_PAHO);
         if !known {
-            log::warn!(
+            crate::logging::log_warn!(
                 target: "aiomqtt::engine",
                 "Paho C {} is linked, not {KNOWN_PAHO}: its internal keep-alive and \
                  wake-up calls are not used (a client with a short keepalive may miss its \
@@ -286,7 +286,7 @@ pub(crate) fn unblock_interrupts() -> bool {
         .map(|(fd, _)| fd)
         .collect();
     let [fd] = grown[..] else {
-        log::warn!(
+        crate::logging::log_warn!(
             target: "aiomqtt::engine",
             "could not single out Paho C's interrupt socket ({} candidates): with hundreds of \
              sockets opened or closed at once Paho C may hang",

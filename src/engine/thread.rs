@@ -31,6 +31,7 @@ fn queue() -> Result<&'static Mutex<Sender<Job>>, Error> {
         std::thread::Builder::new()
             .name("aiomqtt-engine".to_owned())
             .spawn(move || {
+                crate::logging::defer_on_this_thread();
                 for job in rx {
                     // A job never panics by design; if one did, the thread must live on
                     // for every other client of the process.

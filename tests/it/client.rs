@@ -706,3 +706,98 @@ async fn keepalive_zero_on_v5_gets_the_brokers_server_keep_alive() {
     })
     .await;
 }
+
+/// A logger that blocks (a full pipe, its own lock held) stalls no connection: the records
+/// made on Paho's threads and on the crate's own reach it from a thread of their own, and
+/// arrive once it moves again. Here the warning for each message a full queue discards,
+/// made on Paho's receive thread, which every client of the process shares. Runs in a
+/// child process: it installs the process's logger.
+///
+/// Regression: Paho's receive thread called the logger itself and waited in it, holding
+/// Paho's mutex, so no client of the process received anything until the logger moved.
+#[test]
+fn a_blocking_logger_stalls_no_connection() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    if ran_in_child(
+        "client::a_blocking_logger_stalls_no_connection",
+        Duration::from_secs(60),
+    ) {
+        return;
+    }
+    static GATE: Mutex<()> = Mutex::new(());
+    static DISCARDS: AtomicUsize = AtomicUsize::new(0);
+    struct Blocking;
+    impl log::Log for Blocking {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record) {
+            let _wait = GATE.lock();
+            if record.args().to_string().contains("Discarding message") {
+                DISCARDS.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        fn flush(&self) {}
+    }
+    static LOGGER: Blocking = Blocking;
+    log::set_logger(&LOGGER).expect("the child's only logger");
+    log::set_max_level(log::LevelFilter::Warn);
+    let broker = Broker::start();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let closed = GATE.lock().unwrap();
+    runtime.block_on(with_timeout(T, async {
+        let t = unique_topic("blocking_logger");
+        let sub = client(&broker)
+            .max_queued_incoming_messages(1)
+            .build()
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        sub.subscribe(format!("{t}/full"))
+            .qos(QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let publisher = client(&broker).build().unwrap().connect().await.unwrap();
+        for i in 0..5 {
+            publisher
+                .publish(format!("{t}/full"), i.to_string())
+                .qos(QoS::AtLeastOnce)
+                .await
+                .unwrap();
+        }
+        // The full queue discarded (and warned, on Paho's receive thread).
+        assert!(
+            wait_until_async(Duration::from_secs(5), || sub.discarded_messages() >= 1).await,
+            "the queue discarded nothing"
+        );
+        // While the logger is stuck, a round trip on another connection still works.
+        let other = client(&broker).build().unwrap().connect().await.unwrap();
+        other
+            .subscribe(format!("{t}/other"))
+            .qos(QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let mut messages = other.messages();
+        other
+            .publish(format!("{t}/other"), "through")
+            .qos(QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let m = with_timeout(Duration::from_secs(5), messages.next())
+            .await
+            .expect("a message")
+            .unwrap();
+        assert_eq!(m.payload, b"through");
+    }));
+    drop(closed);
+    assert!(
+        wait_until(Duration::from_secs(5), || DISCARDS.load(Ordering::SeqCst)
+            >= 1),
+        "the queued warnings reached the logger once it moved"
+    );
+}

@@ -349,6 +349,14 @@ async fn full_queue_discards_counts_and_warns_without_blocking_the_engine() {
             conn.discarded_messages()
         );
         assert_eq!(messages.len(), 5);
+        // Made on Paho's receive thread, the warnings reach the logger a moment later.
+        let full = || {
+            logged(&logger)
+                .iter()
+                .filter(|(_, m)| m.contains("queue is full"))
+                .count()
+        };
+        wait_until_async(RECV, || full() >= 15).await;
         let warnings: Vec<_> = logged(&logger)
             .into_iter()
             .filter(|(_, m)| m.contains("queue is full"))

@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::logcap::on_record;
 use crate::support::*;
 use aiomqtt::{Client, ClientBuilder, Error, QoS, TlsErrorKind, TlsParams, TlsVersion};
 
@@ -335,8 +334,8 @@ async fn failure_kinds_are_distinct() {
 /// client's socket, lets go of its mutex, then fails whichever client holds that socket
 /// number when it has the mutex again ("socket error"): a connect started in between
 /// loses, the kernel giving its new socket the number just freed. Under load that happens
-/// by chance (it failed a relay test in CI); here the window is held open. Paho's trace
-/// goes through the process's logger, which holds the receive thread at its report of the
+/// by chance (it failed a relay test in CI); here the window is held open. The test's own
+/// Paho trace callback holds the receive thread at its report of the
 /// closed socket until another client's connect has a socket with that number, connected
 /// to the broker. That connect still succeeds: the engine connects again
 /// (`errors::is_misattributed_connect_failure`).
@@ -430,7 +429,8 @@ async fn misattributed_case(
         broker.port(),
     );
     let (s, failing_port) = (started.clone(), format!(", port {failing_port}"));
-    on_record(move |target, text| {
+    let hook = HELD_TRACE.set(Box::new(move |text: &str| {
+        let target = "paho_mqtt_c";
         // Paho's send thread, opening the failing connect's socket.
         if target == "paho_mqtt_c" && text.contains("New socket ") && text.ends_with(&failing_port)
         {
@@ -461,7 +461,15 @@ async fn misattributed_case(
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-    });
+    }));
+    assert!(hook.is_ok(), "one misattributed case per process");
+    // The test's own trace callback, in place of the crate's (whose records reach the
+    // logger from a thread of their own): it runs on Paho's thread and can hold it.
+    // SAFETY: installs a callback that lives as long as the process.
+    #[allow(unsafe_code)]
+    unsafe {
+        paho_mqtt_sys::MQTTAsync_setTraceCallback(Some(held_trace));
+    }
     set_paho_trace_level(paho_mqtt_sys::MQTTASYNC_TRACE_LEVELS_MQTTASYNC_TRACE_MINIMUM);
 
     arm();
@@ -502,6 +510,26 @@ async fn misattributed_case(
 }
 
 /// Sets Paho's process-wide trace level (a plain store; Paho takes no lock for it).
+/// What [`held_trace`] runs for each of Paho's trace lines.
+type TraceHook = Box<dyn Fn(&str) + Send + Sync>;
+static HELD_TRACE: std::sync::OnceLock<TraceHook> = std::sync::OnceLock::new();
+
+/// Paho's trace callback of the misattributed cases: runs [`HELD_TRACE`] on the thread
+/// that traces, as Paho calls it.
+unsafe extern "C" fn held_trace(
+    _level: paho_mqtt_sys::MQTTASYNC_TRACE_LEVELS,
+    message: *mut std::os::raw::c_char,
+) {
+    if message.is_null() {
+        return;
+    }
+    // SAFETY: Paho passes a NUL-terminated buffer valid for the call.
+    let text = unsafe { std::ffi::CStr::from_ptr(message) }.to_string_lossy();
+    if let Some(hook) = HELD_TRACE.get() {
+        hook(&text);
+    }
+}
+
 fn set_paho_trace_level(level: paho_mqtt_sys::MQTTASYNC_TRACE_LEVELS) {
     // SAFETY: stores a value in Paho's trace settings.
     #[allow(unsafe_code)]

@@ -247,7 +247,7 @@ async fn serve_once(
             continue;
         };
         let Some(paho) = endpoint::own_peer(&stream) else {
-            log::warn!(
+            crate::logging::log_warn!(
                 target: "aiomqtt::engine",
                 "refused a connection to a private relay endpoint from {peer}: not this process"
             );
@@ -259,7 +259,7 @@ async fn serve_once(
         let carried = match upstream {
             dial::Upstream::Socket(socket) if handoff::available() => {
                 if let Err(detail) = handoff::run(stream, paho, socket, deadline, keep).await {
-                    log::warn!(
+                    crate::logging::log_warn!(
                         target: "aiomqtt::engine",
                         "could not hand the link to {} to the engine: {detail}",
                         link.address
@@ -272,7 +272,7 @@ async fn serve_once(
                     // The connect's error says it.
                     Ok(()) | Err(handoff::Handover::Tls) => {}
                     Err(handoff::Handover::Other(detail)) => {
-                        log::warn!(
+                        crate::logging::log_warn!(
                             target: "aiomqtt::engine",
                             "could not hand the TLS link to {} to the engine: {detail}",
                             link.address
@@ -288,7 +288,7 @@ async fn serve_once(
             match handoff::pair(stream, paho, deadline).await {
                 Ok((end, early)) => pipe::EngineSide::Unix(end, early),
                 Err(detail) => {
-                    log::warn!(
+                    crate::logging::log_warn!(
                         target: "aiomqtt::engine",
                         "could not give the engine a socket pair for the link to {}: \
                          {detail}",

@@ -20,7 +20,11 @@ fn handle() -> Result<&'static Handle, Error> {
             let handle = runtime.handle().clone();
             std::thread::Builder::new()
                 .name("aiomqtt-relay".to_owned())
-                .spawn(move || runtime.block_on(std::future::pending::<()>()))
+                .spawn(move || {
+                    // It carries every relayed link of the process (see `logging`).
+                    crate::logging::defer_on_this_thread();
+                    runtime.block_on(std::future::pending::<()>())
+                })
                 .map_err(|e| e.to_string())?;
             Ok(handle)
         })

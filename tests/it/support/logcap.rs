@@ -42,8 +42,9 @@ impl log::Log for Capture {
     fn flush(&self) {}
 }
 
-/// Shows every record from now on to `hook`, on the thread that logs it (for a test
-/// that runs alone in a child process: it may hold that thread, e.g. one of Paho's).
+/// Shows every record from now on to `hook`, on the thread that hands it to the logger
+/// (for a test that runs alone in a child process). Records made on Paho's threads and on
+/// the crate's own come from the crate's `aiomqtt-log` thread.
 pub fn on_record(hook: impl Fn(&str, &str) + Send + Sync + 'static) {
     install();
     *HOOK.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(hook));
@@ -89,4 +90,20 @@ pub fn all_records() -> Vec<String> {
         .iter()
         .map(|(t, l, m)| format!("{l} {t} {m}"))
         .collect()
+}
+
+/// [`all_records`] once no new record came for 300 ms (within 10 s): the records made on
+/// Paho's threads and on the crate's own reach the logger from a thread of their own, a
+/// moment after they were made.
+pub async fn settled_records() -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut last = all_records().len();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let now = all_records().len();
+        if now == last || std::time::Instant::now() > deadline {
+            return all_records();
+        }
+        last = now;
+    }
 }
