@@ -49,8 +49,11 @@ impl Drop for DeferOnThisThread {
     }
 }
 
-/// Marks the current thread for good (the crate's own threads, at their start).
+/// Marks the current thread for good (the crate's own threads, at their start). The first
+/// call starts the log thread, so that it comes with the engine's, once for the process,
+/// not at some later record.
 pub(crate) fn defer_on_this_thread() {
+    SENDER.get_or_init(start);
     DEFERRED.with(|d| d.set(true));
 }
 
