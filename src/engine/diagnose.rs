@@ -142,10 +142,12 @@ async fn classify(o: &Options, report: &Report, deadline: Instant) -> Error {
     let message = report.message();
     if o.tls_params.is_some() {
         // 3. A handshake without a client certificate: the verification result, or
-        //    whether the server asks for a certificate.
+        //    whether the server asks for a certificate; when TLS works and the server
+        //    closed after CONNECT, steps 5 and 6 over TLS.
+        let closed_after_connect = AFTER_CONNECT.contains(&message);
         return probe(deadline, {
             let o = o.clone();
-            move |time| tls_probe(&o, &host, port, time)
+            move |time| tls_probe(&o, &host, port, time, closed_after_connect)
         })
         .await;
     }
@@ -254,6 +256,11 @@ fn answers_v311(host: &str, port: u16, time: Duration) -> bool {
     let Ok(mut stream) = connect_blocking(host, port, time) else {
         return false;
     };
+    answers_v311_on(&mut stream)
+}
+
+/// Step 5 on an open stream (plain, or TLS the probe set up).
+fn answers_v311_on(stream: &mut (impl Read + Write)) -> bool {
     // CONNECT: protocol "MQTT" level 4, flags clean session, keepalive 10, client id "".
     let connect = [0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 10, 0, 0];
     if stream.write_all(&connect).is_err() {
@@ -271,7 +278,13 @@ fn answers_v311(host: &str, port: u16, time: Duration) -> bool {
 /// The TLS probe: the handshake as the engine configures it, without a client
 /// certificate (never repeated): the verification result, or the server asking for a
 /// certificate, or a server that does not speak TLS.
-fn tls_probe(o: &Options, host: &str, port: u16, time: Duration) -> Error {
+fn tls_probe(
+    o: &Options,
+    host: &str,
+    port: u16,
+    time: Duration,
+    closed_after_connect: bool,
+) -> Error {
     use openssl::ssl::{HandshakeError, SslConnector, SslMethod, SslVerifyMode};
     let addr = format!("{host}:{port}");
     let Some(params) = &o.tls_params else {
@@ -347,6 +360,19 @@ fn tls_probe(o: &Options, host: &str, port: u16, time: Duration) -> Error {
                     if let Some(kind) = codes.iter().find_map(|&c| kind_of(c)) {
                         return Error::tls(kind, format!("{addr}: {e}"));
                     }
+                    let silent = e.io_error().is_some_and(|io| {
+                        matches!(
+                            io.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        )
+                    });
+                    if silent && closed_after_connect {
+                        // TLS works, and the server ended the engine's connection after
+                        // its CONNECT: an MQTT matter, asked over TLS as without it.
+                        let _ = tls.get_ref().set_read_timeout(Some(time));
+                        let _ = tls.get_ref().set_write_timeout(Some(time));
+                        return after_connect_over_tls(o, &addr, &mut tls);
+                    }
                     Error::tls(
                         TlsErrorKind::Handshake,
                         format!("{addr}: the engine's TLS connection failed ({e})"),
@@ -361,6 +387,28 @@ fn tls_probe(o: &Options, host: &str, port: u16, time: Duration) -> Error {
                 ),
             }
         }
+    }
+}
+
+/// Steps 5 and 6 over a TLS connection the probe set up: on MQTT 5, whether the server
+/// answers an MQTT 3.1.1 CONNECT; otherwise, or if it does not, the server closed on
+/// CONNECT without a CONNACK.
+fn after_connect_over_tls(o: &Options, addr: &str, tls: &mut (impl Read + Write)) -> Error {
+    if o.protocol == ProtocolVersion::V5 && answers_v311_on(tls) {
+        return Error::UnsupportedProtocol {
+            protocol: ProtocolVersion::V5,
+            detail: format!(
+                "{addr} closed the connection on an MQTT 5 CONNECT and answers an MQTT 3.1.1 \
+                 one (over TLS)"
+            ),
+            engine: None,
+        };
+    }
+    Error::ConnectionClosed {
+        address: addr.to_owned(),
+        detail: "no CONNACK came over TLS, which works (is it an MQTT broker, on this port?)"
+            .to_owned(),
+        engine: None,
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use aiomqtt::{Client, Error, Properties, ProtocolVersion, QoS, Transport, Will};
+use aiomqtt::{Client, Error, Properties, ProtocolVersion, QoS, TlsParams, Transport, Will};
 
 use crate::support::*;
 
@@ -197,6 +197,60 @@ async fn silent_probes_keep_the_diagnosis_within_the_timeout() {
                 matches!(err, Error::ConnectionClosed { .. }),
                 "timeout {timeout:?}: {err:?}"
             );
+        }
+    })
+    .await;
+}
+
+/// The same broker behind TLS (a TLS front relaying to the fake broker): the handshake
+/// works, so the diagnosis asks over TLS and names the MQTT version, not TLS. A 3.1.1
+/// client closed on its CONNECT gets `ConnectionClosed`.
+///
+/// Regression: with `tls_params` the diagnosis stopped at its TLS probe, whose handshake
+/// succeeded, and reported `Error::Tls { kind: Handshake, .. }`.
+#[tokio::test(flavor = "multi_thread")]
+async fn closed_on_connect_over_working_tls_is_told_apart_from_tls() {
+    with_timeout(BODY, async {
+        let fb = FakeBroker::start().await;
+        let certs = Certs::shared();
+        let front = TlsFront::tls12(certs, "ECDHE-ECDSA-AES128-GCM-SHA256", fb.port());
+        for protocol in [ProtocolVersion::V5, ProtocolVersion::V311] {
+            let client = Client::builder("localhost")
+                .port(front.port)
+                .protocol(protocol)
+                .identifier("errors-tls")
+                .tls_params(TlsParams::new().ca_certs(&certs.ca))
+                .timeout(TIMEOUT)
+                .build()
+                .unwrap();
+            let broker = async {
+                let first = fb.accept().await;
+                first.close_fin().await;
+                if protocol == ProtocolVersion::V5 {
+                    let probe = fb.accept().await;
+                    assert!(!probe.v5(), "the probe speaks 3.1.1");
+                    probe.send_connack(false, 0).await.unwrap();
+                    Some(probe)
+                } else {
+                    None
+                }
+            };
+            let (r, _held) = tokio::join!(client.connect(), broker);
+            let err = r.expect_err("closed on CONNECT");
+            match protocol {
+                ProtocolVersion::V5 => assert!(
+                    matches!(
+                        &err,
+                        Error::UnsupportedProtocol {
+                            protocol: ProtocolVersion::V5,
+                            ..
+                        }
+                    ),
+                    "{err:?}"
+                ),
+                _ => assert!(matches!(&err, Error::ConnectionClosed { .. }), "{err:?}"),
+            }
+            assert!(!err.is_tls(), "{err:?}");
         }
     })
     .await;
