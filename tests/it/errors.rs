@@ -17,6 +17,15 @@ const BODY: Duration = Duration::from_secs(20);
 const EVENT: Duration = Duration::from_secs(3);
 const TIMEOUT: Duration = Duration::from_secs(8);
 
+/// An MQTT 3.1.1 client of the fake broker with every other option at its default.
+fn v311_client(fb: &FakeBroker) -> Client {
+    Client::builder("127.0.0.1")
+        .port(fb.port())
+        .timeout(TIMEOUT)
+        .build()
+        .unwrap()
+}
+
 fn v5_client(fb: &FakeBroker) -> Client {
     Client::builder("127.0.0.1")
         .port(fb.port())
@@ -69,11 +78,7 @@ async fn v3_connack_to_a_v5_connect_is_unsupported_protocol() {
 async fn unacceptable_protocol_version_to_a_v311_connect_is_a_refused_connack() {
     with_timeout(BODY, async {
         let fb = FakeBroker::start().await;
-        let client = Client::builder("127.0.0.1")
-            .port(fb.port())
-            .timeout(TIMEOUT)
-            .build()
-            .unwrap();
+        let client = v311_client(&fb);
         let (r, _fc) = tokio::join!(client.connect(), async {
             let fc = fb.accept().await;
             fc.send(&[0x20, 0x02, 0x00, 0x01]).await.unwrap();
@@ -456,11 +461,7 @@ async fn a_payload_over_the_protocol_maximum_is_refused_locally() {
 async fn a_qos2_publish_ended_by_the_broker_says_the_broker_may_lack_qos2() {
     with_timeout(BODY, async {
         let fb = FakeBroker::start().await;
-        let client = Client::builder("127.0.0.1")
-            .port(fb.port())
-            .timeout(TIMEOUT)
-            .build()
-            .unwrap();
+        let client = v311_client(&fb);
         let hint = "a broker without QoS 2";
 
         // No QoS 2 support: the broker closes on the PUBLISH.

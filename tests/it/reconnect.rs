@@ -191,6 +191,99 @@ async fn clean_start_first_only_resumes_on_reconnects() {
     .await;
 }
 
+/// `CleanStart::Always`: Clean Start on the automatic reconnects too, so the broker keeps
+/// nothing of the session whatever its expiry, and the subscription is made again.
+#[tokio::test(flavor = "multi_thread")]
+async fn clean_start_always_starts_clean_on_reconnects() {
+    with_timeout(T, async {
+        let broker = Broker::start();
+        let proxy = FaultProxy::start(broker.port()).await;
+        let t = unique_topic("always");
+        let client = via(&proxy, ProtocolVersion::V5)
+            .identifier(format!("always-{}", std::process::id()))
+            .clean_start(CleanStart::Always)
+            .properties(Properties::new().session_expiry_interval(60))
+            .reconnect(fast())
+            .build()
+            .unwrap();
+        let conn = client.connect().await.unwrap();
+        let mut events = conn.events();
+        conn.subscribe(&t).qos(QoS::AtLeastOnce).await.unwrap();
+        proxy.cut();
+        let (_, session_present, resubscribed) = until_connected(&mut events).await;
+        assert!(!session_present, "a clean start finds no session");
+        assert_eq!(resubscribed, 1);
+        let clean: Vec<bool> = proxy
+            .packets(Direction::ClientToBroker, PacketType::Connect)
+            .iter()
+            .map(|p| p.connect_flags().unwrap() & 0x02 != 0)
+            .collect();
+        assert_eq!(clean, [true, true], "{}", proxy.trace());
+        conn.disconnect().await.unwrap();
+    })
+    .await;
+}
+
+/// Without a policy a connection ends at its first loss, and its event stream reports
+/// nothing: it ends with the connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_policy_the_events_report_nothing() {
+    with_timeout(T, async {
+        let broker = Broker::start();
+        let proxy = FaultProxy::start(broker.port()).await;
+        let conn = via(&proxy, ProtocolVersion::V311)
+            .build()
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut events = conn.events();
+        proxy.cut();
+        let next = tokio::time::timeout(RECV, events.next()).await;
+        assert!(matches!(next, Ok(None)), "{next:?}");
+    })
+    .await;
+}
+
+/// A reader of the events more than 64 behind skips the oldest: 25 losses and reconnects
+/// (75 events) unread, then at most 64 are read, the last of them the latest `Connected`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reader_far_behind_skips_the_oldest_events() {
+    with_timeout(T, async {
+        let broker = Broker::start();
+        let proxy = FaultProxy::start(broker.port()).await;
+        let client = via(&proxy, ProtocolVersion::V311)
+            .reconnect(fast().initial_delay(Duration::from_millis(10)))
+            .build()
+            .unwrap();
+        let conn = client.connect().await.unwrap();
+        let mut behind = conn.events();
+        let mut watcher = conn.events();
+        for _ in 0..25 {
+            assert!(proxy.cut() >= 1);
+            until_connected(&mut watcher).await;
+        }
+        let mut read = Vec::new();
+        while let Ok(Some(event)) =
+            tokio::time::timeout(Duration::from_millis(300), behind.next()).await
+        {
+            read.push(event);
+        }
+        assert!(
+            !read.is_empty() && read.len() <= 64,
+            "{} events read of 75",
+            read.len()
+        );
+        assert!(
+            matches!(read.last(), Some(ConnectionEvent::Connected { .. })),
+            "{:?}",
+            read.last()
+        );
+        conn.disconnect().await.unwrap();
+    })
+    .await;
+}
+
 /// While the broker is unreachable, attempts follow the policy: attempt n waits
 /// `initial × multiplierⁿ⁻¹` capped at `max_delay`, shortened by at most `jitter`.
 #[tokio::test(flavor = "multi_thread")]

@@ -841,6 +841,31 @@ mod tls_context {
         .await;
     }
 
+    /// With a context the host name is still verified (the context verifies), and
+    /// `tls_insecure` skips only that check.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn tls_context_checks_the_host_name_unless_tls_insecure() {
+        with_timeout(TEST, async {
+            let broker = Broker::builder()
+                .tls()
+                .server_cert(ServerCert::WrongHost)
+                .start();
+            let ca = ca_in_memory();
+            let builder = || tls_builder(broker.tls_port()).tls_context(context(&ca.0, None, None));
+            let detail = tls_detail(
+                connect_fails_fast(&builder().build().unwrap()).await,
+                TlsErrorKind::HostnameMismatch,
+            );
+            assert!(detail.contains("hostname"), "{detail}");
+            round_trip(
+                &builder().tls_insecure(true).build().unwrap(),
+                "tls_context_insecure",
+            )
+            .await;
+        })
+        .await;
+    }
+
     /// A context bounded to TLS 1.3 and up against a TLS-1.2-only Mosquitto fails as a TLS
     /// error at once; the same context without the bound connects.
     #[tokio::test(flavor = "multi_thread")]
