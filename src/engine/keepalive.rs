@@ -6,9 +6,13 @@
 //! So once a client with a 60 s keepalive connects, a 2 s client is checked only every
 //! 5 s, misses its PINGREQ and is dropped by the broker. Every engine registers its
 //! keepalive; after each connect the engine thread sets the period from the smallest.
+//! On MQTT 5 the broker may set a connection's keep-alive in its CONNACK (Server Keep
+//! Alive), which Paho C then uses until the next connect: that value is registered in
+//! place of the requested one.
 //!
 //! The registry's lock is a leaf: Paho is called after it is released.
 
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// Keepalives (seconds) of this process's engines.
@@ -19,24 +23,45 @@ fn lock() -> MutexGuard<'static, Vec<u16>> {
 }
 
 /// One engine's keepalive, counted while alive; 0 (keep-alive off) is not counted.
-pub(crate) struct Registration(u16);
+pub(crate) struct Registration(AtomicU16);
 
 impl Registration {
     pub(crate) fn new(keepalive: u16) -> Registration {
         if keepalive != 0 {
             lock().push(keepalive);
         }
-        Registration(keepalive)
+        Registration(AtomicU16::new(keepalive))
+    }
+
+    /// The keep-alive the engine's connection now uses (the broker's Server Keep Alive,
+    /// or the requested one after a CONNACK without it): counted in place of the last,
+    /// and the check period set again.
+    pub(crate) fn set(&self, keepalive: u16) {
+        let old = self.0.swap(keepalive, Ordering::AcqRel);
+        if old == keepalive {
+            return;
+        }
+        {
+            let mut live = lock();
+            if let Some(i) = live.iter().position(|&k| k == old) {
+                live.swap_remove(i);
+            }
+            if keepalive != 0 {
+                live.push(keepalive);
+            }
+        }
+        apply();
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if self.0 == 0 {
+        let current = *self.0.get_mut();
+        if current == 0 {
             return;
         }
         let mut live = lock();
-        if let Some(i) = live.iter().position(|&k| k == self.0) {
+        if let Some(i) = live.iter().position(|&k| k == current) {
             live.swap_remove(i);
         }
     }

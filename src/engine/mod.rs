@@ -213,7 +213,8 @@ pub(crate) struct Inner {
     outgoing_limit: Option<usize>,
     /// This client's pumped publishes (see `pump`).
     progress: Arc<pump::Progress>,
-    _keepalive: keepalive::Registration,
+    /// This engine's keep-alive, as the process-wide check period counts it.
+    keepalive: keepalive::Registration,
 }
 
 impl Drop for Inner {
@@ -307,8 +308,7 @@ impl Engine {
             Arc::from(options.logger.as_str()),
             events,
         ));
-        // build() checked that the keepalive is 1..=65535 whole seconds.
-        let keepalive = u16::try_from(options.keepalive.as_secs()).unwrap_or(u16::MAX);
+        let keepalive = requested_keepalive(options);
         let slow_connect = relay.is_none() && transport::connect_may_stall(options);
         let client_options = client_options.clone();
         let outgoing_limit = options.max_queued_outgoing_messages;
@@ -331,7 +331,7 @@ impl Engine {
                     client_options,
                     outgoing_limit,
                     progress: pump::Progress::watched(),
-                    _keepalive: keepalive::Registration::new(keepalive),
+                    keepalive: keepalive::Registration::new(keepalive),
                 })
             })
         });
@@ -387,6 +387,11 @@ impl Engine {
                     "Connected (session present: {})",
                     info.session_present
                 );
+                // Paho C keeps to a Server Keep Alive (MQTT 5) until the next connect.
+                let assigned = info.properties.as_ref().and_then(|p| p.server_keep_alive);
+                self.0
+                    .keepalive
+                    .set(assigned.unwrap_or_else(|| requested_keepalive(&self.0.client_options)));
                 // Paho dropped its session state: nothing parked will be resent.
                 if !info.session_present {
                     registry::fail_parked(self.0.id, || {
@@ -868,6 +873,12 @@ fn suback_code_defined(code: u8, v5: bool) -> bool {
         0x83 | 0x87 | 0x8F | 0x91 | 0x97 | 0x9E | 0xA1 | 0xA2 => v5,
         _ => false,
     }
+}
+
+/// The keep-alive the options ask for, in seconds (build() checked it is 0..=65535 whole
+/// seconds).
+fn requested_keepalive(options: &Options) -> u16 {
+    u16::try_from(options.keepalive.as_secs()).unwrap_or(u16::MAX)
 }
 
 /// Maps the replies of an unsubscribe: a refused filter (MQTT 5) is an error.

@@ -680,6 +680,54 @@ async fn keepalive_zero_sends_no_pings() {
     .await;
 }
 
+/// A broker that lowers the keep-alive (an MQTT 5 CONNACK with a Server Keep Alive of 1 s
+/// to a client asking for 60 s): Paho C keeps to 1 s, and its keep-alive checks come
+/// often enough for that, so PINGREQs come about a second apart. Runs in a child
+/// process: Paho's keep-alive check period is the process's, set by its clients.
+///
+/// Regression: the check period stayed the one for 60 s (5 s), so Paho's PINGREQs came up
+/// to 5 s apart where the broker would close the connection after 1.5 s of silence
+/// (Mosquitto's `max_keepalive`, at least 10 s, leaves 5 s of slack, so the fake broker).
+#[test]
+fn a_keep_alive_the_broker_lowers_is_kept() {
+    if ran_in_child(
+        "client::a_keep_alive_the_broker_lowers_is_kept",
+        Duration::from_secs(60),
+    ) {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(with_timeout(T, async {
+        let fb = FakeBroker::start().await;
+        let client = Client::builder("127.0.0.1")
+            .port(fb.port())
+            .protocol(ProtocolVersion::V5)
+            .keepalive(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let (conn, fc) = tokio::join!(client.connect(), async {
+            let fc = fb.accept().await;
+            // Server Keep Alive (0x13) = 1 s.
+            fc.send_connack_props(false, 0, &[0x13, 0x00, 0x01])
+                .await
+                .unwrap();
+            fc
+        });
+        let conn = conn.unwrap();
+        assert_eq!(
+            conn.connack_properties().and_then(|p| p.server_keep_alive),
+            Some(1)
+        );
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let pings = fc.received(PacketType::Pingreq).len();
+        assert!(pings >= 2, "{pings} PINGREQs in 4 s:\n{}", fc.trace());
+        drop(conn);
+    }));
+}
+
 /// Keep-alive 0 against Mosquitto 2.0.11: accepted on 3.1.1 with no keep-alive of the
 /// broker's own; on MQTT 5 the broker assigns one in the CONNACK (Server Keep Alive, its
 /// `max_keepalive`, 65,535 s by default), which Paho C then uses, as the option's doc says.
