@@ -44,7 +44,9 @@ pub enum QueueType {
     Fifo,
     /// Last in, first out.
     Lifo,
-    /// Smallest key first; equal keys in arrival order.
+    /// Smallest key first; equal keys in arrival order. The key function runs in the
+    /// consumer that takes the arrivals, outside the queue's lock: with several consumers,
+    /// messages one of them is keying are not yet among those the others take from.
     Priority(fn(&Message) -> i64),
 }
 
