@@ -316,6 +316,42 @@ async fn connack_timeout_then_reusable() {
     .await;
 }
 
+/// A persistent session's `connect()` that gave up leaves Paho C's attempt running (Paho
+/// cannot cancel one): the engine is kept, and the next `connect()` waits for that attempt
+/// to end before it sends its CONNECT (reconnection.md, "How the engine is reused").
+/// Paho's attempt is given the timeout rounded up to whole seconds (7 s for 6.5 s) and is
+/// ended by a check that runs every 3 s, so it ends 0.5 to 4.5 s after the facade gave
+/// up, within the next `connect()`'s own 6.5 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_persistent_connect_that_gave_up_is_waited_for() {
+    with_timeout(T, async {
+        let fb = FakeBroker::start().await;
+        let client = Client::builder("127.0.0.1")
+            .port(fb.port())
+            .identifier("gave-up")
+            .clean_session(false)
+            .timeout(Duration::from_millis(6500))
+            .build()
+            .unwrap();
+        let (first, _silent) = tokio::join!(client.connect(), fb.accept());
+        assert!(matches!(first, Err(Error::Timeout)), "{first:?}");
+        let gave_up = std::time::Instant::now();
+        let (second, fc) = tokio::join!(client.connect(), async {
+            let fc = fb.accept().await;
+            fc.send_connack(true, 0).await.unwrap();
+            fc
+        });
+        second.expect("the next connect() once the attempt ended");
+        let connect_at = fc.connect.packet.as_ref().expect("the CONNECT").at;
+        let waited = connect_at.saturating_duration_since(gave_up);
+        assert!(
+            waited >= Duration::from_millis(400),
+            "the second CONNECT came {waited:?} after the first connect() gave up"
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn cancelled_connect_leaves_the_client_reusable() {
     with_timeout(T, async {
