@@ -724,19 +724,15 @@ async fn keepalive_zero_sends_no_pings() {
 /// Regression: the check period stayed the one for 60 s (5 s), so Paho's PINGREQs came up
 /// to 5 s apart where the broker would close the connection after 1.5 s of silence
 /// (Mosquitto's `max_keepalive`, at least 10 s, leaves 5 s of slack, so the fake broker).
-#[test]
-fn a_keep_alive_the_broker_lowers_is_kept() {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keep_alive_the_broker_lowers_is_kept() {
     if ran_in_child(
         "client::a_keep_alive_the_broker_lowers_is_kept",
         Duration::from_secs(60),
     ) {
         return;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(with_timeout(T, async {
+    with_timeout(T, async {
         let fb = FakeBroker::start().await;
         let client = Client::builder("127.0.0.1")
             .port(fb.port())
@@ -761,7 +757,8 @@ fn a_keep_alive_the_broker_lowers_is_kept() {
         let pings = fc.received(PacketType::Pingreq).len();
         assert!(pings >= 2, "{pings} PINGREQs in 4 s:\n{}", fc.trace());
         drop(conn);
-    }));
+    })
+    .await;
 }
 
 /// Keep-alive 0 against Mosquitto 2.0.11: accepted on 3.1.1 with no keep-alive of the
