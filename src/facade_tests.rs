@@ -49,7 +49,8 @@ impl log::Log for Capture {
     fn flush(&self) {}
 }
 
-fn logged(target: &str) -> Vec<String> {
+/// The records captured for `target` (installs the capture once).
+pub(crate) fn logged(target: &str) -> Vec<String> {
     static INSTALL: std::sync::Once = std::sync::Once::new();
     INSTALL.call_once(|| {
         let _ = log::set_logger(&Capture);

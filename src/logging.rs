@@ -71,11 +71,18 @@ pub(crate) fn emit(level: log::Level, target: &str, args: fmt::Arguments<'_>) {
         DROPPED.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    let record = Deferred {
-        level,
-        target: target.to_owned(),
-        message: args.to_string(),
-    };
+    enqueue(
+        sender,
+        Deferred {
+            level,
+            target: target.to_owned(),
+            message: args.to_string(),
+        },
+    );
+}
+
+/// Queues `record` without waiting; a full queue drops it and counts it.
+fn enqueue(sender: &SyncSender<Deferred>, record: Deferred) {
     match sender.try_send(record) {
         Ok(()) => {}
         Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
@@ -84,20 +91,26 @@ pub(crate) fn emit(level: log::Level, target: &str, args: fmt::Arguments<'_>) {
     }
 }
 
+/// Hands a queued record to the logger, after a record of how many were dropped since
+/// the last one written.
+fn write(record: Deferred) {
+    let dropped = DROPPED.swap(0, Ordering::Relaxed);
+    if dropped > 0 {
+        log::warn!(
+            target: "aiomqtt",
+            "{dropped} log records were dropped: the logger did not keep up"
+        );
+    }
+    log::log!(target: &record.target, record.level, "{}", record.message);
+}
+
 fn start() -> Option<SyncSender<Deferred>> {
     let (tx, rx) = sync_channel::<Deferred>(QUEUE);
     std::thread::Builder::new()
         .name("aiomqtt-log".to_owned())
         .spawn(move || {
             for record in rx {
-                let dropped = DROPPED.swap(0, Ordering::Relaxed);
-                if dropped > 0 {
-                    log::warn!(
-                        target: "aiomqtt",
-                        "{dropped} log records were dropped: the logger did not keep up"
-                    );
-                }
-                log::log!(target: &record.target, record.level, "{}", record.message);
+                write(record);
             }
         })
         .ok()
@@ -157,5 +170,31 @@ mod tests {
             );
         }
         assert!(!DEFERRED.with(Cell::get));
+    }
+
+    /// A record that finds the queue full is dropped and counted, and the count is
+    /// written before the next record that gets through.
+    #[test]
+    fn a_full_queue_drops_and_counts_and_the_next_record_reports_it() {
+        let record = |message: &str| Deferred {
+            level: log::Level::Warn,
+            target: "aiomqtt-logging-test".to_owned(),
+            message: message.to_owned(),
+        };
+        let (tx, rx) = sync_channel::<Deferred>(1);
+        enqueue(&tx, record("kept"));
+        enqueue(&tx, record("dropped"));
+        assert_eq!(DROPPED.load(Ordering::Relaxed), 1);
+        write(rx.try_recv().expect("the kept record"));
+        assert_eq!(DROPPED.load(Ordering::Relaxed), 0);
+        assert!(rx.try_recv().is_err(), "only one record was queued");
+        assert_eq!(
+            crate::facade_tests::logged("aiomqtt"),
+            ["1 log records were dropped: the logger did not keep up"]
+        );
+        assert_eq!(
+            crate::facade_tests::logged("aiomqtt-logging-test"),
+            ["kept"]
+        );
     }
 }
