@@ -427,10 +427,15 @@ impl Router {
     pub(crate) fn attach(&self, session: Arc<Session>) {
         let mut routed = lock(&self.current);
         // Under the lock, so that they come before any message the engine hands over next.
+        // Paho's receive thread may wait for this lock: a full queue's warnings are queued
+        // for the log thread, not written to the application's logger here.
         let orphans = std::mem::take(&mut routed.orphans);
         let kept = orphans.len();
-        for message in orphans {
-            session.queue.push(message);
+        {
+            let _defer = crate::logging::DeferOnThisThread::new();
+            for message in orphans {
+                session.queue.push(message);
+            }
         }
         let logger = session.logger.clone();
         routed.session = Some(session);
