@@ -1351,6 +1351,8 @@ async fn max_queued_incoming_messages_discards_with_warning() {
         let mut messages = client.messages();
         assert_eq!(messages.len(), 3);
         assert_eq!(client.discarded_messages(), 2);
+        // Made on Paho's receive thread, the warnings reach the logger a moment later.
+        wait_until_async(RECV, || logs::warnings(&target).len() >= 2).await;
         assert_eq!(
             logs::warnings(&target),
             vec![
