@@ -825,6 +825,14 @@ impl ClientBuilder {
         }
         if let Some(will) = &o.will {
             Topic::new(will.topic.clone())?;
+            // The Will Payload is Binary Data: a two-byte length (MQTT 3.1.1 §3.1.3.4,
+            // 5.0 §3.1.3.4). Paho C writes only the length's low 16 bits.
+            let len = will.payload.as_bytes().len();
+            if len > usize::from(u16::MAX) {
+                return Err(Error::InvalidArgument(format!(
+                    "the Will payload is {len} bytes long; MQTT allows at most 65,535"
+                )));
+            }
             if will.properties.is_some() && !v5 {
                 return Err(invalid("Will properties need MQTT 5"));
             }
@@ -884,6 +892,16 @@ fn check_hostname(hostname: &str, transport: Transport) -> Result<(), Error> {
         return Err(Error::InvalidArgument(format!(
             "hostname {hostname:?} is a URL: pass the host alone and choose the transport with \
              .transport(), .tls_params() and .port() (scheme {scheme:?})"
+        )));
+    }
+    // No host name holds these, and through an HTTP proxy or WebSockets the name is
+    // written into a request line and a `Host:` header as it is.
+    if hostname
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(Error::InvalidArgument(format!(
+            "hostname {shown:?} contains a space or a control character"
         )));
     }
     if hostname.contains('@') {

@@ -234,6 +234,14 @@ impl Subscribe {
                         "no_local, retain_as_published and retain_handling need MQTT 5".to_owned(),
                     ));
                 }
+                // MQTT 5 §3.8.3.1: a broker closes the connection on this.
+                if options.no_local && spec.filter.starts_with("$share/") {
+                    return Err(Error::InvalidArgument(format!(
+                        "no_local cannot be set on the shared subscription {:?} \
+                         (MQTT 5 §3.8.3.1)",
+                        spec.filter
+                    )));
+                }
                 Ok((spec.filter.clone(), options))
             })
             .collect()

@@ -941,6 +941,50 @@ async fn v5_subscribe_options_on_v311_are_invalid_argument() {
     .await
 }
 
+/// MQTT 5 §3.8.3.1 makes No Local on a shared subscription a protocol error, for which a
+/// broker closes the connection: the call refuses it and sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_local_on_a_shared_subscription_is_refused_before_sending() {
+    with_timeout(T, async {
+        let broker = Broker::start();
+        let t = unique_topic("no_local_shared");
+        let id = format!("ops-nolocal-share-{}", std::process::id());
+        let conn = builder(broker.port(), ProtocolVersion::V5)
+            .identifier(&id)
+            .build()
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let shared = format!("$share/g/{t}/a");
+        let err = conn
+            .subscribe((shared.clone(), SubscribeOptions::new().no_local(true)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+        assert!(err.to_string().contains("no_local"), "{err}");
+        // One filter of several refuses the whole call.
+        let err = conn
+            .subscribe(vec![
+                (format!("{t}/b"), SubscribeOptions::new()),
+                (shared.clone(), SubscribeOptions::new().no_local(true)),
+            ])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+        // The connection is intact and the same shared filter without No Local works: the
+        // broker saw this one SUBSCRIBE only.
+        assert_eq!(conn.subscribe(shared).await.unwrap(), codes(&[0]));
+        assert_eq!(
+            log_count(&broker, &format!("Received SUBSCRIBE from {id}")),
+            1,
+            "{}",
+            broker.log()
+        );
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------------------------
 // Refused subscriptions (dynamic-security plugin)
 

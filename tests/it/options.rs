@@ -15,6 +15,12 @@ fn invalid(result: Result<Client, Error>) -> String {
     }
 }
 
+/// `InvalidArgument` whose text names `option`.
+fn refused(result: Result<Client, Error>, option: &str) {
+    let text = invalid(result);
+    assert!(text.contains(option), "{option:?} not named in {text:?}");
+}
+
 /// The options Paho C has no hook for are carried by the relay and accepted; combinations
 /// that cannot work are refused naming both options.
 #[test]
@@ -58,7 +64,7 @@ fn relay_options_are_accepted_and_impossible_combinations_named() {
             .build(),
     );
     assert!(msg.contains("user_id is for SOCKS 4"), "{msg}");
-    invalid(b().tls_insecure(true).build());
+    refused(b().tls_insecure(true).build(), "tls_insecure");
 }
 
 /// `tls_context` with `tls_params` is refused naming both.
@@ -105,7 +111,10 @@ fn protocol_specific_options_are_checked() {
     assert!(b().protocol(ProtocolVersion::V5).will(will).build().is_ok());
     // A property not allowed in CONNECT.
     let bad = Properties::new().content_type("text/plain");
-    invalid(b().protocol(ProtocolVersion::V5).properties(bad).build());
+    refused(
+        b().protocol(ProtocolVersion::V5).properties(bad).build(),
+        "Content Type property is not allowed in CONNECT",
+    );
 }
 
 #[test]
@@ -114,11 +123,23 @@ fn values_are_validated() {
     assert!(invalid(b().password("p").build()).contains("username"));
     assert!(invalid(b().identifier("a\0b").build()).contains("NUL"));
     assert!(invalid(b().username("a\0b").build()).contains("NUL"));
-    invalid(b().keepalive(Duration::from_millis(1500)).build());
-    invalid(b().keepalive(Duration::from_secs(65_536)).build());
-    invalid(b().timeout(Duration::ZERO).build());
-    invalid(b().max_inflight_messages(0).build());
-    invalid(b().max_concurrent_outgoing_calls(0).build());
+    refused(
+        b().keepalive(Duration::from_millis(1500)).build(),
+        "keepalive",
+    );
+    refused(
+        b().keepalive(Duration::from_secs(65_536)).build(),
+        "keepalive",
+    );
+    refused(b().timeout(Duration::ZERO).build(), "timeout");
+    refused(
+        b().max_inflight_messages(0).build(),
+        "max_inflight_messages",
+    );
+    refused(
+        b().max_concurrent_outgoing_calls(0).build(),
+        "max_concurrent_outgoing_calls",
+    );
     // Beyond what tokio's semaphore holds: refused, not a panic in connect().
     assert!(invalid(b().max_concurrent_outgoing_calls(usize::MAX).build()).contains("at most"));
     assert!(
@@ -126,7 +147,23 @@ fn values_are_validated() {
             .build()
             .is_ok()
     );
-    invalid(Client::builder("").build());
+    refused(Client::builder("").build(), "hostname");
+    // Nothing a host name can hold; through an HTTP proxy or WebSockets the name would be
+    // written into the request as it is.
+    for host in [
+        "broker\r\nX-Injected: 1",
+        "bro ker",
+        "broker\t",
+        "bro\u{7f}ker",
+    ] {
+        refused(Client::builder(host).build(), "control character");
+    }
+    assert!(Client::builder("fe80::1%eth0").build().is_ok());
+    // The Will payload has a two-byte length, as the strings do.
+    let payload = vec![b'x'; 65_536];
+    let text = invalid(b().will(Will::new("w", payload.clone())).build());
+    assert!(text.contains("Will payload is 65536 bytes"), "{text}");
+    assert!(b().will(Will::new("w", &payload[1..])).build().is_ok());
     // A URL's user information is refused, and its password shown nowhere.
     for host in ["mqtt://user:s3cret@broker", "user:s3cret@broker"] {
         let b = Client::builder(host);
@@ -154,11 +191,15 @@ fn transport_options_are_checked() {
     assert!(invalid(b().websocket_path("/mqtt").build()).contains("WebSockets"));
     assert!(invalid(b().websocket_headers([("X-A", "1")]).build()).contains("WebSockets"));
     let ws = || b().transport(Transport::WebSockets);
-    invalid(ws().websocket_path("mqtt").build());
-    invalid(ws().websocket_headers([("Bad Header", "1")]).build());
-    invalid(
+    refused(ws().websocket_path("mqtt").build(), "websocket_path");
+    refused(
+        ws().websocket_headers([("Bad Header", "1")]).build(),
+        "websocket header \"Bad Header\"",
+    );
+    refused(
         ws().websocket_headers([("X-A", "a\r\nInjected: 1")])
             .build(),
+        "websocket header \"X-A\"",
     );
     assert!(
         ws().websocket_path("/ws")
@@ -170,8 +211,11 @@ fn transport_options_are_checked() {
     let missing = TlsParams::new().ca_certs("/no/such/ca.pem");
     assert!(invalid(b().tls_params(missing).build()).contains("does not exist"));
     let unix = || Client::builder("/tmp/x.sock").transport(Transport::Unix);
-    invalid(unix().tls_params(TlsParams::new()).build());
-    invalid(unix().proxy(ProxySettings::http("p", 3128)).build());
+    refused(unix().tls_params(TlsParams::new()).build(), "tls_params");
+    refused(
+        unix().proxy(ProxySettings::http("p", 3128)).build(),
+        "proxy",
+    );
     assert!(
         b().tls_params(TlsParams::new().cert_reqs(CertRequirements::None))
             .build()
