@@ -121,7 +121,10 @@ impl Drop for Claim<'_> {
         }
         let resumes = self.shared.options.resumes_on_connect();
         let retire = self.started.as_ref().and_then(|(slot, session)| {
-            slot.router.detach(session);
+            // Paho may still finish a persistent session's attempt: what the broker then
+            // sends is kept for the next connect().
+            slot.router
+                .detach(session, resumes && !self.engine_finished);
             (!self.engine_finished && !resumes).then_some(&slot.engine)
         });
         self.shared.release(self.generation, retire);

@@ -382,7 +382,8 @@ impl Session {
             link.up = None;
             link.epoch += 1;
         });
-        self.router.detach(self);
+        // What arrives from here on belongs to this ended connection: not kept.
+        self.router.detach(self, false);
         self.queue.close(cause.to_stream_error());
         self.end.finish(cause);
         // After the cause is visible: the calls whose waits this ends read it.
@@ -415,11 +416,17 @@ pub(crate) struct Router {
 #[derive(Default)]
 struct Routed {
     session: Option<Arc<Session>>,
-    /// Messages that arrived while no session was attached, kept for the next one. A
-    /// persistent session's CONNACK can come after its `connect()` gave up: the broker
-    /// then sends the messages it stored, which the engine has acknowledged by the time
-    /// they reach us, until the engine's DISCONNECT of that stray connection goes out.
+    /// Whether messages that arrive while no session is attached are kept for the next
+    /// one: only after a persistent session's `connect()` gave up while the engine may
+    /// still finish it.
+    keep_strays: bool,
+    /// Those messages. The CONNACK can come after `connect()` gave up: the broker then
+    /// sends the messages it stored, which the engine has acknowledged by the time they
+    /// reach us, until the engine's DISCONNECT of that stray connection goes out.
     orphans: Vec<Message>,
+    /// Messages of an ended connection that came before its DISCONNECT went out: dropped
+    /// (its queue's messages are dropped with it), counted for the next attach's record.
+    dropped: usize,
 }
 
 impl Router {
@@ -431,6 +438,7 @@ impl Router {
         // for the log thread, not written to the application's logger here.
         let orphans = std::mem::take(&mut routed.orphans);
         let kept = orphans.len();
+        let dropped = std::mem::take(&mut routed.dropped);
         {
             let _defer = crate::logging::DeferOnThisThread::new();
             for message in orphans {
@@ -446,16 +454,24 @@ impl Router {
                 "{kept} messages arrived after an earlier connect() gave up: delivered first"
             );
         }
+        if dropped > 0 {
+            crate::logging::log_debug!(
+                target: &logger,
+                "{dropped} messages arrived after the previous connection ended: dropped"
+            );
+        }
     }
 
-    /// Detaches `session` if it is the current one.
-    pub(crate) fn detach(&self, session: &Session) {
+    /// Detaches `session` if it is the current one. With `keep_strays`, messages that
+    /// arrive before the next session attaches are kept for it (see [`Routed`]).
+    pub(crate) fn detach(&self, session: &Session, keep_strays: bool) {
         let mut routed = lock(&self.current);
         if routed
             .session
             .as_deref()
             .is_some_and(|s| std::ptr::eq(s, session))
         {
+            routed.keep_strays = keep_strays;
             // Dropped outside the lock: it may be the last reference.
             let old = routed.session.take();
             drop(routed);
@@ -471,7 +487,8 @@ impl Events for Router {
         let mut routed = lock(&self.current);
         match routed.session.as_deref() {
             Some(session) => session.queue.push(message),
-            None => routed.orphans.push(message),
+            None if routed.keep_strays => routed.orphans.push(message),
+            None => routed.dropped += 1,
         }
     }
 

@@ -444,7 +444,11 @@ impl Engine {
                 Ok(Err(_)) => return Err(engine_thread_gone()),
                 Err(_) => return Err(Error::Timeout),
             }
-            let (waiter, mut outcome) = oneshot::channel();
+            let (waiter, outcome) = oneshot::channel();
+            let mut outcome = Outcome {
+                rx: outcome,
+                hooks: self.0.hooks.clone(),
+            };
             let inner = self.0.clone();
             let uri = uri.clone();
             let start = move || {
@@ -498,13 +502,13 @@ impl Engine {
             if rc != 0 {
                 return Err(errors::from_rc(rc, None));
             }
-            let result = match tokio::time::timeout_at(deadline, &mut outcome).await {
+            let result = match tokio::time::timeout_at(deadline, &mut outcome.rx).await {
                 Ok(Ok(result)) => result,
                 Ok(Err(_)) => return Err(engine_thread_gone()),
                 Err(_) => {
                     // Closing first makes a late outcome either ours or refused.
-                    outcome.close();
-                    match outcome.try_recv() {
+                    outcome.rx.close();
+                    match outcome.rx.try_recv() {
                         Ok(result) => result,
                         Err(_) => return Err(Error::Timeout),
                     }
@@ -802,6 +806,24 @@ impl Driver for Engine {
 
     fn tls_errors(&self) -> Vec<String> {
         self.0.hooks.tls_errors()
+    }
+}
+
+/// The receiving end of a CONNECT's outcome. A success delivered to a `connect()` that
+/// is then dropped before reading it leaves a connection no session owns: closed here,
+/// as the callback closes one that finds no receiver (see `Hooks::connect_done`).
+struct Outcome {
+    rx: oneshot::Receiver<hooks::ConnectOutcome>,
+    hooks: Arc<Hooks>,
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        self.rx.close();
+        if matches!(self.rx.try_recv(), Ok(Ok(_))) {
+            crate::logging::log_debug!(target: &self.hooks.logger, "A connect finished after its caller gave up: closing it");
+            self.hooks.close_stray();
+        }
     }
 }
 

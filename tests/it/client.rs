@@ -284,6 +284,98 @@ async fn messages_after_a_late_connack_reach_the_next_connection() {
     .await;
 }
 
+/// A `connect()` dropped after its CONNACK arrived but before it was polled again leaves
+/// no connection behind: a persistent session's engine is kept, its connection closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connect_dropped_after_its_connack_closes_the_connection() {
+    with_timeout(T, async {
+        let fb = FakeBroker::start().await;
+        let client = Client::builder("127.0.0.1")
+            .port(fb.port())
+            .identifier("dropped-after-connack")
+            .clean_session(false)
+            .build()
+            .unwrap();
+        let mut connect = Box::pin(client.connect());
+        let mut fc = tokio::select! {
+            r = &mut connect => panic!("connected without a CONNACK: {r:?}"),
+            fc = fb.accept() => fc,
+        };
+        fc.send_connack(true, 0).await.unwrap();
+        // The engine reports the CONNACK to the pending connect(), which nobody polls.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(connect);
+        assert!(
+            fc.peer_closed(Duration::from_secs(5)).await,
+            "the connection nobody owns was left open:\n{}",
+            fc.trace()
+        );
+        // The client connects again.
+        let (conn, _fc2) = fb.connect(&client).await;
+        assert!(conn.is_connected());
+    })
+    .await;
+}
+
+/// Messages that reach the engine after a clean connection ended (before its DISCONNECT
+/// went out) are that connection's: the next connection does not get them.
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_after_a_connection_ended_do_not_reach_the_next_one() {
+    with_timeout(T, async {
+        let fb = FakeBroker::start().await;
+        let client = Client::builder("127.0.0.1")
+            .port(fb.port())
+            .identifier("ended-then-stray")
+            .max_inflight_messages(1)
+            .build()
+            .unwrap();
+        let (conn, mut fc) = fb.connect(&client).await;
+        // A QoS 1 publish the broker holds fills Paho's window of one; a SUBSCRIBE
+        // behind it waits in Paho's queue, and so does every later command of this
+        // client (MQTTAsync_processCommand): the DISCONNECT too.
+        let held = conn
+            .publish("held", "x")
+            .qos(QoS::AtLeastOnce)
+            .timeout(Duration::from_millis(300))
+            .await;
+        assert!(held.is_err(), "{held:?}");
+        let publish = fc
+            .try_expect(PacketType::Publish, Duration::from_secs(5))
+            .await
+            .expect("the held PUBLISH");
+        let id = publish.packet_id().unwrap();
+        let sub = conn
+            .subscribe("old/#")
+            .timeout(Duration::from_millis(300))
+            .await;
+        assert!(sub.is_err(), "{sub:?}");
+        drop(conn);
+        // Before the DISCONNECT can go: a message of the ended connection.
+        let mut burst = packets::publish(b"old/t", 0, 0, b"stale", false, false, None);
+        burst.extend(packets::puback(id, None));
+        fc.send(&burst).await.unwrap();
+        fc.try_expect(PacketType::Disconnect, Duration::from_secs(5))
+            .await
+            .expect("the DISCONNECT, once the window freed");
+        let (conn, fc2) = fb.connect(&client).await;
+        let mut messages = conn.messages();
+        fc2.send(&packets::publish(
+            b"new/t", 0, 0, b"marker", false, false, None,
+        ))
+        .await
+        .unwrap();
+        let m = with_timeout(Duration::from_secs(5), messages.next())
+            .await
+            .expect("a message")
+            .unwrap();
+        assert_eq!(
+            (m.topic.as_str(), &m.payload[..]),
+            ("new/t", &b"marker"[..])
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn connack_timeout_then_reusable() {
     with_timeout(T, async {
