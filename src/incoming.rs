@@ -124,6 +124,39 @@ enum End {
     Finished,
 }
 
+/// The waiting handles a change of the queue wakes, once its lock is released.
+///
+/// A change wakes every waiting handle, not one: a handle cannot withdraw its wait (a
+/// stream's `next()` future can be dropped, or its task stop polling it, without the
+/// stream knowing), so a message meant for one handle alone could sit in the queue
+/// while another handle waits. Those that find nothing wait again.
+enum Wake {
+    None,
+    One(Waker),
+    All(VecDeque<(u64, Waker)>),
+}
+
+impl Wake {
+    /// Takes every waiting handle; one alone without giving up the list's allocation.
+    fn everyone(waiting: &mut VecDeque<(u64, Waker)>) -> Wake {
+        match waiting.len() {
+            0 => Wake::None,
+            1 => waiting
+                .pop_front()
+                .map_or(Wake::None, |(_, waker)| Wake::One(waker)),
+            _ => Wake::All(std::mem::take(waiting)),
+        }
+    }
+
+    fn wake(self) {
+        match self {
+            Wake::None => {}
+            Wake::One(waker) => waker.wake(),
+            Wake::All(waiting) => waiting.into_iter().for_each(|(_, w)| w.wake()),
+        }
+    }
+}
+
 struct State {
     store: Store,
     end: End,
@@ -166,7 +199,7 @@ impl Queue {
     }
 
     /// Called on Paho's thread: never blocks beyond the short lock, runs no user code,
-    /// and wakes one waiting consumer.
+    /// and wakes the waiting consumers (see [`Wake`]).
     pub(crate) fn push(&self, message: Message) {
         let mut state = self.lock();
         if !matches!(state.end, End::Open) {
@@ -184,24 +217,22 @@ impl Queue {
         state.store.push(message);
         // Woken after the lock is released: a wake can run the reader at once on another
         // core, which would otherwise find the lock still held by this (Paho's) thread.
-        let waker = state.waiting.pop_front();
+        let wake = Wake::everyone(&mut state.waiting);
         drop(state);
-        if let Some((_, waker)) = waker {
-            waker.wake();
-        }
+        wake.wake();
     }
 
     /// Marks the end of the connection; queued messages stay readable. Wakes everyone.
     pub(crate) fn close(&self, cause: Error) {
-        let wakers = {
+        let wake = {
             let mut state = self.lock();
             if !matches!(state.end, End::Open) {
                 return;
             }
             state.end = End::Ended(cause);
-            std::mem::take(&mut state.waiting)
+            Wake::everyone(&mut state.waiting)
         };
-        wakers.into_iter().for_each(|(_, w)| w.wake());
+        wake.wake();
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -237,19 +268,9 @@ impl Queue {
                 let mut state = self.queue.lock();
                 state.store.insert_keyed(std::mem::take(&mut self.keyed));
                 state.keying -= self.n;
-                let wake_all = !matches!(state.end, End::Open);
-                let wakers: Vec<Waker> = if wake_all {
-                    state.waiting.drain(..).map(|(_, w)| w).collect()
-                } else {
-                    state
-                        .waiting
-                        .pop_front()
-                        .map(|(_, w)| w)
-                        .into_iter()
-                        .collect()
-                };
+                let wake = Wake::everyone(&mut state.waiting);
                 drop(state);
-                wakers.into_iter().for_each(Waker::wake);
+                wake.wake();
             }
         }
         let mut keying = Keying {
@@ -270,11 +291,9 @@ impl Queue {
         self.key_arrivals();
         let mut state = self.lock();
         if let Some(message) = state.store.pop() {
-            // Pass the baton: another waiting consumer takes the next one.
-            if state.store.len() > 0 {
-                if let Some((_, waker)) = state.waiting.pop_front() {
-                    waker.wake();
-                }
+            // Polled for another reason than its wake-up: its wait is over.
+            if let Some(at) = state.waiting.iter().position(|(h, _)| *h == id) {
+                state.waiting.remove(at);
             }
             return Poll::Ready(Some(Ok(message)));
         }
@@ -296,16 +315,9 @@ impl Queue {
         Poll::Pending
     }
 
-    /// A handle went away: if it had been woken for a message it will not take, the
-    /// next waiting consumer gets the baton.
+    /// A handle went away: its wait with it.
     fn forget(&self, id: u64) {
-        let mut state = self.lock();
-        state.waiting.retain(|(h, _)| *h != id);
-        if state.store.len() > 0 {
-            if let Some((_, waker)) = state.waiting.pop_front() {
-                waker.wake();
-            }
-        }
+        self.lock().waiting.retain(|(h, _)| *h != id);
     }
 }
 

@@ -173,6 +173,56 @@ async fn several_handles_share_one_queue_each_message_delivered_once() {
     .await
 }
 
+/// A handle that asked for a message and then stopped polling (a `select!` branch that
+/// lost, an expired `timeout`) keeps no message from another handle that waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_that_stopped_polling_does_not_hold_back_a_waiting_one() {
+    with_timeout(T, async {
+        let broker = Broker::start();
+        let t = unique_topic("abandoned_wait");
+        let conn = connect(broker.port(), ProtocolVersion::V311).await;
+        conn.subscribe(format!("{t}/#")).await.unwrap();
+        let mut a = conn.messages();
+        let mut b = conn.messages();
+        // `a` waits first, in a task of its own, then that task stops polling it and
+        // waits for something else, keeping the handle.
+        let (polled_tx, polled) = tokio::sync::oneshot::channel();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            {
+                let next = a.next();
+                futures::pin_mut!(next);
+                assert!(futures::poll!(next).is_pending());
+            }
+            polled_tx.send(()).unwrap();
+            let _ = released.await;
+            a
+        });
+        polled.await.unwrap();
+        let next_b = b.next();
+        futures::pin_mut!(next_b);
+        assert!(futures::poll!(next_b.as_mut()).is_pending());
+        // Published from another task, so that only the wake-up can bring this one back.
+        let publisher = conn.clone();
+        let topic = format!("{t}/x");
+        tokio::spawn(async move { publisher.publish(topic, "one").await.unwrap() });
+        // (Not `timeout`: at its deadline it polls the stream once more, and would find
+        // the message a missed wake-up left in the queue.)
+        let m = tokio::select! {
+            biased;
+            _ = tokio::time::sleep(RECV) => panic!("the waiting handle was not woken"),
+            m = next_b => m.unwrap().unwrap(),
+        };
+        assert_eq!(text(&m), "one");
+        release.send(()).unwrap();
+        let mut a = task.await.unwrap();
+        // And `a` still works.
+        conn.publish(format!("{t}/x"), "two").await.unwrap();
+        assert_eq!(text(&next_message(&mut a).await), "two");
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handles_polled_in_turn_split_the_queue() {
     with_timeout(T, async {
