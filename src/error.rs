@@ -180,7 +180,8 @@ pub enum Error {
     Unacknowledged,
 
     /// The broker broke the MQTT protocol (for example a PUBLISH whose topic is not
-    /// valid UTF-8); the client closed the connection.
+    /// valid UTF-8, or on MQTT 5 a property given twice or a CONNACK's Receive Maximum
+    /// of 0); the client closed the connection.
     Protocol(String),
 
     /// A payload too large to send.

@@ -106,7 +106,9 @@ macro_rules! option_field {
                 let Wire::$wire($w) = value else { return false };
                 match $from {
                     Some(v) => {
-                        *self = Some(v);
+                        // A repeated property: the first counts, as in Paho C
+                        // (`MQTTProperties_getNumericValue`).
+                        self.get_or_insert(v);
                         true
                     }
                     None => false,
@@ -147,7 +149,7 @@ impl Field for Option<Vec<u8>> {
     }
     fn absorb(&mut self, value: Wire<'_>) -> bool {
         let Wire::Bin(v) = value else { return false };
-        *self = Some(v.to_vec());
+        self.get_or_insert_with(|| v.to_vec());
         true
     }
     fn debug<'a>(&'a self, secret: bool) -> Box<dyn fmt::Debug + 'a> {
@@ -243,8 +245,17 @@ macro_rules! properties_table {
                 $(self.$field.wire(&mut |w| out($code, w));)*
             }
 
+            /// The specification's name of the property `code`.
+            pub(crate) fn name_of(code: u8) -> Option<&'static str> {
+                match code {
+                    $($code => Some($name),)*
+                    _ => None,
+                }
+            }
+
             /// Takes one received value; `false` for an unknown identifier or a value that
-            /// cannot be represented (the caller leaves it out).
+            /// cannot be represented (the caller leaves it out). Of a property that may
+            /// appear once, a repeated value leaves the first in place.
             pub(crate) fn absorb(&mut self, code: u8, value: Wire<'_>) -> bool {
                 match code {
                     $($code => self.$field.absorb(value),)*

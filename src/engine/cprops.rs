@@ -119,30 +119,53 @@ impl Drop for CProps {
 /// # Safety
 /// `props` must point to a list valid for the duration of the call, or be null.
 #[allow(unsafe_code)]
-pub(crate) unsafe fn read_boxed(props: *const sys::MQTTProperties) -> Box<Properties> {
+pub(crate) unsafe fn read_boxed(
+    props: *const sys::MQTTProperties,
+) -> (Box<Properties>, Option<Violation>) {
     // SAFETY: the caller guarantees `props` is null or valid for this call.
     match unsafe { props.as_ref() } {
         Some(list) if list.count > 0 && !list.array.is_null() => {
             // SAFETY: as above.
-            Box::new(unsafe { read(props) })
+            let (props, violation) = unsafe { read_checked(props) };
+            (Box::new(props), violation)
         }
-        _ => Box::default(),
+        _ => (Box::default(), None),
     }
 }
 
-/// Reads a list Paho received. Values our types cannot represent are left out.
+/// Reads a list Paho received, where nothing can be done about a malformed one (a
+/// failure's or a DISCONNECT's properties): see [`read_checked`].
 ///
 /// # Safety
 /// `props` must point to a list valid for the duration of the call, or be null.
 #[allow(unsafe_code)]
 pub(crate) unsafe fn read(props: *const sys::MQTTProperties) -> Properties {
+    // SAFETY: the caller's guarantee.
+    unsafe { read_checked(props) }.0
+}
+
+/// Reads a list Paho received, and says what in it breaks MQTT 5's rules, which Paho C
+/// does not check: a string that is not UTF-8 or holds U+0000 (§1.5.4), a value out of
+/// range (a Payload Format Indicator of 2, say), a property other than User Property and
+/// Subscription Identifier given twice (§2.2.2.2). A value that breaks them is left out;
+/// of a repeated property the first counts, as in Paho C.
+///
+/// # Safety
+/// `props` must point to a list valid for the duration of the call, or be null.
+#[allow(unsafe_code)]
+pub(crate) unsafe fn read_checked(
+    props: *const sys::MQTTProperties,
+) -> (Properties, Option<Violation>) {
     let mut out = Properties::new();
+    let mut violation = None;
+    // Identifiers seen, of those that may appear once.
+    let mut seen = [false; 256];
     // SAFETY: the caller guarantees `props` is null or valid for this call.
     let Some(list) = (unsafe { props.as_ref() }) else {
-        return out;
+        return (out, None);
     };
     if list.array.is_null() || list.count <= 0 {
-        return out;
+        return (out, None);
     }
     let count = usize::try_from(list.count).unwrap_or(0);
     // SAFETY: Paho keeps `count` initialised properties in `array`.
@@ -183,12 +206,48 @@ pub(crate) unsafe fn read(props: *const sys::MQTTProperties) -> Properties {
                 _ => None,
             }
         };
-        if let Some(wire) = wire {
-            out.absorb(code, wire);
+        let has_nul = match wire {
+            Some(Wire::Str(s)) => s.contains('\0'),
+            Some(Wire::Pair(k, v)) => k.contains('\0') || v.contains('\0'),
+            _ => false,
+        };
+        let problem = match wire {
+            None => Some((MALFORMED_PACKET, "is not valid UTF-8")),
+            Some(_) if has_nul => Some((MALFORMED_PACKET, "contains U+0000")),
+            Some(wire) if !out.absorb(code, wire) => {
+                Some((PROTOCOL_ERROR, "has a value MQTT 5 does not allow"))
+            }
+            Some(_) if code == USER_PROPERTY || code == SUBSCRIPTION_IDENTIFIER => None,
+            Some(_) if std::mem::replace(&mut seen[usize::from(code)], true) => {
+                Some((PROTOCOL_ERROR, "appears more than once"))
+            }
+            Some(_) => None,
+        };
+        if let (Some((reason, problem)), None) = (problem, &violation) {
+            let name = Properties::name_of(code).unwrap_or("unknown");
+            violation = Some(Violation {
+                reason,
+                what: format!("the {name} property ({code:#04x}) {problem}"),
+            });
         }
     }
-    out
+    (out, violation)
 }
+
+/// What makes a received packet break MQTT's rules, and the reason code a client closes
+/// the connection with for it (MQTT 5 §4.13).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Violation {
+    pub(crate) reason: u8,
+    pub(crate) what: String,
+}
+
+const MALFORMED_PACKET: u8 = 0x81;
+pub(crate) const PROTOCOL_ERROR: u8 = 0x82;
+
+/// The properties MQTT 5 lets a packet carry more than once.
+const USER_PROPERTY: u8 = 0x26;
+const SUBSCRIPTION_IDENTIFIER: u8 = 0x0B;
 
 /// The bytes of a received string or binary value.
 ///

@@ -119,6 +119,9 @@ pub(crate) fn is_misattributed_connect_failure(e: &Error) -> bool {
 /// Maps a failed CONNECT: a refusal by CONNACK is [`Error::Connect`]; anything else is
 /// the engine's own failure, which the caller diagnoses further.
 pub(crate) fn from_connect_failure(f: Failure) -> Error {
+    if let Some(what) = f.violation {
+        return Error::Protocol(what);
+    }
     if let Some(reason) = f.reason {
         return Error::Connect(ReasonCode::from(reason));
     }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use tokio::sync::{oneshot, watch};
 
 use super::Inner;
+use super::cprops::Violation;
 use super::registry::Failure;
 use crate::{Message, Properties, QoS, ReasonCode, Topic};
 
@@ -24,6 +25,8 @@ pub(crate) struct Incoming<'a> {
     pub(crate) dup: bool,
     pub(crate) packet_id: u16,
     pub(crate) properties: Option<Box<Properties>>,
+    /// What in its properties breaks MQTT 5's rules, if anything.
+    pub(crate) violation: Option<Violation>,
 }
 
 /// Why a connection ended without our DISCONNECT.
@@ -86,6 +89,9 @@ struct Attempt {
     waiter: Option<oneshot::Sender<ConnectOutcome>>,
     slow: Option<SlowConnect>,
 }
+
+/// The reason code of a DISCONNECT for a PUBLISH whose topic is not a topic name.
+const TOPIC_NAME_INVALID: u8 = 0x90;
 
 /// TLS error lines kept per connect attempt.
 const TLS_LINES: usize = 8;
@@ -170,6 +176,41 @@ impl Hooks {
         self.busy.send_replace(false);
     }
 
+    /// An MQTT 5 CONNACK that accepted the connection. One that breaks the protocol (a
+    /// Receive Maximum of 0, a malformed property) fails the connect with
+    /// `Error::Protocol` and the connection is closed with the matching reason code:
+    /// Paho C checks neither, and with a Receive Maximum of 0 it would hold back every
+    /// command of the client (`MQTTAsync_processCommand`).
+    pub(crate) fn connack5(
+        &self,
+        session_present: bool,
+        properties: Properties,
+        violation: Option<Violation>,
+    ) {
+        let violation = violation.or_else(|| {
+            (properties.receive_maximum == Some(0)).then(|| Violation {
+                reason: super::cprops::PROTOCOL_ERROR,
+                what: "the Receive Maximum property (0x21) is 0".to_owned(),
+            })
+        });
+        let Some(violation) = violation else {
+            self.connect_done(Ok((session_present, Some(properties))));
+            return;
+        };
+        let what = format!(
+            "protocol violation by the broker in CONNACK: {}",
+            violation.what
+        );
+        crate::logging::log_warn!(target: &self.logger, "{what}; closing the connection");
+        if let Some(engine) = self.engine.get().and_then(Weak::upgrade) {
+            super::Engine::from_inner(engine).close_quietly_c(violation.reason);
+        }
+        self.connect_done(Err(Failure {
+            violation: Some(what),
+            ..Failure::default()
+        }));
+    }
+
     /// Asks for a DISCONNECT of a connection no session owns (from any thread).
     pub(crate) fn close_stray(&self) {
         if let Some(engine) = self.engine.get().and_then(Weak::upgrade) {
@@ -218,14 +259,19 @@ impl Hooks {
                 m.topic.len()
             )),
         };
-        let topic = match topic {
+        let fault = match (topic, m.violation) {
+            (Err(why), _) => Err((why, TOPIC_NAME_INVALID)),
+            (Ok(_), Some(v)) => Err((format!("a received PUBLISH: {}", v.what), v.reason)),
+            (Ok(topic), None) => Ok(topic),
+        };
+        let topic = match fault {
             Ok(topic) => topic,
-            Err(why) => {
+            Err((why, reason)) => {
                 let why = format!("protocol violation by the broker: {why}");
                 crate::logging::log_warn!(target: &self.logger, "{why}; closing the connection");
                 self.events.lost(Loss::Malformed(why));
                 if let Some(engine) = self.engine.get().and_then(Weak::upgrade) {
-                    super::Engine::from_inner(engine).close_quietly_c(0x90);
+                    super::Engine::from_inner(engine).close_quietly_c(reason);
                 }
                 return;
             }

@@ -745,11 +745,12 @@ unsafe extern "C" fn on_message(
             },
             _ => &[][..],
         };
-        let properties = if h.v5 {
+        let (properties, violation) = if h.v5 {
             // SAFETY: the message's own properties, valid for the call.
-            Some(unsafe { cprops::read_boxed(&m.properties) })
+            let (props, violation) = unsafe { cprops::read_boxed(&m.properties) };
+            (Some(props), violation)
         } else {
-            None
+            (None, None)
         };
         h.message(Incoming {
             topic: topic_bytes,
@@ -759,6 +760,7 @@ unsafe extern "C" fn on_message(
             dup: m.dup != 0,
             packet_id: u16::try_from(m.msgid).unwrap_or(0),
             properties,
+            violation,
         });
     });
     let mut message = message;
@@ -793,15 +795,15 @@ unsafe extern "C" fn on_connect_ok(ctx: *mut c_void, data: *mut sys::MQTTAsync_s
 unsafe extern "C" fn on_connect_ok5(ctx: *mut c_void, data: *mut sys::MQTTAsync_successData5) {
     fenced("connect success", || {
         // SAFETY: Paho passes the CONNACK's data, valid for the call.
-        let (session_present, props) = match unsafe { data.as_ref() } {
+        let (session_present, (props, violation)) = match unsafe { data.as_ref() } {
             Some(d) => (unsafe { d.alt.connect.sessionPresent } != 0, unsafe {
-                cprops::read(&d.properties)
+                cprops::read_checked(&d.properties)
             }),
-            None => (false, crate::Properties::new()),
+            None => (false, (crate::Properties::new(), None)),
         };
         // SAFETY: the handle's context.
         if let Some(h) = unsafe { hooks(ctx) } {
-            h.connect_done(Ok((session_present, Some(props))));
+            h.connack5(session_present, props, violation);
         }
     });
 }
@@ -839,6 +841,7 @@ unsafe fn failure3(data: *mut sys::MQTTAsync_failureData) -> Failure {
             v3_return_code: None,
             // SAFETY: a NUL-terminated string valid for the call, or null.
             message: unsafe { text(d.message) },
+            violation: None,
         },
         None => Failure::code(-1),
     }
@@ -870,6 +873,7 @@ unsafe fn failure5(data: *mut sys::MQTTAsync_failureData5) -> Failure {
                     .ok()
                     .filter(|rc| (1..=5).contains(rc)),
                 message,
+                violation: None,
             }
         }
         None => Failure::code(-1),

@@ -65,6 +65,8 @@ pub(crate) struct Failure {
     pub(crate) v3_return_code: Option<u8>,
     /// Paho's text, when it gave one.
     pub(crate) message: Option<String>,
+    /// A CONNACK that broke the protocol (`Error::Protocol`), found by the facade.
+    pub(crate) violation: Option<String>,
 }
 
 impl Failure {

@@ -360,6 +360,18 @@ async fn assert_closed_for_invalid_topic(
     fc: &mut FakeConn,
     pending: Pending,
 ) {
+    assert_closed_for(what, messages, fc, pending, 0x90).await;
+}
+
+/// The connection ended as [`assert_closed_for_invalid_topic`] says, with `reason` in the
+/// client's DISCONNECT on MQTT 5.
+async fn assert_closed_for(
+    what: &str,
+    messages: &mut Messages,
+    fc: &mut FakeConn,
+    pending: Pending,
+    reason: u8,
+) {
     match tokio::time::timeout(EVENT, messages.next()).await {
         Ok(Some(Err(Error::Disconnected(cause)))) => assert!(
             matches!(*cause, Error::Protocol(_)),
@@ -378,8 +390,8 @@ async fn assert_closed_for_invalid_topic(
     );
     let disconnects = fc.received(PacketType::Disconnect);
     if fc.v5() {
-        let reason = disconnects.first().and_then(|p| p.body.first().copied());
-        assert_eq!(reason, Some(0x90), "after {what}:\n{}", fc.trace());
+        let sent = disconnects.first().and_then(|p| p.body.first().copied());
+        assert_eq!(sent, Some(reason), "after {what}:\n{}", fc.trace());
     }
 }
 
@@ -449,6 +461,159 @@ scenario!(
     /// Empty and no Topic Alias property: a protocol error on 5 too.
     empty_topic_5,
     invalid_topic(V5, b"", 1, &[])
+);
+
+// ---- PUBLISH and CONNACK properties that break MQTT 5's rules ---------------------------------
+
+/// A QoS 1 PUBLISH on a valid topic whose properties break MQTT 5's rules (Paho C does
+/// not check them) ends the connection as an invalid topic does, the DISCONNECT saying
+/// `reason` (0x81 Malformed Packet, 0x82 Protocol Error).
+async fn invalid_properties(what: &str, props: &[u8], reason: u8) {
+    let fb = FakeBroker::start().await;
+    let (_client, conn, mut fc) = open(&fb, V5).await;
+    let mut messages = conn.messages();
+    subscribe(&conn, &mut fc, "#", QoS::AtLeastOnce).await;
+    let pending = start_pending(&conn, &mut fc).await;
+    fc.send(&packets::publish(
+        b"a/b",
+        1,
+        11,
+        b"bad",
+        false,
+        false,
+        Some(props),
+    ))
+    .await
+    .unwrap();
+    assert_closed_for(what, &mut messages, &mut fc, pending, reason).await;
+}
+
+scenario!(
+    /// Response Topic `r/\xC3\x28`.
+    property_string_not_utf8,
+    invalid_properties(
+        "a Response Topic that is not UTF-8",
+        b"\x08\x00\x04r/\xC3\x28",
+        0x81
+    )
+);
+scenario!(
+    property_string_with_nul,
+    invalid_properties("a Content Type with U+0000", b"\x03\x00\x03a\x00b", 0x81)
+);
+scenario!(
+    user_property_not_utf8,
+    invalid_properties(
+        "a User Property value that is not UTF-8",
+        b"\x26\x00\x01k\x00\x02\xC3\x28",
+        0x81
+    )
+);
+scenario!(
+    property_given_twice,
+    invalid_properties("Content Type twice", b"\x03\x00\x01a\x03\x00\x01b", 0x82)
+);
+scenario!(
+    payload_format_out_of_range,
+    invalid_properties("a Payload Format Indicator of 2", b"\x01\x02", 0x82)
+);
+
+/// The properties MQTT 5 lets a PUBLISH repeat are delivered, every value in order.
+async fn repeatable_properties() {
+    let fb = FakeBroker::start().await;
+    let (_client, conn, mut fc) = open(&fb, V5).await;
+    let mut messages = conn.messages();
+    let mut props = packets::prop_user("k", "1");
+    props.extend(packets::prop_user("k", "2"));
+    props.extend(b"\x0b\x01\x0b\x02");
+    fc.send(&packets::publish(
+        b"a/b",
+        0,
+        0,
+        b"ok",
+        false,
+        false,
+        Some(&props),
+    ))
+    .await
+    .unwrap();
+    let m = with_timeout(EVENT, messages.next())
+        .await
+        .expect("a message")
+        .expect("a message");
+    let p = m.properties.expect("properties");
+    assert_eq!(
+        p.user_properties,
+        [
+            ("k".to_owned(), "1".to_owned()),
+            ("k".to_owned(), "2".to_owned())
+        ]
+    );
+    assert_eq!(p.subscription_identifiers, [1, 2]);
+    assert_usable("repeated User Properties", &conn, &mut fc).await;
+}
+
+scenario!(
+    repeated_user_properties_and_subscription_ids,
+    repeatable_properties()
+);
+
+/// A CONNACK accepting the connection with properties that break MQTT 5's rules: the
+/// connect fails with `Error::Protocol` naming the fault, the client sends DISCONNECT
+/// with `reason` and closes, and the client connects again.
+async fn bad_connack(props: &[u8], reason: u8, needle: &str) {
+    let fb = FakeBroker::start().await;
+    let client = client(&fb, V5, CALL_TIMEOUT);
+    let (r, mut fc) = tokio::join!(
+        with_timeout_ctx(EVENT, "connect()", client.connect()),
+        async {
+            let fc = fb.accept().await;
+            fc.send_connack_props(false, 0, props).await.unwrap();
+            fc
+        }
+    );
+    match r {
+        Err(Error::Protocol(what)) => assert!(what.contains(needle), "{what}"),
+        other => panic!("expected Error::Protocol, got {other:?}"),
+    }
+    assert!(fc.peer_closed(EVENT).await, "{}", fc.trace());
+    let sent = fc
+        .received(PacketType::Disconnect)
+        .first()
+        .and_then(|p| p.body.first().copied());
+    assert_eq!(sent, Some(reason), "{}", fc.trace());
+    let (r, mut fc) = tokio::join!(
+        with_timeout_ctx(EVENT, "connect() again", client.connect()),
+        async {
+            let fc = fb.accept().await;
+            fc.send_connack(false, 0).await.unwrap();
+            fc
+        }
+    );
+    let conn = r.expect("the next connect");
+    assert_usable("a connect after the bad CONNACK", &conn, &mut fc).await;
+}
+
+scenario!(
+    /// Paho C would let no command of the client go (its window would be 0).
+    connack_receive_maximum_zero,
+    bad_connack(b"\x21\x00\x00", 0x82, "Receive Maximum property (0x21) is 0")
+);
+scenario!(
+    connack_property_given_twice,
+    bad_connack(
+        b"\x13\x00\x02\x13\x00\x3c",
+        0x82,
+        "Server Keep Alive property (0x13) appears more than once"
+    )
+);
+scenario!(
+    connack_reason_string_not_utf8,
+    bad_connack(
+        b"\x1f\x00\x02\xC3\x28",
+        0x81,
+        "Reason String property (0x1f) is not valid UTF-8"
+    )
 );
 
 // ---- 4, 5, 10: malformed packets --------------------------------------------------------------
