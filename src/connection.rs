@@ -78,7 +78,10 @@ impl Connection {
         Subscribe::new(self.session().clone(), filters.into_filters())
     }
 
-    /// Unsubscribes from one filter or a list.
+    /// Unsubscribes from one filter or a list. On MQTT 5 a filter the broker refused
+    /// fails the call with its reason code ([`Error::Code`]); the other filters of the
+    /// call are unsubscribed all the same. An UNSUBACK whose codes do not match the
+    /// filters is [`Error::Protocol`].
     pub fn unsubscribe(&self, filters: impl IntoUnsubscribeFilters) -> Unsubscribe {
         Unsubscribe::new(self.session().clone(), filters.into_unsubscribe_filters())
     }

@@ -903,26 +903,44 @@ fn requested_keepalive(options: &Options) -> u16 {
     u16::try_from(options.keepalive.as_secs()).unwrap_or(u16::MAX)
 }
 
-/// Maps the replies of an unsubscribe: a refused filter (MQTT 5) is an error.
-pub(crate) fn unsubscribe_result(replies: Replies) -> Result<(), Error> {
+/// Maps the replies of an unsubscribe of `filters` filters: the UNSUBACK's reason codes
+/// on MQTT 5, one per filter (none on 3.x, whose UNSUBACK has none). A refusal of a
+/// single filter comes as Paho's failure, with its reason code.
+pub(crate) fn unsubscribe_result(
+    replies: Replies,
+    filters: usize,
+    v5: bool,
+) -> Result<Vec<ReasonCode>, Error> {
+    let mut codes = Vec::new();
     for reply in replies {
         match reply {
-            Reply::Done(r) => {
-                if let Some(refused) = r
-                    .codes
-                    .into_iter()
-                    .map(ReasonCode::from)
-                    .find(|c| c.is_error())
-                {
-                    return Err(Error::Code(refused));
-                }
-            }
+            Reply::Done(r) => codes.extend(r.codes.into_iter().map(ReasonCode::from)),
             Reply::Failed(f) => return Err(errors::from_failure(f)),
             Reply::Expired => return Err(Error::Timeout),
             Reply::Ended => return Err(Error::NotConnected),
         }
     }
-    Ok(())
+    if !v5 {
+        return Ok(Vec::new());
+    }
+    if codes.len() != filters {
+        return Err(Error::Protocol(format!(
+            "the broker's UNSUBACK carried {} codes for {filters} filters",
+            codes.len()
+        )));
+    }
+    if let Some(bad) = codes.iter().find(|c| !unsuback_code_defined(c.value())) {
+        return Err(Error::Protocol(format!(
+            "the broker's UNSUBACK carried the code {:#04x}, which MQTT 5 does not define",
+            bad.value()
+        )));
+    }
+    Ok(codes)
+}
+
+/// The UNSUBACK reason codes MQTT 5 defines (table 3-9).
+fn unsuback_code_defined(code: u8) -> bool {
+    matches!(code, 0x00 | 0x11 | 0x80 | 0x83 | 0x87 | 0x8F | 0x91)
 }
 
 /// Maps the replies of a disconnect: an already closed connection is fine.

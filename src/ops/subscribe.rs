@@ -265,16 +265,35 @@ impl Subscribe {
         let props = record.properties.clone();
         let n = filters.len();
         let v5 = session.options.protocol == crate::ProtocolVersion::V5;
-        let codes = super::run(
+        let result = super::run(
             session.clone(),
             self.timeout,
             Kind::Subscribe,
             move |engine, ticket| engine.subscribe(filters, props.as_ref(), ticket),
             move |replies| crate::engine::subscribe_result(replies, n, v5),
         )
-        .await?;
-        session.record_subscribe(record);
-        Ok(codes)
+        .await;
+        match result {
+            Ok(codes) => {
+                // A reconnect makes again the subscriptions the broker granted.
+                let mut granted = record;
+                let mut code = codes.iter();
+                granted
+                    .filters
+                    .retain(|_| code.next().is_some_and(|c| !c.is_error()));
+                if !granted.filters.is_empty() {
+                    session.record_subscribe(granted);
+                }
+                Ok(codes)
+            }
+            // No answer in time: the broker may have granted it. The application asked
+            // for its messages, so a reconnect subscribes it again.
+            Err(e) if e.is_timeout() => {
+                session.record_subscribe(record);
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -93,16 +93,44 @@ impl Unsubscribe {
         let session = self.session;
         let filters = self.filters.0;
         let record = filters.clone();
-        super::run(
+        let n = filters.len();
+        let v5 = session.options.protocol == crate::ProtocolVersion::V5;
+        let result = super::run(
             session.clone(),
             self.timeout,
             Kind::Unsubscribe,
             move |engine, ticket| engine.unsubscribe(filters, props.as_ref(), ticket),
-            crate::engine::unsubscribe_result,
+            move |replies| crate::engine::unsubscribe_result(replies, n, v5),
         )
-        .await?;
-        session.record_unsubscribe(&record);
-        Ok(())
+        .await;
+        match result {
+            Ok(codes) => {
+                // The filters the broker removed are not made again after a reconnect,
+                // also when it refused another one of the call.
+                let removed: Vec<String> = if codes.is_empty() {
+                    record
+                } else {
+                    record
+                        .into_iter()
+                        .zip(&codes)
+                        .filter(|(_, code)| !code.is_error())
+                        .map(|(filter, _)| filter)
+                        .collect()
+                };
+                session.record_unsubscribe(&removed);
+                match codes.into_iter().find(|code| code.is_error()) {
+                    Some(refused) => Err(Error::Code(refused)),
+                    None => Ok(()),
+                }
+            }
+            // No answer in time: the broker may have removed them. The application asked
+            // not to get their messages, so a reconnect does not subscribe them again.
+            Err(e) if e.is_timeout() => {
+                session.record_unsubscribe(&record);
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -24,6 +24,7 @@ mod options;
 mod proxy;
 mod reconnect;
 mod relay;
+mod resubscribe;
 mod secrets;
 mod tls;
 mod topic;
