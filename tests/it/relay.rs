@@ -1769,3 +1769,59 @@ async fn no_leaks_over_100_socks_connections() {
     })
     .await;
 }
+
+/// A WebSocket server that sends a packet per frame (as some brokers do) may send a frame
+/// as large as MQTT's largest packet: a 17 MiB PUBLISH in one frame is delivered, where
+/// tungstenite's default bound (16 MiB a frame) would end the connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_frame_larger_than_16_mib_is_delivered() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+
+    with_timeout(TEST, async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let payload = vec![0x5a; 17 << 20];
+        let frame = packets::publish(b"big/one", 0, 0, &payload, false, false, None);
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let answer = |_: &Request, mut response: Response| {
+                response
+                    .headers_mut()
+                    .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
+                Ok(response)
+            };
+            let mut ws = tokio_tungstenite::accept_hdr_async(tcp, answer)
+                .await
+                .unwrap();
+            let connect = ws.next().await.unwrap().unwrap();
+            assert!(connect.is_binary(), "{connect:?}");
+            ws.send(WsMessage::Binary(packets::connack(false, 0, None).into()))
+                .await
+                .unwrap();
+            ws.send(WsMessage::Binary(frame.into())).await.unwrap();
+            // Open until the client has the message.
+            let _ = finished.await;
+        });
+        let conn = Client::builder("127.0.0.1")
+            .port(port)
+            .transport(Transport::WebSockets)
+            .build()
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let m = with_timeout(Duration::from_secs(20), conn.messages().next())
+            .await
+            .expect("a message")
+            .expect("the 17 MiB message");
+        assert_eq!(m.topic.as_str(), "big/one");
+        assert_eq!(m.payload.len(), 17 << 20);
+        assert!(m.payload.iter().all(|&b| b == 0x5a));
+        let _ = done.send(());
+        server.await.unwrap();
+    })
+    .await;
+}

@@ -550,7 +550,7 @@ async fn websocket(
     host: &str,
     mut stream: Box<dyn ByteStream>,
 ) -> Result<Upstream, Error> {
-    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
     let authority = if host.contains(':') {
         format!("[{host}]:{}", o.port)
@@ -626,7 +626,15 @@ async fn websocket(
             inner: stream,
         })
     };
-    let ws = WebSocketStream::from_raw_socket(stream, Role::Client, None).await;
+    // MQTT does not care where a frame ends, and brokers that send a packet per frame
+    // send frames as large as their packets: up to MQTT's largest packet (tungstenite's
+    // default bounds, 16 MiB a frame and 64 MiB a message, would end the connection on a
+    // larger message, which a persistent session would resend after every reconnect).
+    let largest = crate::limits::MAX_REMAINING_LENGTH + 5;
+    let config = WebSocketConfig::default()
+        .max_frame_size(Some(largest))
+        .max_message_size(Some(largest));
+    let ws = WebSocketStream::from_raw_socket(stream, Role::Client, Some(config)).await;
     Ok(Upstream::Stream(Stream::Ws(Box::new(ws))))
 }
 
