@@ -219,16 +219,19 @@ impl Hooks {
     }
 
     pub(crate) fn lost(&self) {
+        let inner = self.engine.get().and_then(Weak::upgrade);
+        if let Some(inner) = &inner {
+            inner.progress.set_link(false);
+        }
         // Through the relay: how the link ended, as the relay knows it.
-        let end = self
-            .engine
-            .get()
-            .and_then(Weak::upgrade)
-            .and_then(|inner| inner.relay.as_ref().and_then(|r| r.loss_cause()));
+        let end = inner.and_then(|inner| inner.relay.as_ref().and_then(|r| r.loss_cause()));
         self.events.lost(Loss::Network(end));
     }
 
     pub(crate) fn disconnected(&self, reason: u8, properties: Properties) {
+        if let Some(inner) = self.engine.get().and_then(Weak::upgrade) {
+            inner.progress.set_link(false);
+        }
         self.events.lost(Loss::Disconnect {
             reason: ReasonCode::from(reason),
             properties: Box::new(properties),

@@ -387,6 +387,7 @@ impl Engine {
                     "Connected (session present: {})",
                     info.session_present
                 );
+                self.0.progress.set_link(true);
                 // Paho C keeps to a Server Keep Alive (MQTT 5) until the next connect.
                 let assigned = info.properties.as_ref().and_then(|p| p.server_keep_alive);
                 self.0
@@ -700,6 +701,7 @@ impl Engine {
     /// Sends DISCONNECT; the call completes once it is written and the socket closed.
     fn disconnect_c(&self) -> Call {
         self.release_link();
+        self.0.progress.set_link(false);
         self.call(None, |inner, _| {
             Engine::one(inner, None, |key| {
                 Ok(paho::disconnect(inner.handle, inner.v5, 0, Some(key)))
@@ -712,6 +714,7 @@ impl Engine {
     /// thread, including Paho's callbacks). `reason` is sent on MQTT 5.
     fn close_quietly_c(&self, reason: u8) {
         self.release_link();
+        self.0.progress.set_link(false);
         let inner = self.0.clone();
         let queued = thread::submit(move || {
             if paho::is_connected(inner.handle) {

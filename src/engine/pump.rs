@@ -44,7 +44,7 @@
 //! is woken only after standing still for [`SMALL_STALL`], is looked at five times less
 //! often than a large publish (200 looks a second, not 1,000).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, Thread};
 use std::time::Duration;
@@ -86,6 +86,9 @@ pub(crate) struct Progress {
     started: AtomicU64,
     ended: AtomicU64,
     large: AtomicU64,
+    /// The client has no connection: Paho writes nothing, so there is nothing to keep
+    /// moving, however many publishes it holds for the next connection.
+    down: AtomicBool,
 }
 
 struct Watched {
@@ -98,6 +101,19 @@ struct Watched {
 }
 
 impl Progress {
+    /// The client's connection is up (`true`) or gone (`false`). While it is gone the
+    /// pump leaves the client alone, and parks if no other client needs it: the
+    /// publishes Paho keeps for a resumed session, or the QoS 0 ones it keeps queued,
+    /// would otherwise have it wake Paho's threads every millisecond of an outage.
+    pub(crate) fn set_link(&self, up: bool) {
+        self.down.store(!up, Ordering::Release);
+        if up {
+            if let Some(Some(pump)) = PUMP.get() {
+                pump.unpark();
+            }
+        }
+    }
+
     /// The progress of a new client, watched by the pump for as long as the client or a
     /// publish of it lives.
     pub(crate) fn watched() -> Arc<Progress> {
@@ -126,7 +142,12 @@ impl Watched {
         // `ended` first: every publish it counts was counted in `started` before.
         let ended = self.progress.ended.load(Ordering::Acquire);
         let started = self.progress.started.load(Ordering::Acquire);
+        if self.progress.down.load(Ordering::Acquire) {
+            (self.started, self.ended, self.still) = (started, ended, Duration::ZERO);
+            return Look::default();
+        }
         let large = self.progress.large.load(Ordering::Acquire) > 0;
+        let pending = started > ended;
         let mut stalled = false;
         if ended < self.started && ended == self.ended {
             self.still += since;
@@ -135,7 +156,11 @@ impl Watched {
             self.still = Duration::ZERO;
         }
         (self.started, self.ended) = (started, ended);
-        Look { stalled, large }
+        Look {
+            stalled,
+            large,
+            pending,
+        }
     }
 }
 
@@ -162,6 +187,19 @@ fn any_active() -> bool {
     // `ENDED` first: every publish it counts was counted in `STARTED` before.
     let ended = ENDED.load(Ordering::Acquire);
     STARTED.load(Ordering::Acquire) > ended
+}
+
+/// Whether a client with a connection has a publish that needs the pump (the count of
+/// [`any_active`] first: with none at all, no lock is taken).
+fn any_pending_on_a_link() -> bool {
+    any_active() && {
+        let watched = WATCHED.lock().unwrap_or_else(|e| e.into_inner());
+        watched.iter().any(|w| {
+            let p = &w.progress;
+            let ended = p.ended.load(Ordering::Acquire);
+            !p.down.load(Ordering::Acquire) && p.started.load(Ordering::Acquire) > ended
+        })
+    }
 }
 
 /// An [`Active`] for a publish of `payload_len` bytes of the client with `progress`, when
@@ -213,8 +251,9 @@ fn run() {
     let mut period = SMALL_PERIOD;
     loop {
         if idle >= LINGER {
-            // `park` returns at once if `for_publish` unparked since the last check.
-            while !any_active() {
+            // `park` returns at once if `for_publish` or `set_link` unparked since the
+            // last check.
+            while !any_pending_on_a_link() {
                 thread::park();
             }
             idle = Duration::ZERO;
@@ -234,7 +273,7 @@ fn run() {
         } else {
             SMALL_PERIOD
         };
-        if any_active() {
+        if look.pending {
             idle = Duration::ZERO;
         } else {
             idle += slept;
@@ -249,6 +288,8 @@ struct Look {
     stalled: bool,
     /// A large publish is pending.
     large: bool,
+    /// A publish that needs the pump is pending, on a client with a connection.
+    pending: bool,
 }
 
 /// Looks at every client, `since` after the last look; forgets clients that are gone.
@@ -259,6 +300,7 @@ fn look(since: Duration) -> Look {
         let one = w.look(since);
         any.stalled |= one.stalled;
         any.large |= one.large;
+        any.pending |= one.pending;
         Arc::strong_count(&w.progress) > 1
     });
     any
@@ -271,6 +313,7 @@ mod tests {
     const STILL: Look = Look {
         stalled: false,
         large: false,
+        pending: true,
     };
 
     #[test]
@@ -303,15 +346,23 @@ mod tests {
             w.look(SMALL_PERIOD),
             Look {
                 stalled: false,
-                large: true
+                large: true,
+                pending: true,
             }
         );
         assert_eq!(
             w.look(LARGE_PERIOD),
             Look {
                 stalled: true,
-                large: true
+                large: true,
+                pending: true,
             }
         );
+        // Without a connection it is left alone, and counts as nothing pending.
+        progress.set_link(false);
+        assert_eq!(w.look(LARGE_PERIOD), Look::default());
+        assert_eq!(w.look(LARGE_PERIOD), Look::default());
+        progress.set_link(true);
+        assert!(w.look(LARGE_PERIOD).stalled);
     }
 }

@@ -651,6 +651,58 @@ async fn the_pump_parks_when_nothing_is_pending() {
     assert_eq!(idle, Duration::ZERO, "the pump ran with nothing pending");
 }
 
+/// A client without a connection writes nothing, so the pump leaves it alone: a large
+/// publish of a persistent session that Paho keeps for the next connection does not keep
+/// the pump (and Paho's threads, which it wakes) running through the outage.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pump_parks_while_the_connection_is_down() {
+    if ran_in_child(
+        "flow::the_pump_parks_while_the_connection_is_down",
+        Duration::from_secs(60),
+    ) {
+        return;
+    }
+    let fb = FakeBroker::start().await;
+    let client = Client::builder("127.0.0.1")
+        .port(fb.port())
+        .identifier("pump-outage")
+        .clean_session(false)
+        .build()
+        .unwrap();
+    let (conn, mut fc) = fb.connect(&client).await;
+    // 1 MiB at QoS 1 that the broker never acknowledges: Paho keeps it for a resumed
+    // session once the call has given up.
+    let r = conn
+        .publish("big", vec![0u8; 1 << 20])
+        .qos(QoS::AtLeastOnce)
+        .timeout(Duration::from_millis(500))
+        .await;
+    assert!(r.as_ref().is_err_and(Error::is_timeout), "{r:?}");
+    let runs = thread_counters("aiomqtt-pump").await;
+    // Connected, the large publish pending: the pump looks every millisecond.
+    let before = runs().1;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let connected = runs().1 - before;
+    let mut messages = conn.messages();
+    fc.close_rst().await;
+    let end = with_timeout(Duration::from_secs(5), messages.next()).await;
+    assert!(matches!(end, Some(Err(_))), "{end:?}");
+    // It parks after lingering for 20 ms.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = runs().1;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let down = runs().1 - before;
+    assert!(
+        connected >= 30,
+        "the pump looked {connected} times in 300 ms with a large publish pending"
+    );
+    assert!(
+        down <= 2,
+        "the pump ran {down} times in 500 ms without a connection ({connected} in 300 ms \
+         with one)"
+    );
+}
+
 /// A reader of the scheduler's counters (time on the CPU, times run) of the process's
 /// thread `name`, once that thread exists: a thread that the test's first call started
 /// names itself only once it runs, which may be after that call completed.
