@@ -1774,6 +1774,8 @@ async fn no_leaks_over_100_socks_connections() {
 /// as large as MQTT's largest packet: a 17 MiB PUBLISH in one frame is delivered, where
 /// tungstenite's default bound (16 MiB a frame) would end the connection.
 #[tokio::test(flavor = "multi_thread")]
+// tungstenite's handshake callback returns its error response by value.
+#[allow(clippy::result_large_err)]
 async fn a_websocket_frame_larger_than_16_mib_is_delivered() {
     use futures::SinkExt;
     use tokio_tungstenite::tungstenite::Message as WsMessage;
