@@ -360,6 +360,9 @@ impl Engine {
             if self.0.v5 { "5" } else { "3.x" },
             if self.0.v5 { "start" } else { "session" },
         );
+        // Cancelled (the caller's future dropped), the attempt's link goes as a failed
+        // one's does, below.
+        let cancelled = AbandonOnDrop(Some(self));
         let mut tries = 0;
         let result = loop {
             let result = self.connect_attempt(clean, deadline).await;
@@ -409,6 +412,7 @@ impl Engine {
                 self.abandon_link();
             }
         }
+        cancelled.disarm();
         result
     }
 
@@ -809,6 +813,23 @@ impl Driver for Engine {
 
     fn tls_errors(&self) -> Vec<String> {
         self.0.hooks.tls_errors()
+    }
+}
+
+/// Abandons the engine's current relay link when dropped armed.
+struct AbandonOnDrop<'a>(Option<&'a Engine>);
+
+impl AbandonOnDrop<'_> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbandonOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(engine) = self.0.take() {
+            engine.abandon_link();
+        }
     }
 }
 

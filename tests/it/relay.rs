@@ -1827,3 +1827,35 @@ async fn a_websocket_frame_larger_than_16_mib_is_delivered() {
     })
     .await;
 }
+
+/// A connect cancelled while the relay dials (here: a proxy that never answers) ends the
+/// dial: its connection to the proxy closes at once, not at the connect's deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_connect_closes_the_relays_dial() {
+    with_timeout(TEST, async {
+        let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = proxy.local_addr().unwrap().port();
+        let client = Client::builder("broker.invalid")
+            .proxy(ProxySettings::http("127.0.0.1", port))
+            .timeout(Duration::from_secs(3600))
+            .build()
+            .unwrap();
+        let (cancelled, accepted) = tokio::join!(
+            tokio::time::timeout(Duration::from_millis(300), client.connect()),
+            proxy.accept()
+        );
+        assert!(cancelled.is_err(), "{cancelled:?}");
+        let (mut socket, _) = accepted.unwrap();
+        // The CONNECT request, then the end of the connection.
+        let mut request = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut request)).await;
+        assert!(
+            matches!(read, Ok(Ok(_))),
+            "the dial went on after its connect was cancelled: {read:?}, {:?}",
+            String::from_utf8_lossy(&request)
+        );
+        assert!(request.starts_with(b"CONNECT broker.invalid:1883 "));
+    })
+    .await;
+}

@@ -128,6 +128,10 @@ impl Relay {
             Transport::Unix => options.hostname.clone(),
             _ => format!("{}:{}", options.hostname, options.port),
         };
+        // Until the link is the current one, nothing else can end its endpoint: dropped
+        // before that (the connect cancelled), this ends it at once, not at `deadline`.
+        let over = Arc::new(tokio::sync::Notify::new());
+        let unclaimed = EndpointGuard(Some(over.clone()));
         let opened = runtime::run(async move {
             let upstream = match tokio::time::timeout_at(deadline, dial::dial(&options)).await {
                 Ok(result) => result?,
@@ -139,7 +143,7 @@ impl Relay {
                 address,
                 end: pipe::EndSlot::default(),
                 handed: HandedSlot::default(),
-                over: Arc::default(),
+                over,
             };
             tokio::spawn(serve_once(listener, upstream, link.clone(), deadline));
             Ok((port, link))
@@ -150,6 +154,7 @@ impl Relay {
         };
         // The last link's descriptor, if still held, closes with it.
         *lock(&self.current) = Some(link);
+        unclaimed.disarm();
         Ok(format!("tcp://127.0.0.1:{port}"))
     }
 
@@ -223,6 +228,25 @@ impl Relay {
             let held = std::mem::replace(&mut *handed, Handed::Released);
             drop(handed);
             drop(held);
+        }
+    }
+}
+
+/// Ends a link's endpoint when dropped armed (see [`Relay::dial`]).
+struct EndpointGuard(Option<Arc<tokio::sync::Notify>>);
+
+impl EndpointGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for EndpointGuard {
+    fn drop(&mut self) {
+        if let Some(over) = self.0.take() {
+            // A permit: `serve_once` returns at its next look, even if it is not yet
+            // waiting.
+            over.notify_one();
         }
     }
 }

@@ -45,16 +45,25 @@ where
     Ok(handle()?.spawn(task))
 }
 
-/// Runs `task` on the relay runtime and waits for its result (from any runtime).
+/// Runs `task` on the relay runtime and waits for its result (from any runtime). Dropped
+/// before the result, it aborts `task`: a dial nobody waits for ends (its sockets close)
+/// instead of running on to its deadline.
 pub(crate) async fn run<F>(task: F) -> Result<F::Output, Error>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
     let (tx, rx) = oneshot::channel();
-    spawn(async move {
+    let task = spawn(async move {
         let _ = tx.send(task.await);
     })?;
+    let _abort = AbortOnDrop(task.abort_handle());
     rx.await
         .map_err(|_| Error::Io(std::io::Error::other("the relay thread has stopped")))
 }
