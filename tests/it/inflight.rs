@@ -1227,12 +1227,16 @@ async fn unacknowledged_then_delivered(protocol: ProtocolVersion, style: Style, 
 /// A persistent session whose broker restarts without persistence while a QoS 1 call waits
 /// for its PUBACK (held back at the proxy): the next connection finds no session
 /// (`session_present` false), and the call fails then with `ConnectionLost`, not at its
-/// timeout as `Unacknowledged` (guarantees.md).
+/// timeout as `Unacknowledged` (guarantees.md). The engine drops its unacknowledged state
+/// too: the PUBLISH never goes out again. A witness subscribed on the restarted broker
+/// before our client reconnects, and a marker our client publishes after it reconnected,
+/// show it: the engine resends on the reconnect, before the marker.
 async fn broker_lost_the_session(protocol: ProtocolVersion, style: Style) {
     init_logging();
     let mut broker = Broker::start();
     let proxy = FaultProxy::start(broker.port()).await;
-    let topic = format!("{}/m", unique_topic("session_lost"));
+    let base = unique_topic("session_lost");
+    let (topic, marker) = (format!("{base}/m"), format!("{base}/marker"));
     let mut ours = Ours::connect(persistent(proxy.port(), protocol, "lost"), style).await;
 
     proxy.blackhole_dir(B2C, true);
@@ -1247,17 +1251,47 @@ async fn broker_lost_the_session(protocol: ProtocolVersion, style: Style) {
         .wait_for(C2B, PacketType::Publish, before + 1, WAIT)
         .await;
     broker.kill();
+    // No reconnect gets through until the witness is subscribed on the restarted broker.
+    proxy.refuse(true);
     proxy.cut();
     proxy.blackhole_dir(B2C, false);
     ours.lost().await;
     tokio::task::block_in_place(|| broker.start_again());
     let restarted = Instant::now();
+    let mut witness = Witness::start(broker.port(), protocol, &format!("{base}/#")).await;
+    proxy.refuse(false);
     assert!(
         !ours.resumed().await,
         "the restarted broker kept no session"
     );
     let result = within!(WAIT, publish).expect("publish task");
     let after = restarted.elapsed();
+
+    // Nothing of the lost session goes out on the new connection: the marker, published
+    // after the reconnect, arrives with nothing before it.
+    within!(
+        WAIT,
+        ours.conn.publish(&marker, "marker").qos(QoS::AtLeastOnce)
+    )
+    .expect("marker");
+    let delivered = witness.before_marker(&marker).await;
+    let trace = proxy.trace();
+    let (_, first) = original(&proxy, C2B, &topic);
+    let resent: Vec<String> = publishes(&proxy, C2B, &topic)
+        .iter()
+        .filter(|p| p.conn > first)
+        .map(|p| p.to_string())
+        .collect();
+    assert!(
+        resent.is_empty(),
+        "the PUBLISH of the lost session went out again: {resent:?}\ntrace:\n{trace}"
+    );
+    assert!(
+        delivered.is_empty(),
+        "delivered before the marker: {:?}\ntrace:\n{trace}",
+        summary(&delivered)
+    );
+
     match &result {
         Err(e @ Error::ConnectionLost { .. }) => assert!(e.is_connection_lost()),
         other => panic!("expected ConnectionLost, got {other:?} {after:?} after the restart"),
