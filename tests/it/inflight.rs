@@ -1065,6 +1065,80 @@ async fn clean_session_stream_loss(protocol: ProtocolVersion) {
     }
 }
 
+/// A clean session with automatic reconnects (guarantees.md: QoS 1, clean, automatic: "unacknowledged:
+/// fails with `ConnectionLost`"): a QoS 1 PUBLISH reaches the broker, its PUBACK is held at
+/// the proxy, and the link is cut. The reconnect starts clean, so the call fails with
+/// `ConnectionLost` well before its own timeout (which would be `Unacknowledged`), and the
+/// PUBLISH is not sent again (no DUP) on the new connection: the witness gets the one copy
+/// the broker had before the cut, and nothing else before a marker published afterwards.
+async fn clean_session_auto_loss(protocol: ProtocolVersion) {
+    init_logging();
+    let broker = Broker::start();
+    let proxy = FaultProxy::start(broker.port()).await;
+    let base = unique_topic("clean_auto_loss");
+    let (topic, marker) = (format!("{base}/m"), format!("{base}/marker"));
+    let mut witness = Witness::start(broker.port(), protocol, &format!("{base}/#")).await;
+    let clean = match protocol {
+        V5 => builder(proxy.port(), protocol).clean_start(CleanStart::Always),
+        _ => builder(proxy.port(), protocol).clean_session(true),
+    };
+    let mut ours = Ours::connect(clean.identifier(client_id("cleanauto")), Auto).await;
+
+    proxy.blackhole_dir(B2C, true);
+    let before = proxy.count(C2B, PacketType::Publish);
+    let publish = tokio::spawn(
+        ours.conn
+            .publish(&topic, "unacknowledged")
+            .qos(QoS::AtLeastOnce)
+            .into_future(),
+    );
+    proxy
+        .wait_for(C2B, PacketType::Publish, before + 1, WAIT)
+        .await;
+    let cut_at = Instant::now();
+    proxy.cut();
+    proxy.blackhole_dir(B2C, false);
+    ours.lost().await;
+    assert!(!ours.resumed().await, "a clean session is not resumed");
+    let result = within!(CALL_WAIT, publish).expect("publish task");
+    let after = cut_at.elapsed();
+
+    within!(
+        WAIT,
+        ours.conn.publish(&marker, "marker").qos(QoS::AtLeastOnce)
+    )
+    .expect("marker");
+    let delivered = witness.before_marker(&marker).await;
+    let trace = proxy.trace();
+    let (_, first) = original(&proxy, C2B, &topic);
+    let resent: Vec<String> = publishes(&proxy, C2B, &topic)
+        .iter()
+        .filter(|p| p.conn > first || p.dup())
+        .map(|p| p.to_string())
+        .collect();
+    assert!(
+        resent.is_empty(),
+        "the unacknowledged PUBLISH was sent again after the reconnect: {resent:?}\ntrace:\n{trace}"
+    );
+    assert_eq!(
+        count(&delivered, &topic, "unacknowledged"),
+        1,
+        "copies delivered before the marker: {:?}\ntrace:\n{trace}",
+        summary(&delivered)
+    );
+    assert_eq!(delivered.len(), 1, "{:?}", summary(&delivered));
+
+    match &result {
+        Err(e @ Error::ConnectionLost { .. }) => assert!(e.is_connection_lost()),
+        other => panic!("expected ConnectionLost, got {other:?} {after:?} after the cut"),
+    }
+    assert!(
+        after < CALL_TIMEOUT / 2,
+        "the call failed {after:?} after the cut: not at the reconnect but near its timeout \
+         ({CALL_TIMEOUT:?})"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. Packet ids after a resume with an id in flight at the broker
 
@@ -1389,6 +1463,10 @@ tests! {
     /// A QoS 1 stream, cut in four rounds.
     clean_session_stream_loss_v311 => clean_session_stream_loss(V311);
     clean_session_stream_loss_v5 => clean_session_stream_loss(V5);
+    /// A clean session with automatic reconnects: the unacknowledged call fails with
+    /// `ConnectionLost` at the reconnect, and its PUBLISH is not resent.
+    clean_session_auto_loss_v311 => clean_session_auto_loss(V311);
+    clean_session_auto_loss_v5 => clean_session_auto_loss(V5);
 
     // 6. Packet ids after a resume.
     packet_ids_after_resume_v311_loop => packet_ids_after_resume(V311, Loop);
