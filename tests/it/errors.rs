@@ -430,6 +430,143 @@ async fn v5_connack_limits_are_enforced_before_sending() {
     .await;
 }
 
+/// The first topic filter of a SUBSCRIBE or UNSUBSCRIBE on MQTT 5 (after the packet id and
+/// the properties).
+fn first_filter(p: &Packet) -> Option<String> {
+    let (len, n) = crate::support::fault_proxy::decode_varint(p.body.get(2..)?)?;
+    let at = 2 + n + len;
+    let l = u16::from_be_bytes([*p.body.get(at)?, *p.body.get(at + 1)?]) as usize;
+    Some(String::from_utf8_lossy(p.body.get(at + 2..at + 2 + l)?).into_owned())
+}
+
+/// A per-call property MQTT 5 does not allow in the packet, or that the engine cannot
+/// honour, is refused before anything reaches the engine (v5_properties.md): a Topic Alias
+/// on PUBLISH with `Unsupported` (migrating.md), a Subscription Identifier on PUBLISH, a
+/// Message Expiry Interval on SUBSCRIBE and a Content Type on UNSUBSCRIBE with
+/// `InvalidArgument` naming the property and the packet. After each refusal a valid call
+/// of the same kind is made: the first packet the broker gets after the last one is that
+/// call's, so the refused call sent nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn v5_per_call_properties_not_allowed_are_refused_before_sending() {
+    with_timeout(BODY, async {
+        let fb = FakeBroker::start().await;
+        let client = v5_client(&fb);
+        let (conn, mut fc) = tokio::join!(client.connect(), async {
+            let fc = fb.accept().await;
+            fc.send_connack(false, 0).await.unwrap();
+            fc
+        });
+        let conn = conn.expect("connected");
+
+        #[track_caller]
+        fn invalid(r: Result<impl std::fmt::Debug, Error>, property: &str, packet: &str) {
+            match r {
+                Err(Error::InvalidArgument(msg)) => assert!(
+                    msg.contains(&format!(
+                        "the {property} property is not allowed in {packet}"
+                    )),
+                    "{msg}"
+                ),
+                other => panic!("{property} in {packet}: expected InvalidArgument, got {other:?}"),
+            }
+        }
+
+        // PUBLISH: a Topic Alias, then a Subscription Identifier.
+        let refused = [
+            Properties::new().topic_alias(3),
+            Properties::new().subscription_identifier(5),
+        ];
+        for (i, props) in refused.into_iter().enumerate() {
+            let refused = conn
+                .publish(format!("p/refused{i}"), "x")
+                .qos(QoS::AtLeastOnce)
+                .properties(props)
+                .await;
+            if i == 0 {
+                match refused {
+                    Err(Error::Unsupported { option, reason }) => {
+                        assert_eq!(option, "properties");
+                        assert!(reason.contains("topic aliases"), "{reason}");
+                    }
+                    other => panic!("Topic Alias: expected Unsupported, got {other:?}"),
+                }
+            } else {
+                invalid(refused, "Subscription Identifier", "PUBLISH");
+            }
+            let ok = format!("p/ok{i}");
+            let (r, p) = tokio::join!(conn.publish(&ok, "x").qos(QoS::AtLeastOnce), async {
+                let p = fc.recv_packet(EVENT).await.expect("a packet");
+                if p.kind == PacketType::Publish {
+                    let id = p.packet_id().unwrap();
+                    fc.send(&packets::puback(id, Some((0, &[])))).await.unwrap();
+                }
+                p
+            });
+            assert_eq!(
+                (p.kind, p.topic().as_deref()),
+                (PacketType::Publish, Some(ok.as_str())),
+                "the first packet after the refusal:\n{}",
+                fc.trace()
+            );
+            r.expect("the valid publish");
+        }
+
+        // SUBSCRIBE with a Message Expiry Interval.
+        invalid(
+            conn.subscribe("s/expiry")
+                .properties(Properties::new().message_expiry_interval(60))
+                .await,
+            "Message Expiry Interval",
+            "SUBSCRIBE",
+        );
+        let (r, p) = tokio::join!(conn.subscribe("s/ok"), async {
+            let p = fc.recv_packet(EVENT).await.expect("a packet");
+            if p.kind == PacketType::Subscribe {
+                let id = p.packet_id().unwrap();
+                fc.send(&packets::suback(id, &[0], Some(&[])))
+                    .await
+                    .unwrap();
+            }
+            p
+        });
+        assert_eq!(
+            (p.kind, first_filter(&p).as_deref()),
+            (PacketType::Subscribe, Some("s/ok")),
+            "the first packet after the refusal:\n{}",
+            fc.trace()
+        );
+        r.expect("the valid subscribe");
+
+        // UNSUBSCRIBE with a Content Type (only User Properties are allowed).
+        invalid(
+            conn.unsubscribe("s/ok")
+                .properties(Properties::new().content_type("text/plain"))
+                .await,
+            "Content Type",
+            "UNSUBSCRIBE",
+        );
+        let (r, p) = tokio::join!(conn.unsubscribe("s/ok"), async {
+            let p = fc.recv_packet(EVENT).await.expect("a packet");
+            if p.kind == PacketType::Unsubscribe {
+                let id = p.packet_id().unwrap();
+                fc.send(&packets::unsuback(id, &[0], Some(&[])))
+                    .await
+                    .unwrap();
+            }
+            p
+        });
+        assert_eq!(
+            (p.kind, first_filter(&p).as_deref()),
+            (PacketType::Unsubscribe, Some("s/ok")),
+            "the first packet after the refusal:\n{}",
+            fc.trace()
+        );
+        r.expect("the valid unsubscribe");
+        assert!(conn.is_connected());
+    })
+    .await;
+}
+
 /// A payload over what MQTT's Remaining Length can carry is refused locally, on any broker.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_payload_over_the_protocol_maximum_is_refused_locally() {
