@@ -6,7 +6,7 @@
 //! keep working unchanged.
 
 use std::future::IntoFuture;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aiomqtt::{
     CleanStart, Client, ClientBuilder, Connection, ConnectionEvent, ConnectionEvents, Error,
@@ -284,29 +284,58 @@ async fn a_reader_far_behind_skips_the_oldest_events() {
     .await;
 }
 
-/// While the broker is unreachable, attempts follow the policy: attempt n waits
-/// `initial × multiplierⁿ⁻¹` capped at `max_delay`, shortened by at most `jitter`.
+/// While the broker refuses, attempts follow the policy: attempt n waits
+/// `initial × multiplierⁿ⁻¹` capped at `max_delay`, shortened by at most `jitter`, and
+/// really waits that long. The fake broker refuses each attempt in its CONNACK and notes
+/// when: the next attempt's CONNECT cannot arrive sooner than its reported delay after
+/// that (the client learns of the refusal after it, then reports the delay, then sleeps).
+///
+/// Jitter: each delay is `base × (1 − 0.25 r)` with `r` uniform in [0, 1); the test asks
+/// that at least one of the ATTEMPTS delays is shorter than `base × 0.975` (r > 0.1). All
+/// of them at r ≤ 0.1 has the probability 0.1⁸ = 10⁻⁸.
 #[tokio::test(flavor = "multi_thread")]
 async fn backoff_grows_with_jitter_and_is_capped() {
+    const ATTEMPTS: usize = 8;
     with_timeout(T, async {
-        let broker = Broker::start();
-        let proxy = FaultProxy::start(broker.port()).await;
+        let fb = FakeBroker::start().await;
         let policy = ReconnectPolicy::new()
             .initial_delay(Duration::from_millis(40))
             .max_delay(Duration::from_millis(200))
             .multiplier(2.0)
             .jitter(0.25);
-        let client = via(&proxy, ProtocolVersion::V311)
+        let client = Client::builder("127.0.0.1")
+            .port(fb.port())
             .timeout(Duration::from_secs(2))
             .reconnect(policy)
             .build()
             .unwrap();
-        let conn = client.connect().await.unwrap();
+        let (conn, mut fc) = tokio::join!(client.connect(), async {
+            let fc = fb.accept().await;
+            fc.send_connack(false, 0).await.unwrap();
+            fc
+        });
+        let conn = conn.unwrap();
         let mut events = conn.events();
-        proxy.refuse(true);
-        proxy.cut();
+
+        // The loss, then ATTEMPTS refusals (CONNACK 3, Server unavailable): for each
+        // attempt, how long after the previous failure its CONNECT arrived.
+        let mut failed_at = Instant::now();
+        fc.close_rst().await;
+        let mut waits = Vec::new();
+        let mut refused = Vec::new();
+        for _ in 0..ATTEMPTS {
+            let fc = fb.accept().await;
+            let connect_at = fc.connect.packet.as_ref().expect("the CONNECT").at;
+            waits.push(connect_at - failed_at);
+            failed_at = Instant::now();
+            fc.send_connack(false, 3).await.unwrap();
+            refused.push(fc);
+        }
+        let fc = fb.accept().await;
+        fc.send_connack(false, 0).await.unwrap();
+
         let mut delays = Vec::new();
-        while delays.len() < 5 {
+        loop {
             match next_event(&mut events).await {
                 ConnectionEvent::Reconnecting { attempt, delay } => {
                     assert_eq!(attempt as usize, delays.len() + 1);
@@ -316,22 +345,38 @@ async fn backoff_grows_with_jitter_and_is_capped() {
                     assert!(!matches!(*cause, Error::Reentrant), "{cause:?}")
                 }
                 ConnectionEvent::Lost { .. } => {}
+                ConnectionEvent::Connected { .. } => break,
                 other => panic!("unexpected {other:?}"),
             }
         }
+        assert_eq!(delays.len(), ATTEMPTS + 1, "{delays:?}");
+        assert!(conn.is_connected());
         let ms = |d: &Duration| d.as_millis();
+        let base = |i: usize| (40u128 << i.min(10)).min(200);
         for (i, d) in delays.iter().enumerate() {
-            let base = (40u128 << i).min(200);
             assert!(
-                ms(d) <= base && ms(d) >= base * 3 / 4,
-                "attempt {}: {d:?} not within [0.75, 1] x {base} ms ({delays:?})",
+                ms(d) <= base(i) && ms(d) >= base(i) * 3 / 4,
+                "attempt {}: {d:?} not within [0.75, 1] x {} ms ({delays:?})",
+                i + 1,
+                base(i)
+            );
+        }
+        for (i, (wait, delay)) in waits.iter().zip(&delays).enumerate() {
+            assert!(
+                *wait + Duration::from_millis(1) >= *delay,
+                "attempt {}: its CONNECT came {wait:?} after the previous failure, \
+                 less than its delay {delay:?}\nwaits {waits:?}\ndelays {delays:?}",
                 i + 1
             );
         }
-        assert!(!conn.is_connected());
-        proxy.refuse(false);
-        until_connected(&mut events).await;
-        assert!(conn.is_connected());
+        assert!(
+            delays
+                .iter()
+                .enumerate()
+                .any(|(i, d)| d.as_secs_f64() * 1000.0 < base(i) as f64 * 0.975),
+            "no delay shortened by more than 2.5%: no jitter? {delays:?}"
+        );
+        drop(refused);
     })
     .await;
 }
@@ -438,32 +483,40 @@ async fn session_taken_over_on_v5_ends_the_connection() {
 }
 
 /// MQTT 3.1.1 has no takeover reason (and Mosquitto 2.0.11 sends none on 5 either): two
-/// clients with one identifier keep closing each other's connections. Connections that never stay up for `stable_after` do not reset the
-/// attempt count, so each client slows down to `max_delay` instead of flapping.
+/// clients with one identifier keep closing each other's connections. Connections that
+/// never stay up for `stable_after` do not reset the attempt count, so each client slows
+/// down to `max_delay` instead of flapping.
+///
+/// Client A goes through a proxy, which notes when the broker closed each of A's
+/// connections and when A's next CONNECT came: A reports its delay after the loss and
+/// sleeps it before dialling, so the gap is at least the delay.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_takeover_fight_on_v311_slows_down_to_max_delay() {
+    const DELAYS: usize = 6;
     with_timeout(T, async {
         let broker = Broker::start();
+        let proxy = FaultProxy::start(broker.port()).await;
         let id = format!("fight-{}", std::process::id());
         let policy = ReconnectPolicy::new()
             .initial_delay(Duration::from_millis(20))
             .max_delay(Duration::from_millis(320))
             .jitter(0.0)
             .stable_after(Duration::from_secs(30));
-        let client = |id: &str| {
+        let client = |port: u16| {
             Client::builder("127.0.0.1")
-                .port(broker.port())
-                .identifier(id)
+                .port(port)
+                .identifier(&id)
                 .reconnect(policy.clone())
                 .build()
                 .unwrap()
         };
-        let (a, b) = (client(&id), client(&id));
+        let (a, b) = (client(proxy.port()), client(broker.port()));
         let conn_a = a.connect().await.unwrap();
-        let conn_b = b.connect().await.unwrap();
+        // Before B's connect takes A's session: every Reconnecting of A is read.
         let mut events = conn_a.events();
+        let conn_b = b.connect().await.unwrap();
         let mut delays = Vec::new();
-        while delays.len() < 6 {
+        while delays.len() < DELAYS {
             if let ConnectionEvent::Reconnecting { delay, .. } = next_event(&mut events).await {
                 delays.push(delay);
             }
@@ -474,6 +527,43 @@ async fn a_takeover_fight_on_v311_slows_down_to_max_delay() {
             "the delays grow to the cap: {delays:?}"
         );
         assert!(delays.windows(2).all(|w| w[0] <= w[1]), "{delays:?}");
+
+        // A's CONNECTs (its first connect, then one per attempt), and the real waits.
+        let connects = || -> Vec<Packet> {
+            proxy
+                .packets(Direction::ClientToBroker, PacketType::Connect)
+                .into_iter()
+                .filter(|p| p.client_id().as_deref() == Some(id.as_str()))
+                .collect()
+        };
+        assert!(
+            wait_until_async(RECV, || connects().len() > DELAYS).await,
+            "fewer than {} CONNECTs from A:\n{}",
+            DELAYS + 1,
+            proxy.trace()
+        );
+        let connects = connects();
+        for (i, delay) in delays.iter().enumerate() {
+            let (lost, next) = (&connects[i], &connects[i + 1]);
+            let closed = proxy
+                .ended_at(lost.conn, Direction::BrokerToClient)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "the broker did not close A's connection {} before attempt {}:\n{}",
+                        lost.conn,
+                        i + 1,
+                        proxy.trace()
+                    )
+                });
+            let wait = next.at.saturating_duration_since(closed);
+            assert!(
+                wait + Duration::from_millis(1) >= *delay,
+                "attempt {}: A's CONNECT came {wait:?} after the broker closed its previous \
+                 connection, less than the delay {delay:?} ({delays:?})\n{}",
+                i + 1,
+                proxy.trace()
+            );
+        }
         drop((conn_a, conn_b));
     })
     .await;

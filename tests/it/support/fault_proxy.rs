@@ -387,6 +387,8 @@ struct Shared {
     seq: AtomicU64,
     rule: Mutex<Option<CutRule>>,
     rule_fired: AtomicUsize,
+    /// When a direction's stream ended (EOF or error read from its sender), by connection.
+    ends: Mutex<Vec<(usize, Direction, Instant)>>,
 }
 
 impl Shared {
@@ -448,6 +450,7 @@ impl FaultProxy {
             seq: AtomicU64::new(1),
             rule: Mutex::new(None),
             rule_fired: AtomicUsize::new(0),
+            ends: Mutex::new(Vec::new()),
         });
         rt.spawn(accept_loop(shared.clone(), listener));
         FaultProxy {
@@ -532,6 +535,19 @@ impl FaultProxy {
     /// Connections currently open through the proxy.
     pub fn active(&self) -> usize {
         self.shared.conns.lock().unwrap().len()
+    }
+
+    /// When the proxy read the end (EOF or an error) of `dir`'s stream on connection `conn`
+    /// (numbered as [`Packet::conn`]), before passing it on; `None` while it has not ended
+    /// that way (a cut by the proxy is not recorded).
+    pub fn ended_at(&self, conn: usize, dir: Direction) -> Option<Instant> {
+        self.shared
+            .ends
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(c, d, _)| *c == conn && *d == dir)
+            .map(|(_, _, at)| *at)
     }
 
     /// The recorded packet trace so far.
@@ -761,6 +777,9 @@ async fn pump(
             res = r.read(&mut buf) => res,
             m = wait_cut(&mut cut) => return finish(m, r, w).await,
         };
+        if matches!(n, Ok(0) | Err(_)) {
+            sh.ends.lock().unwrap().push((conn, dir, Instant::now()));
+        }
         let n = match n {
             Ok(0) => {
                 // Peer closed its sending side: pass the FIN on, keep the other direction.
