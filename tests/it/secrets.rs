@@ -159,6 +159,43 @@ async fn password_never_reaches_any_log_record() {
             "{err:?}"
         );
 
+        // Paho's own error trace, from a client that holds the password: a fake broker
+        // sends a PINGREQ (which only a client sends) after CONNACK, which Paho C logs at
+        // error level ("An unexpected packet type 12 has been received") and drops. This
+        // record shows the search below covers what the engine logs while at work, not
+        // only the banner Paho writes once when its trace starts.
+        let fb = FakeBroker::start().await;
+        let client = Client::builder("127.0.0.1")
+            .port(fb.port())
+            .username("user")
+            .password(PASSWORD)
+            .logger("secrets-test")
+            .build()
+            .unwrap();
+        let (conn, mut fc) = tokio::join!(client.connect(), async {
+            let fc = fb.accept().await;
+            fc.send_connack(false, 0).await.unwrap();
+            fc
+        });
+        let conn = conn.unwrap();
+        let flags = fc.connect.packet.as_ref().and_then(|p| p.connect_flags());
+        assert_eq!(
+            flags.map(|f| f & 0xC0),
+            Some(0xC0),
+            "username and password sent"
+        );
+        fc.send(&[0xC0, 0x00]).await.unwrap();
+        // Paho reads packets in order: the PUBACK after it completes the publish only
+        // once the PINGREQ was read (and traced).
+        let (published, _) = tokio::join!(conn.publish("t", "x").qos(QoS::AtLeastOnce), async {
+            let p = fc.expect(PacketType::Publish, Duration::from_secs(5)).await;
+            fc.send(&packets::puback(p.packet_id().unwrap(), None))
+                .await
+                .unwrap();
+        });
+        published.unwrap();
+        conn.disconnect().await.unwrap();
+
         // A WebSocket header value (credentials in Authorization or Cookie).
         let ws_broker = Broker::builder().websockets().start();
         let client = Client::builder("127.0.0.1")
@@ -195,6 +232,16 @@ async fn password_never_reaches_any_log_record() {
         .filter(|r| r.contains("secrets-test") && r.contains("Connecting to"))
         .count();
     assert!(connects >= 5, "{connects} connect records: {records:#?}");
+    // ...and the engine's records (Paho C's trace) reach the capture too.
+    let paho: Vec<&String> = records
+        .iter()
+        .filter(|r| r.contains(" paho_mqtt_c "))
+        .collect();
+    assert!(
+        paho.iter()
+            .any(|r| r.contains("An unexpected packet type 12 has been received")),
+        "no record of Paho C's error trace: {paho:#?}"
+    );
     // Basic auth carries `user:password`: its base64 is what a trace would show.
     let mut forms = secret_forms(PASSWORD);
     forms.extend(secret_forms(PROXY_PASSWORD));
