@@ -208,18 +208,31 @@ async fn publish_timeout_against_paused_broker_is_unacknowledged() {
             "the per-call timeout (300 ms), not the client's (5 s), applies: {elapsed:?}"
         );
         // Subscribe and unsubscribe honour it too.
+        // The client's timeout (5 s) would give Error::Timeout as well: the time shows which
+        // one ended the call.
         broker.pause();
+        let started = Instant::now();
         let sub = conn
             .subscribe(format!("{t}/b"))
             .timeout(Duration::from_millis(200))
             .await;
+        let sub_elapsed = started.elapsed();
+        let started = Instant::now();
         let unsub = conn
             .unsubscribe(format!("{t}/b"))
             .timeout(Duration::from_millis(200))
             .await;
+        let unsub_elapsed = started.elapsed();
         broker.resume();
         assert!(matches!(sub, Err(Error::Timeout)), "{sub:?}");
         assert!(matches!(unsub, Err(Error::Timeout)), "{unsub:?}");
+        for (call, elapsed) in [("subscribe", sub_elapsed), ("unsubscribe", unsub_elapsed)] {
+            assert!(
+                elapsed >= Duration::from_millis(200) && elapsed < Duration::from_secs(2),
+                "{call}: the per-call timeout (200 ms), not the client's (5 s), applies: \
+                 {elapsed:?}"
+            );
+        }
         // The connection survives and works after the broker resumes.
         conn.publish(format!("{t}/a"), "y")
             .qos(QoS::AtLeastOnce)
