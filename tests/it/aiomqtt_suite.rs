@@ -696,9 +696,15 @@ async fn test_aexit_without_prior_aenter() {
         wait_log(&broker, "Client never-entered disconnected.").await;
         // The first the broker heard of the client is the connect (the unit tests check,
         // with a fake engine, that a client never connected makes no call at all).
+        // And it connected exactly once: the clone dropped unused made no connection.
         let log = broker.log();
         let first = log.lines().find(|l| l.contains("never-entered")).unwrap();
         assert!(first.contains("New client connected"), "{log}");
+        let connects = log
+            .lines()
+            .filter(|l| l.contains("New client connected") && l.contains(" as never-entered "))
+            .count();
+        assert_eq!(connects, 1, "{log}");
     })
     .await;
 }
