@@ -880,6 +880,72 @@ async fn keepalive_zero_on_v5_gets_the_brokers_server_keep_alive() {
     .await;
 }
 
+/// Keep-alive 0 on MQTT 5 with a broker that assigns a Server Keep Alive of 1 s: the client
+/// keeps to it (the option's doc), so PINGREQs come about a second apart, even when a client
+/// with a 60 s keepalive connects after it (its connect sets Paho's process-wide check period
+/// to 5 s; the engine sets it back from the assigned 1 s). Runs in a child process, as
+/// `a_keep_alive_the_broker_lowers_is_kept`, so that no other test's client sets the period.
+#[tokio::test(flavor = "multi_thread")]
+async fn keepalive_zero_on_v5_keeps_to_the_server_keep_alive() {
+    if ran_in_child(
+        "client::keepalive_zero_on_v5_keeps_to_the_server_keep_alive",
+        Duration::from_secs(60),
+    ) {
+        return;
+    }
+    with_timeout(T, async {
+        let fb = FakeBroker::start().await;
+        let client = Client::builder("127.0.0.1")
+            .port(fb.port())
+            .protocol(ProtocolVersion::V5)
+            .keepalive(Duration::ZERO)
+            .build()
+            .unwrap();
+        let (conn, fc) = tokio::join!(client.connect(), async {
+            let fc = fb.accept().await;
+            // Server Keep Alive (0x13) = 1 s.
+            fc.send_connack_props(false, 0, &[0x13, 0x00, 0x01])
+                .await
+                .unwrap();
+            fc
+        });
+        let conn = conn.unwrap();
+        assert_eq!(
+            fc.connect.keepalive, 0,
+            "the CONNECT asks for no keep-alive"
+        );
+        assert_eq!(
+            conn.connack_properties().and_then(|p| p.server_keep_alive),
+            Some(1)
+        );
+        let long = Client::builder("127.0.0.1")
+            .port(fb.port())
+            .protocol(ProtocolVersion::V5)
+            .keepalive(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let (long, _long_fc) = tokio::join!(long.connect(), async {
+            let fc = fb.accept().await;
+            fc.send_connack(false, 0).await.unwrap();
+            fc
+        });
+        let long = long.unwrap();
+        // Three PINGREQs: within 6 s at a 1 s keep-alive; checks every 5 s give two at most.
+        let pinged = wait_until_async(Duration::from_secs(6), || {
+            fc.received(PacketType::Pingreq).len() >= 3
+        })
+        .await;
+        assert!(
+            pinged,
+            "not three PINGREQs within 6 s at a Server Keep Alive of 1 s:\n{}",
+            fc.trace()
+        );
+        assert!(conn.is_connected());
+        drop((conn, long));
+    })
+    .await;
+}
+
 /// A logger that blocks (a full pipe, its own lock held) stalls no connection: the records
 /// made on Paho's threads and on the crate's own reach it from a thread of their own, and
 /// arrive once it moves again. Here the warning for each message a full queue discards,
