@@ -326,6 +326,34 @@ async fn failure_kinds_are_distinct() {
             .await
             .unwrap_err();
         assert!(matches!(dns, Error::Dns { .. }), "{dns:?}");
+        // A TLS failure: a server certificate from a CA the client was not given.
+        let tls_broker = Broker::builder().tls().start();
+        let other_ca = TlsParams::new().ca_certs(&Certs::shared().other_ca);
+        let tls = tls_client(tls_broker.tls_port(), other_ca)
+            .build()
+            .unwrap()
+            .connect()
+            .await
+            .unwrap_err();
+        assert!(matches!(tls, Error::Tls { .. }), "{tls:?}");
+        // A timeout: a listener that completes TCP handshakes (the kernel's backlog) and
+        // never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let started = Instant::now();
+        let timeout = Client::builder("127.0.0.1")
+            .port(silent.local_addr().unwrap().port())
+            .timeout(Duration::from_millis(500))
+            .build()
+            .unwrap()
+            .connect()
+            .await
+            .unwrap_err();
+        assert!(matches!(timeout, Error::Timeout), "{timeout:?}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(500),
+            "{timeout:?}"
+        );
+        drop(silent);
     })
     .await;
 }
