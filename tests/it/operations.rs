@@ -1420,11 +1420,30 @@ async fn v5_negative_puback_is_a_code_error() {
         assert!(conn.is_connected());
 
         // MQTT 3.1.1 has no negative PUBACK: the broker drops the message and acknowledges it.
+        // A subscriber to everything under the test's topic gets the allowed marker the
+        // publisher sends next, and nothing before it.
+        let watcher = connect(broker.port(), ProtocolVersion::V311).await;
+        let mut seen = watcher.messages();
+        watcher
+            .subscribe(format!("{t}/#"))
+            .qos(QoS::AtLeastOnce)
+            .await
+            .unwrap();
         let v311 = connect(broker.port(), ProtocolVersion::V311).await;
         v311.publish(format!("{t}/denied/z"), "dropped")
             .qos(QoS::AtLeastOnce)
             .await
             .unwrap();
+        v311.publish(format!("{t}/marker"), "marker")
+            .qos(QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let first = next_message(&mut seen).await;
+        assert_eq!(
+            (first.topic.as_str(), text(&first)),
+            (format!("{t}/marker").as_str(), "marker"),
+            "the denied message was delivered"
+        );
     })
     .await
 }
