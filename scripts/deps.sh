@@ -2,7 +2,8 @@
 # Checks (and, as root on Debian/Ubuntu, installs) what building and testing need:
 # cmake, a C compiler, make, pkg-config and OpenSSL headers to build Paho C from
 # source; Mosquitto (+ its CLI clients), tinyproxy, Dante and microsocks (SOCKS) for the
-# test suite, which also uses setpriv, unshare and mkfifo (util-linux, coreutils).
+# test suite, which also uses setpriv, unshare, ip and mkfifo (util-linux, iproute2,
+# coreutils).
 # Usage: scripts/deps.sh build|test
 set -euo pipefail
 want=${1:-build}
@@ -25,6 +26,7 @@ if [ "$want" = test ]; then
   [ -x /usr/sbin/danted ] || missing+=(dante-server)
   [ -x /usr/bin/microsocks ] || missing+=(microsocks)
   { have setpriv && have unshare; } || missing+=(util-linux)
+  have ip || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
   have mkfifo || missing+=(coreutils)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0

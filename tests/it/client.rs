@@ -7,6 +7,7 @@ use crate::support::*;
 use aiomqtt::{CleanStart, Client, Error, Properties, ProtocolVersion, QoS, ReasonCode, Will};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -280,6 +281,50 @@ async fn messages_after_a_late_connack_reach_the_next_connection() {
             (m.topic.as_str(), &m.payload[..]),
             ("stored/1", &b"kept"[..])
         );
+    })
+    .await;
+}
+
+/// With no port given the client connects to 1883, MQTT's registered port. The test runs
+/// itself again in a private network namespace (`unshare -rn`, loopback brought up), where
+/// it may listen on 1883 without touching the machine's own broker there.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_default_port_is_1883() {
+    const NAME: &str = "client::the_default_port_is_1883";
+    const IN_NAMESPACE: &str = "AIOMQTT_TEST_IN_NETNS";
+    if std::env::var_os(IN_NAMESPACE).is_none() {
+        let exe = std::env::current_exe().unwrap();
+        let mut child = std::process::Command::new("unshare");
+        child
+            .args(["-rn", "sh", "-c", r#"ip link set lo up && exec "$0" "$@""#])
+            .arg(exe)
+            .args(["--exact", NAME, "--nocapture", "--test-threads", "1"])
+            .env(IN_NAMESPACE, "1");
+        let out = run_with_timeout(&mut child, Duration::from_secs(60));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{:?}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    with_timeout(T, async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:1883")
+            .await
+            .unwrap();
+        let broker = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut connect = [0u8; 64];
+            let n = socket.read(&mut connect).await.unwrap();
+            assert_eq!(connect[0], 0x10, "{:?}", &connect[..n]);
+            socket.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
+            socket
+        });
+        let conn = Client::new("127.0.0.1").connect().await.unwrap();
+        let _socket = broker.await.unwrap();
+        assert!(conn.is_connected());
     })
     .await;
 }
