@@ -1140,6 +1140,85 @@ async fn clean_session_auto_loss(protocol: ProtocolVersion) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 5b. A QoS 0 publish still queued at the loss
+
+/// A QoS 0 publish queued behind a large one that the socket cannot take (the proxy stops
+/// reading) when the link is cut: sent after the reconnect with a persistent session or
+/// automatic reconnects, then `Ok`; with a clean session and a loop it fails with
+/// `ConnectionLost` and is never sent (guarantees.md, the QoS 0 row).
+async fn qos0_queued_at_the_loss(protocol: ProtocolVersion, style: Style, keep: bool) {
+    init_logging();
+    let broker = Broker::start();
+    let proxy = FaultProxy::start(broker.port()).await;
+    let base = unique_topic("qos0_queued");
+    let (big, topic, marker) = (
+        format!("{base}/big"),
+        format!("{base}/queued"),
+        format!("{base}/marker"),
+    );
+    let mut witness = Witness::start(broker.port(), protocol, &format!("{base}/#")).await;
+    let b = if keep {
+        persistent(proxy.port(), protocol, "qos0queued")
+    } else {
+        builder(proxy.port(), protocol).identifier(client_id("qos0queued"))
+    };
+    let mut ours = Ours::connect(b, style).await;
+
+    // The proxy stops reading: 16 MiB fill the sockets' buffers and the PUBLISH on
+    // `topic` waits behind them in the engine's queue.
+    proxy.blackhole_dir(C2B, true);
+    let calls = start_all(vec![
+        Box::pin(ours.conn.publish(&big, vec![0u8; 16 << 20]).into_future()),
+        Box::pin(ours.conn.publish(&topic, "queued").into_future()),
+    ])
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !calls.is_finished(),
+        "the publishes completed behind a full socket"
+    );
+    proxy.cut();
+    proxy.blackhole_dir(C2B, false);
+    ours.lost().await;
+    ours.resumed().await;
+    let results = within!(CALL_WAIT, calls).expect("the calls' task");
+    within!(WAIT, ours.conn.publish(&marker, "marker")).expect("marker");
+    let delivered = witness.before_marker(&marker).await;
+    let sent_later = publishes(&proxy, C2B, &topic)
+        .iter()
+        .filter(|p| p.conn > 1)
+        .count();
+    let trace = proxy.trace();
+    if keep || style == Auto {
+        assert!(results[1].is_ok(), "the queued publish: {:?}", results[1]);
+        assert_eq!(sent_later, 1, "trace:\n{trace}");
+        assert_eq!(
+            count(&delivered, &topic, "queued"),
+            1,
+            "{:?}",
+            summary(&delivered)
+        );
+    } else {
+        assert!(
+            matches!(results[1], Err(Error::ConnectionLost { .. })),
+            "the queued publish: {:?}",
+            results[1]
+        );
+        assert_eq!(sent_later, 0, "sent on the next connection:\n{trace}");
+        assert_eq!(
+            count(&delivered, &topic, "queued"),
+            0,
+            "{:?}",
+            summary(&delivered)
+        );
+    }
+    println!(
+        "OBSERVED qos0 queued ({protocol:?}, {style:?}, persistent {keep}): big {:?}, queued {:?}",
+        results[0], results[1]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // 6. Packet ids after a resume with an id in flight at the broker
 
 async fn packet_ids_after_resume(protocol: ProtocolVersion, style: Style) {
@@ -1467,6 +1546,13 @@ tests! {
     /// `ConnectionLost` at the reconnect, and its PUBLISH is not resent.
     clean_session_auto_loss_v311 => clean_session_auto_loss(V311);
     clean_session_auto_loss_v5 => clean_session_auto_loss(V5);
+
+    // 5b. A QoS 0 publish still queued at the loss.
+    qos0_queued_at_the_loss_clean_loop_v311 => qos0_queued_at_the_loss(V311, Loop, false);
+    qos0_queued_at_the_loss_clean_loop_v5 => qos0_queued_at_the_loss(V5, Loop, false);
+    qos0_queued_at_the_loss_clean_auto_v311 => qos0_queued_at_the_loss(V311, Auto, false);
+    qos0_queued_at_the_loss_persistent_loop_v311 => qos0_queued_at_the_loss(V311, Loop, true);
+    qos0_queued_at_the_loss_persistent_auto_v5 => qos0_queued_at_the_loss(V5, Auto, true);
 
     // 6. Packet ids after a resume.
     packet_ids_after_resume_v311_loop => packet_ids_after_resume(V311, Loop);
