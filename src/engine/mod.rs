@@ -705,7 +705,6 @@ impl Engine {
     /// Sends DISCONNECT; the call completes once it is written and the socket closed.
     fn disconnect_c(&self) -> Call {
         self.release_link();
-        self.0.progress.set_link(false);
         self.call(None, |inner, _| {
             Engine::one(inner, None, |key| {
                 Ok(paho::disconnect(inner.handle, inner.v5, 0, Some(key)))
@@ -718,7 +717,6 @@ impl Engine {
     /// thread, including Paho's callbacks). `reason` is sent on MQTT 5.
     fn close_quietly_c(&self, reason: u8) {
         self.release_link();
-        self.0.progress.set_link(false);
         let inner = self.0.clone();
         let queued = thread::submit(move || {
             if paho::is_connected(inner.handle) {

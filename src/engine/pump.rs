@@ -101,10 +101,12 @@ struct Watched {
 }
 
 impl Progress {
-    /// The client's connection is up (`true`) or gone (`false`). While it is gone the
-    /// pump leaves the client alone, and parks if no other client needs it: the
-    /// publishes Paho keeps for a resumed session, or the QoS 0 ones it keeps queued,
-    /// would otherwise have it wake Paho's threads every millisecond of an outage.
+    /// The client's connection is up (`true`, after a connect) or lost (`false`, from
+    /// the engine's loss callbacks). While it is lost the pump leaves the client alone,
+    /// and parks if no other client needs it: the publishes Paho keeps for a resumed
+    /// session, or the QoS 0 ones it keeps queued, would otherwise have it wake Paho's
+    /// threads every millisecond of an outage. (Our own DISCONNECT does not count: the
+    /// publishes queued before it are still written, and may need the pump.)
     pub(crate) fn set_link(&self, up: bool) {
         self.down.store(!up, Ordering::Release);
         if up {
