@@ -27,6 +27,8 @@ pub(crate) struct Incoming<'a> {
     pub(crate) properties: Option<Box<Properties>>,
     /// What in its properties breaks MQTT 5's rules, if anything.
     pub(crate) violation: Option<Violation>,
+    /// The size of the PUBLISH packet, as it was on the wire.
+    pub(crate) size: usize,
 }
 
 /// Why a connection ended without our DISCONNECT.
@@ -92,6 +94,8 @@ struct Attempt {
 
 /// The reason code of a DISCONNECT for a PUBLISH whose topic is not a topic name.
 const TOPIC_NAME_INVALID: u8 = 0x90;
+/// ... and for a packet over the client's Maximum Packet Size.
+const PACKET_TOO_LARGE: u8 = 0x95;
 
 /// TLS error lines kept per connect attempt.
 const TLS_LINES: usize = 8;
@@ -108,6 +112,9 @@ pub(crate) struct Hooks {
     tls_errors: Mutex<Vec<String>>,
     /// The engine, to ask for a DISCONNECT from a callback (set once after creation).
     engine: OnceLock<Weak<Inner>>,
+    /// The Maximum Packet Size this client set in CONNECT (MQTT 5), which Paho C does not
+    /// enforce on what it receives.
+    max_packet: Option<u32>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -126,7 +133,15 @@ impl Hooks {
             busy: watch::Sender::new(false),
             tls_errors: Mutex::new(Vec::new()),
             engine: OnceLock::new(),
+            max_packet: None,
         }
+    }
+
+    /// Makes a received PUBLISH larger than `max` a protocol violation (MQTT 5 §3.1.2.11.4:
+    /// the client closes the connection with 0x95, Packet too large).
+    pub(crate) fn limit_packets(mut self, max: Option<u32>) -> Hooks {
+        self.max_packet = max;
+        self
     }
 
     pub(crate) fn set_engine(&self, engine: Weak<Inner>) {
@@ -262,10 +277,21 @@ impl Hooks {
                 m.topic.len()
             )),
         };
-        let fault = match (topic, m.violation) {
-            (Err(why), _) => Err((why, TOPIC_NAME_INVALID)),
-            (Ok(_), Some(v)) => Err((format!("a received PUBLISH: {}", v.what), v.reason)),
-            (Ok(topic), None) => Ok(topic),
+        let too_large = self
+            .max_packet
+            .filter(|&max| m.size > usize::try_from(max).unwrap_or(usize::MAX));
+        let fault = match (topic, m.violation, too_large) {
+            (Err(why), _, _) => Err((why, TOPIC_NAME_INVALID)),
+            (Ok(_), Some(v), _) => Err((format!("a received PUBLISH: {}", v.what), v.reason)),
+            (Ok(_), None, Some(max)) => Err((
+                format!(
+                    "a received PUBLISH of {} bytes, over the Maximum Packet Size of {max} this \
+                     client set",
+                    m.size
+                ),
+                PACKET_TOO_LARGE,
+            )),
+            (Ok(topic), None, None) => Ok(topic),
         };
         let topic = match fault {
             Ok(topic) => topic,

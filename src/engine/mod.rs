@@ -302,12 +302,14 @@ impl Engine {
         };
         let connect_options = Arc::new(paho::ConnectOptions::new(options)?);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let hooks = Arc::new(Hooks::new(
-            id,
-            v5,
-            Arc::from(options.logger.as_str()),
-            events,
-        ));
+        let hooks = Arc::new(
+            Hooks::new(id, v5, Arc::from(options.logger.as_str()), events).limit_packets(
+                options
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.maximum_packet_size),
+            ),
+        );
         let keepalive = requested_keepalive(options);
         let slow_connect = relay.is_none() && transport::connect_may_stall(options);
         let client_options = client_options.clone();

@@ -33,7 +33,7 @@
 use std::future::IntoFuture;
 use std::time::{Duration, Instant};
 
-use aiomqtt::{Client, Connection, Error, Messages, ProtocolVersion, QoS, ReasonCode};
+use aiomqtt::{Client, Connection, Error, Messages, Properties, ProtocolVersion, QoS, ReasonCode};
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
@@ -556,6 +556,68 @@ async fn repeatable_properties() {
 scenario!(
     repeated_user_properties_and_subscription_ids,
     repeatable_properties()
+);
+
+/// A PUBLISH over the Maximum Packet Size this client set in CONNECT ends the connection
+/// with 0x95 (Packet too large), as MQTT 5 §3.1.2.11.4 asks; one of exactly that size is
+/// delivered. Paho C does not check it.
+async fn over_maximum_packet_size() {
+    let fb = FakeBroker::start().await;
+    let client = Client::builder("127.0.0.1")
+        .port(fb.port())
+        .protocol(V5)
+        .timeout(CALL_TIMEOUT)
+        .properties(Properties::new().maximum_packet_size(1024))
+        .build()
+        .unwrap();
+    let (conn, mut fc) = tokio::join!(
+        with_timeout_ctx(EVENT, "connect()", client.connect()),
+        async {
+            let fc = fb.accept().await;
+            fc.send_connack(false, 0).await.unwrap();
+            fc
+        }
+    );
+    let conn = conn.unwrap();
+    let mut messages = conn.messages();
+    let pending = start_pending(&conn, &mut fc).await;
+    // 1 + 2 (remaining length) + 2 + 3 (topic) + 1 (no properties) + payload.
+    let exactly = packets::publish(b"a/b", 0, 0, &[b'x'; 1015], false, false, Some(&[]));
+    assert_eq!(exactly.len(), 1024);
+    fc.send(&exactly).await.unwrap();
+    let m = with_timeout(EVENT, messages.next())
+        .await
+        .expect("a message")
+        .expect("the message of 1,024 bytes");
+    assert_eq!(m.payload.len(), 1015);
+    // The same at QoS 1 with properties: packet identifier and properties counted as sent.
+    let props = packets::prop_user("key", "value");
+    let bare = packets::publish(b"a/b", 1, 9, &[], false, false, Some(&props)).len();
+    // The remaining length takes two bytes at this size, one when the payload is empty.
+    let payload = vec![b'y'; 1024 - bare - 1];
+    let exactly = packets::publish(b"a/b", 1, 9, &payload, false, false, Some(&props));
+    assert_eq!(exactly.len(), 1024);
+    fc.send(&exactly).await.unwrap();
+    let m = with_timeout(EVENT, messages.next())
+        .await
+        .expect("a message")
+        .expect("the QoS 1 message of 1,024 bytes");
+    assert_eq!(m.payload, payload);
+    let over = packets::publish(b"a/b", 0, 0, &[b'x'; 1016], false, false, Some(&[]));
+    fc.send(&over).await.unwrap();
+    assert_closed_for(
+        "a PUBLISH of 1,025 bytes",
+        &mut messages,
+        &mut fc,
+        pending,
+        0x95,
+    )
+    .await;
+}
+
+scenario!(
+    publish_over_the_clients_maximum_packet_size,
+    over_maximum_packet_size()
 );
 
 /// A CONNACK accepting the connection with properties that break MQTT 5's rules: the
