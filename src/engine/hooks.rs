@@ -27,8 +27,32 @@ pub(crate) struct Incoming<'a> {
     pub(crate) properties: Option<Box<Properties>>,
     /// What in its properties breaks MQTT 5's rules, if anything.
     pub(crate) violation: Option<Violation>,
-    /// The size of the PUBLISH packet, as it was on the wire.
-    pub(crate) size: usize,
+    /// The length of its properties on the wire (MQTT 5).
+    pub(crate) properties_len: usize,
+}
+
+impl Incoming<'_> {
+    /// The size of the PUBLISH packet as it was on the wire: fixed header, topic, packet
+    /// identifier, properties (MQTT 5), payload.
+    fn wire_size(&self, v5: bool) -> usize {
+        let varint_len = |n: usize| match n {
+            0..=127 => 1,
+            128..=16_383 => 2,
+            16_384..=2_097_151 => 3,
+            _ => 4,
+        };
+        let properties = if v5 {
+            varint_len(self.properties_len) + self.properties_len
+        } else {
+            0
+        };
+        let remaining = 2
+            + self.topic.len()
+            + if self.qos > 0 { 2 } else { 0 }
+            + properties
+            + self.payload.len();
+        1 + varint_len(remaining) + remaining
+    }
 }
 
 /// Why a connection ended without our DISCONNECT.
@@ -277,17 +301,18 @@ impl Hooks {
                 m.topic.len()
             )),
         };
+        // Worked out only when the client set a limit.
         let too_large = self
             .max_packet
-            .filter(|&max| m.size > usize::try_from(max).unwrap_or(usize::MAX));
+            .map(|max| (max, m.wire_size(self.v5)))
+            .filter(|&(max, size)| size > usize::try_from(max).unwrap_or(usize::MAX));
         let fault = match (topic, m.violation, too_large) {
             (Err(why), _, _) => Err((why, TOPIC_NAME_INVALID)),
             (Ok(_), Some(v), _) => Err((format!("a received PUBLISH: {}", v.what), v.reason)),
-            (Ok(_), None, Some(max)) => Err((
+            (Ok(_), None, Some((max, size))) => Err((
                 format!(
-                    "a received PUBLISH of {} bytes, over the Maximum Packet Size of {max} this \
-                     client set",
-                    m.size
+                    "a received PUBLISH of {size} bytes, over the Maximum Packet Size of {max} \
+                     this client set"
                 ),
                 PACKET_TOO_LARGE,
             )),

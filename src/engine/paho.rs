@@ -752,33 +752,17 @@ unsafe extern "C" fn on_message(
         } else {
             (None, None)
         };
-        // The PUBLISH as it was on the wire: topic, packet identifier, properties (their
-        // serialised length, which Paho keeps), payload.
-        let qos = u8::try_from(m.qos).unwrap_or(0);
-        let props_len = if h.v5 {
-            usize::try_from(m.properties.length).unwrap_or(0)
-        } else {
-            0
-        };
-        let remaining = 2
-            + topic_bytes.len()
-            + if qos > 0 { 2 } else { 0 }
-            + if h.v5 {
-                varint_len(props_len) + props_len
-            } else {
-                0
-            }
-            + payload.len();
         h.message(Incoming {
             topic: topic_bytes,
             payload,
-            qos,
+            qos: u8::try_from(m.qos).unwrap_or(0),
             retain: m.retained != 0,
             dup: m.dup != 0,
             packet_id: u16::try_from(m.msgid).unwrap_or(0),
             properties,
             violation,
-            size: 1 + varint_len(remaining) + remaining,
+            // The serialised length, which Paho keeps.
+            properties_len: usize::try_from(m.properties.length).unwrap_or(0),
         });
     });
     let mut message = message;
@@ -796,16 +780,6 @@ unsafe extern "C" fn on_message(
     }
     let _ = topic;
     1
-}
-
-/// The length of `n` as an MQTT Variable Byte Integer.
-fn varint_len(n: usize) -> usize {
-    match n {
-        0..=127 => 1,
-        128..=16_383 => 2,
-        16_384..=2_097_151 => 3,
-        _ => 4,
-    }
 }
 
 unsafe extern "C" fn on_connect_ok(ctx: *mut c_void, data: *mut sys::MQTTAsync_successData) {
