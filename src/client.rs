@@ -111,6 +111,9 @@ struct Claim<'a> {
     started: Option<(Slot, Arc<Session>)>,
     /// Paho finished the attempt (with an error): its engine stays usable.
     engine_finished: bool,
+    /// The CONNACK accepted the connection and the facade refused it (a protocol
+    /// violation): the broker may have sent the session's messages meanwhile.
+    connack_refused: bool,
     done: bool,
 }
 
@@ -121,10 +124,11 @@ impl Drop for Claim<'_> {
         }
         let resumes = self.shared.options.resumes_on_connect();
         let retire = self.started.as_ref().and_then(|(slot, session)| {
-            // Paho may still finish a persistent session's attempt: what the broker then
-            // sends is kept for the next connect().
-            slot.router
-                .detach(session, resumes && !self.engine_finished);
+            // Paho may still finish a persistent session's attempt, or finished it with a
+            // CONNACK refused here: what the broker sent the session is kept for the next
+            // connect().
+            let strays = resumes && (!self.engine_finished || self.connack_refused);
+            slot.router.detach(session, strays);
             (!self.engine_finished && !resumes).then_some(&slot.engine)
         });
         self.shared.release(self.generation, retire);
@@ -205,6 +209,7 @@ impl Client {
             Err(e) => {
                 // Only our own deadline leaves Paho's attempt running.
                 claim.engine_finished = !e.is_timeout();
+                claim.connack_refused = matches!(e, Error::Protocol(_));
                 return Err(match e {
                     // The engine's own connect failure: tell which it was.
                     e @ Error::Engine { .. } => {
@@ -241,6 +246,7 @@ impl Client {
             generation: state.generation,
             started: None,
             engine_finished: false,
+            connack_refused: false,
             done: false,
         })
     }

@@ -235,6 +235,25 @@ impl Queue {
         wake.wake();
     }
 
+    /// Takes every queued message out, oldest first (a connection that never started,
+    /// whose messages go to the next one). Messages a consumer is keying stay with it.
+    pub(crate) fn take_all(&self) -> Vec<Message> {
+        let mut state = self.lock();
+        match &mut state.store {
+            Store::Fifo(q) => q.drain(..).collect(),
+            Store::Lifo(q) => std::mem::take(q),
+            Store::Priority { heap, inbox, .. } => {
+                let mut all: Vec<(u64, Message)> = std::mem::take(heap)
+                    .into_iter()
+                    .map(|Reverse(k)| (k.seq, k.message))
+                    .chain(std::mem::take(inbox))
+                    .collect();
+                all.sort_by_key(|(seq, _)| *seq);
+                all.into_iter().map(|(_, m)| m).collect()
+            }
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
         let state = self.lock();
         state.store.len() + state.keying

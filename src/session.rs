@@ -416,9 +416,12 @@ pub(crate) struct Router {
 #[derive(Default)]
 struct Routed {
     session: Option<Arc<Session>>,
-    /// Whether messages that arrive while no session is attached are kept for the next
-    /// one: only after a persistent session's `connect()` gave up while the engine may
-    /// still finish it.
+    /// Whether the attached session's CONNECT has gone out. Until then what arrives is
+    /// the engine's earlier connection's, still closing: dropped, unless `keep_strays`.
+    connecting: bool,
+    /// Whether messages of an earlier connection are kept: only after a persistent
+    /// session's `connect()` gave up while the engine may still finish it (the same
+    /// session, resumed by the next `connect()`).
     keep_strays: bool,
     /// Those messages. The CONNACK can come after `connect()` gave up: the broker then
     /// sends the messages it stored, which the engine has acknowledged by the time they
@@ -447,6 +450,7 @@ impl Router {
         }
         let logger = session.logger.clone();
         routed.session = Some(session);
+        routed.connecting = false;
         drop(routed);
         if kept > 0 {
             crate::logging::log_info!(
@@ -462,8 +466,9 @@ impl Router {
         }
     }
 
-    /// Detaches `session` if it is the current one. With `keep_strays`, messages that
-    /// arrive before the next session attaches are kept for it (see [`Routed`]).
+    /// Detaches `session` if it is the current one. With `keep_strays`, the messages it
+    /// has not handed out, and those that arrive before the next session's CONNECT, are
+    /// kept for the next session (see [`Routed`]).
     pub(crate) fn detach(&self, session: &Session, keep_strays: bool) {
         let mut routed = lock(&self.current);
         if routed
@@ -472,6 +477,11 @@ impl Router {
             .is_some_and(|s| std::ptr::eq(s, session))
         {
             routed.keep_strays = keep_strays;
+            if keep_strays {
+                // Acknowledged by the engine already: the next connect() hands them out.
+                let queued = session.queue.take_all();
+                routed.orphans.splice(0..0, queued);
+            }
             // Dropped outside the lock: it may be the last reference.
             let old = routed.session.take();
             drop(routed);
@@ -485,11 +495,16 @@ impl Events for Router {
         // Pushed under the router's lock (the queue's lock nests inside it, and nothing
         // else is taken): no reference count traffic per message.
         let mut routed = lock(&self.current);
+        let current = routed.connecting || routed.keep_strays;
         match routed.session.as_deref() {
-            Some(session) => session.queue.push(message),
+            Some(session) if current => session.queue.push(message),
             None if routed.keep_strays => routed.orphans.push(message),
-            None => routed.dropped += 1,
+            _ => routed.dropped += 1,
         }
+    }
+
+    fn connect_started(&self) {
+        lock(&self.current).connecting = true;
     }
 
     fn lost(&self, loss: Loss) {

@@ -127,6 +127,10 @@ impl Driver for FakeEngine {
         clean: bool,
         _deadline: Instant,
     ) -> Pin<Box<dyn Future<Output = Result<ConnectInfo, Error>> + Send + '_>> {
+        let events = self.lock().events.clone();
+        if let Some(events) = events {
+            events.connect_started();
+        }
         let (result, lose) = {
             let mut state = self.lock();
             state.commands.push(Command::Connect { clean });

@@ -75,6 +75,9 @@ pub(crate) enum Loss {
 pub(crate) trait Events: Send + Sync + 'static {
     /// A PUBLISH arrived.
     fn message(&self, message: Message);
+    /// A CONNECT is about to go out: what arrives from now on belongs to its connection
+    /// (the engine's earlier one, if any, is closed).
+    fn connect_started(&self);
     /// The connection ended without our DISCONNECT.
     fn lost(&self, loss: Loss);
 }
@@ -184,6 +187,7 @@ impl Hooks {
             slow,
         };
         self.busy.send_replace(true);
+        self.events.connect_started();
     }
 
     /// Called when `MQTTAsync_connect` refused to start.
@@ -203,6 +207,12 @@ impl Hooks {
     pub(crate) fn connect_done(&self, outcome: ConnectOutcome) {
         let attempt = std::mem::take(&mut *lock(&self.attempt));
         let succeeded = outcome.is_ok();
+        if succeeded {
+            // Here, on Paho's thread, before any loss of this connection is reported.
+            if let Some(inner) = self.engine.get().and_then(Weak::upgrade) {
+                inner.progress.set_link(true);
+            }
+        }
         let delivered = match attempt.waiter {
             Some(waiter) => waiter.send(outcome).is_ok(),
             None => false,

@@ -392,7 +392,6 @@ impl Engine {
                     "Connected (session present: {})",
                     info.session_present
                 );
-                self.0.progress.set_link(true);
                 // Paho C keeps to a Server Keep Alive (MQTT 5) until the next connect.
                 let assigned = info.properties.as_ref().and_then(|p| p.server_keep_alive);
                 self.0
