@@ -147,8 +147,9 @@ pub(crate) unsafe fn read(props: *const sys::MQTTProperties) -> Properties {
 /// Reads a list Paho received, and says what in it breaks MQTT 5's rules, which Paho C
 /// does not check: a string that is not UTF-8 or holds U+0000 (§1.5.4), a value out of
 /// range (a Payload Format Indicator of 2, say), a property other than User Property and
-/// Subscription Identifier given twice (§2.2.2.2). A value that breaks them is left out;
-/// of a repeated property the first counts, as in Paho C.
+/// Subscription Identifier given twice (§2.2.2.2), a Topic Alias. A string that breaks them,
+/// or a value the property's type cannot hold, is left out; a value out of range is kept as
+/// read; of a repeated property the first counts, as in Paho C.
 ///
 /// # Safety
 /// `props` must point to a list valid for the duration of the call, or be null.
@@ -214,14 +215,21 @@ pub(crate) unsafe fn read_checked(
         let problem = match wire {
             None => Some((MALFORMED_PACKET, "is not valid UTF-8")),
             Some(_) if has_nul => Some((MALFORMED_PACKET, "contains U+0000")),
-            Some(wire) if !out.absorb(code, wire) => {
-                Some((PROTOCOL_ERROR, "has a value MQTT 5 does not allow"))
+            Some(wire) => {
+                // An out-of-range value is kept as read (the type holds it).
+                let range = out_of_range(code, &wire);
+                if !out.absorb(code, wire) {
+                    Some((PROTOCOL_ERROR, "has a value MQTT 5 does not allow"))
+                } else if range.is_some() {
+                    range
+                } else if code == USER_PROPERTY || code == SUBSCRIPTION_IDENTIFIER {
+                    None
+                } else if std::mem::replace(&mut seen[usize::from(code)], true) {
+                    Some((PROTOCOL_ERROR, "appears more than once"))
+                } else {
+                    None
+                }
             }
-            Some(_) if code == USER_PROPERTY || code == SUBSCRIPTION_IDENTIFIER => None,
-            Some(_) if std::mem::replace(&mut seen[usize::from(code)], true) => {
-                Some((PROTOCOL_ERROR, "appears more than once"))
-            }
-            Some(_) => None,
         };
         if let (Some((reason, problem)), None) = (problem, &violation) {
             let name = Properties::name_of(code).unwrap_or("unknown");
@@ -234,6 +242,25 @@ pub(crate) unsafe fn read_checked(
     (out, violation)
 }
 
+/// A received value the property's type holds but MQTT 5 forbids, with the reason code.
+fn out_of_range(code: u8, wire: &Wire<'_>) -> Option<(u8, &'static str)> {
+    match (code, wire) {
+        // §3.2.2.3.4: 0 or 1 (a server that supports QoS 2 sends none).
+        (MAXIMUM_QOS, Wire::Byte(qos)) if *qos > 1 => Some((PROTOCOL_ERROR, "is above 1")),
+        // §3.2.2.3.6, §3.3.2.3.8.
+        (MAXIMUM_PACKET_SIZE, Wire::Four(0)) | (SUBSCRIPTION_IDENTIFIER, Wire::VarInt(0)) => {
+            Some((PROTOCOL_ERROR, "is 0"))
+        }
+        // This client never allows topic aliases (its Topic Alias Maximum is 0, see
+        // `Properties::check`), so a broker may send none (§3.3.2.3.4).
+        (TOPIC_ALIAS, _) => Some((
+            TOPIC_ALIAS_INVALID,
+            "is present, though this client allows no topic aliases",
+        )),
+        _ => None,
+    }
+}
+
 /// What makes a received packet break MQTT's rules, and the reason code a client closes
 /// the connection with for it (MQTT 5 §4.13).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,6 +271,11 @@ pub(crate) struct Violation {
 
 const MALFORMED_PACKET: u8 = 0x81;
 pub(crate) const PROTOCOL_ERROR: u8 = 0x82;
+const TOPIC_ALIAS_INVALID: u8 = 0x94;
+
+const MAXIMUM_QOS: u8 = 0x24;
+const MAXIMUM_PACKET_SIZE: u8 = 0x27;
+const TOPIC_ALIAS: u8 = 0x23;
 
 /// The properties MQTT 5 lets a packet carry more than once.
 const USER_PROPERTY: u8 = 0x26;

@@ -517,6 +517,16 @@ scenario!(
     payload_format_out_of_range,
     invalid_properties("a Payload Format Indicator of 2", b"\x01\x02", 0x82)
 );
+scenario!(
+    subscription_identifier_zero,
+    invalid_properties("a Subscription Identifier of 0", b"\x0b\x00", 0x82)
+);
+scenario!(
+    /// This client allows no topic aliases (Topic Alias Maximum 0): 0x94, Topic Alias
+    /// invalid.
+    topic_alias_not_allowed,
+    invalid_properties("a Topic Alias", b"\x23\x00\x01", 0x94)
+);
 
 /// The properties MQTT 5 lets a PUBLISH repeat are delivered, every value in order.
 async fn repeatable_properties() {
@@ -667,6 +677,18 @@ scenario!(
         b"\x13\x00\x02\x13\x00\x3c",
         0x82,
         "Server Keep Alive property (0x13) appears more than once"
+    )
+);
+scenario!(
+    connack_maximum_qos_2,
+    bad_connack(b"\x24\x02", 0x82, "Maximum QoS property (0x24) is above 1")
+);
+scenario!(
+    connack_maximum_packet_size_zero,
+    bad_connack(
+        b"\x27\x00\x00\x00\x00",
+        0x82,
+        "Maximum Packet Size property (0x27) is 0"
     )
 );
 scenario!(
