@@ -707,10 +707,15 @@ impl Engine {
     fn disconnect_c(&self) -> Call {
         self.release_link();
         self.call(None, |inner, _| {
-            Engine::one(inner, None, |key| {
-                Ok(paho::disconnect(inner.handle, inner.v5, 0, Some(key)))
-            })
-            .map(Handed::from)
+            let (key, rx) = registry::register_disconnect(inner.id, &inner.progress)
+                .ok_or_else(closed_scope)?;
+            match paho::disconnect(inner.handle, inner.v5, 0, Some(key)) {
+                0 => Ok(Handed::from(rx)),
+                rc => {
+                    registry::cancel(key);
+                    Err(errors::from_rc(rc, inner.outgoing_limit))
+                }
+            }
         })
     }
 
@@ -721,7 +726,12 @@ impl Engine {
         let inner = self.0.clone();
         let queued = thread::submit(move || {
             if paho::is_connected(inner.handle) {
-                paho::disconnect(inner.handle, inner.v5, reason, None);
+                // Its entry marks the link down once Paho reports it (no one waits).
+                let key =
+                    registry::register_disconnect(inner.id, &inner.progress).map(|(key, _)| key);
+                if paho::disconnect(inner.handle, inner.v5, reason, key) != 0 {
+                    key.into_iter().for_each(registry::cancel);
+                }
             }
         });
         if let Err(e) = queued {

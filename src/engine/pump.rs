@@ -101,12 +101,12 @@ struct Watched {
 }
 
 impl Progress {
-    /// The client's connection is up (`true`, after a connect) or lost (`false`, from
-    /// the engine's loss callbacks). While it is lost the pump leaves the client alone,
-    /// and parks if no other client needs it: the publishes Paho keeps for a resumed
-    /// session, or the QoS 0 ones it keeps queued, would otherwise have it wake Paho's
-    /// threads every millisecond of an outage. (Our own DISCONNECT does not count: the
-    /// publishes queued before it are still written, and may need the pump.)
+    /// The client's connection is up (`true`, from the connect callback) or gone (`false`,
+    /// from the loss callbacks, or once Paho reports our DISCONNECT: see
+    /// [`Disconnecting`]). While it is gone the pump leaves the client alone, and parks if
+    /// no other client needs it: the publishes Paho keeps for a resumed session, or the
+    /// QoS 0 ones it keeps queued, would otherwise have it wake Paho's threads every
+    /// millisecond until the next connect.
     pub(crate) fn set_link(&self, up: bool) {
         self.down.store(!up, Ordering::Release);
         if up {
@@ -181,6 +181,24 @@ impl Drop for Active {
         }
         self.progress.ended.fetch_add(1, Ordering::AcqRel);
         ENDED.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Held by a DISCONNECT's registry entry: once Paho reports it (the socket is closed then),
+/// the client has no connection (see [`Progress::set_link`]). Until then the publishes
+/// queued before it are still written, and may need the pump.
+#[derive(Debug)]
+pub(crate) struct Disconnecting(Arc<Progress>);
+
+impl Disconnecting {
+    pub(crate) fn new(progress: &Arc<Progress>) -> Disconnecting {
+        Disconnecting(progress.clone())
+    }
+}
+
+impl Drop for Disconnecting {
+    fn drop(&mut self) {
+        self.0.set_link(false);
     }
 }
 

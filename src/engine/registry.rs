@@ -155,6 +155,8 @@ struct Entry {
     qos0_queued: bool,
     /// Its place in its connection's window plus slack (see `admission`).
     _place: Option<Place>,
+    /// Set for a DISCONNECT: marks the client's link down once Paho reports it.
+    _disconnecting: Option<pump::Disconnecting>,
 }
 
 /// What a QoS 1/2 publish's failure callback needs to know (see [`write_failed`]).
@@ -210,7 +212,32 @@ pub(crate) type Registered = (Key, slot::Receiver);
 /// Registers a command of `engine` before it is handed to Paho; `None` if its ticket's
 /// scope is closed.
 pub(crate) fn register(engine: u64, ticket: Option<&Ticket<'_>>) -> Option<Registered> {
-    insert(engine, ticket, None, None, None, Ticket::place(ticket))
+    insert(
+        engine,
+        ticket,
+        None,
+        None,
+        None,
+        Ticket::place(ticket),
+        None,
+    )
+}
+
+/// Registers a DISCONNECT of `engine`, whose client has no connection once Paho reports
+/// it (see [`pump::Disconnecting`]).
+pub(crate) fn register_disconnect(
+    engine: u64,
+    progress: &Arc<pump::Progress>,
+) -> Option<Registered> {
+    insert(
+        engine,
+        None,
+        None,
+        None,
+        None,
+        None,
+        Some(pump::Disconnecting::new(progress)),
+    )
 }
 
 /// Registers a QoS 0 publish of `engine` of `payload_len` bytes before it is handed to
@@ -228,6 +255,7 @@ pub(crate) fn register_qos0(
         None,
         pump::for_publish(progress, true, payload_len),
         Some(before),
+        None,
         None,
     )
 }
@@ -253,6 +281,7 @@ pub(crate) fn register_publish(
         pump::for_publish(progress, false, payload_len),
         None,
         Ticket::place(ticket),
+        None,
     )
 }
 
@@ -263,6 +292,7 @@ fn insert(
     pump: Option<pump::Active>,
     qos0_before: Option<u64>,
     place: Option<Place>,
+    disconnecting: Option<pump::Disconnecting>,
 ) -> Option<Registered> {
     let (tx, rx) = slot::channel();
     let key = loop {
@@ -292,6 +322,7 @@ fn insert(
             qos0_before,
             qos0_queued: false,
             _place: place,
+            _disconnecting: disconnecting,
         },
     );
     // Under the shard's lock too, which the expiry thread takes after it last looked

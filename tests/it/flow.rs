@@ -703,6 +703,51 @@ async fn the_pump_parks_while_the_connection_is_down() {
     );
 }
 
+/// The same after our own DISCONNECT: once Paho reports it, the client has no connection,
+/// and the large publish Paho keeps for the session keeps nothing running.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pump_parks_after_our_disconnect() {
+    if ran_in_child(
+        "flow::the_pump_parks_after_our_disconnect",
+        Duration::from_secs(60),
+    ) {
+        return;
+    }
+    let fb = FakeBroker::start().await;
+    let client = Client::builder("127.0.0.1")
+        .port(fb.port())
+        .identifier("pump-disconnect")
+        .clean_session(false)
+        .build()
+        .unwrap();
+    let (conn, mut fc) = fb.connect(&client).await;
+    let r = conn
+        .publish("big", vec![0u8; 1 << 20])
+        .qos(QoS::AtLeastOnce)
+        .timeout(Duration::from_millis(500))
+        .await;
+    assert!(r.as_ref().is_err_and(Error::is_timeout), "{r:?}");
+    let runs = thread_counters("aiomqtt-pump").await;
+    let before = runs().1;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let connected = runs().1 - before;
+    conn.disconnect().await.unwrap();
+    assert!(fc.peer_closed(Duration::from_secs(5)).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = runs().1;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = runs().1 - before;
+    assert!(
+        connected >= 30,
+        "the pump looked {connected} times in 300 ms with a large publish pending"
+    );
+    assert!(
+        after <= 2,
+        "the pump ran {after} times in 500 ms after the DISCONNECT ({connected} in 300 ms \
+         before)"
+    );
+}
+
 /// A reader of the scheduler's counters (time on the CPU, times run) of the process's
 /// thread `name`, once that thread exists: a thread that the test's first call started
 /// names itself only once it runs, which may be after that call completed.
