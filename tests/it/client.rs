@@ -467,125 +467,92 @@ async fn a_refused_connack_keeps_the_sessions_messages() {
 }
 
 /// Messages that reach the engine after a clean connection ended (before its DISCONNECT
-/// went out) are that connection's: the next connection does not get them.
+/// went out) are that connection's: the next connection does not get them, whether its
+/// `connect()` comes after that DISCONNECT or at once (then it waits for it, its session
+/// already in place).
+async fn messages_of_an_ended_connection(id: &str, connect_at_once: bool) {
+    let fb = FakeBroker::start().await;
+    let client = Client::builder("127.0.0.1")
+        .port(fb.port())
+        .identifier(id)
+        .max_inflight_messages(1)
+        .build()
+        .unwrap();
+    let (conn, mut fc) = fb.connect(&client).await;
+    // A QoS 1 publish the broker holds fills Paho's window of one; a SUBSCRIBE behind it
+    // waits in Paho's queue, and so does every later command of this client
+    // (MQTTAsync_processCommand): the DISCONNECT too.
+    let held = conn
+        .publish("held", "x")
+        .qos(QoS::AtLeastOnce)
+        .timeout(Duration::from_millis(300))
+        .await;
+    assert!(held.is_err(), "{held:?}");
+    let publish = fc
+        .try_expect(PacketType::Publish, Duration::from_secs(5))
+        .await
+        .expect("the held PUBLISH");
+    let packet_id = publish.packet_id().unwrap();
+    let sub = conn
+        .subscribe("old/#")
+        .timeout(Duration::from_millis(300))
+        .await;
+    assert!(sub.is_err(), "{sub:?}");
+    drop(conn);
+    let next = connect_at_once.then(|| {
+        let client = client.clone();
+        tokio::spawn(async move { client.connect().await })
+    });
+    if next.is_some() {
+        // The next connect() has its session in place and waits for the old connection.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Before the DISCONNECT can go: a message of the ended connection.
+    let mut burst = packets::publish(b"old/t", 0, 0, b"stale", false, false, None);
+    burst.extend(packets::puback(packet_id, None));
+    fc.send(&burst).await.unwrap();
+    fc.try_expect(PacketType::Disconnect, Duration::from_secs(5))
+        .await
+        .expect("the DISCONNECT, once the window freed");
+    let (conn, fc2) = match next {
+        Some(next) => {
+            let fc2 = fb.accept().await;
+            fc2.send_connack(false, 0).await.unwrap();
+            (next.await.unwrap().unwrap(), fc2)
+        }
+        None => fb.connect(&client).await,
+    };
+    let mut messages = conn.messages();
+    fc2.send(&packets::publish(
+        b"new/t", 0, 0, b"marker", false, false, None,
+    ))
+    .await
+    .unwrap();
+    let m = with_timeout(Duration::from_secs(5), messages.next())
+        .await
+        .expect("a message")
+        .unwrap();
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        ("new/t", &b"marker"[..])
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn messages_after_a_connection_ended_do_not_reach_the_next_one() {
-    with_timeout(T, async {
-        let fb = FakeBroker::start().await;
-        let client = Client::builder("127.0.0.1")
-            .port(fb.port())
-            .identifier("ended-then-stray")
-            .max_inflight_messages(1)
-            .build()
-            .unwrap();
-        let (conn, mut fc) = fb.connect(&client).await;
-        // A QoS 1 publish the broker holds fills Paho's window of one; a SUBSCRIBE
-        // behind it waits in Paho's queue, and so does every later command of this
-        // client (MQTTAsync_processCommand): the DISCONNECT too.
-        let held = conn
-            .publish("held", "x")
-            .qos(QoS::AtLeastOnce)
-            .timeout(Duration::from_millis(300))
-            .await;
-        assert!(held.is_err(), "{held:?}");
-        let publish = fc
-            .try_expect(PacketType::Publish, Duration::from_secs(5))
-            .await
-            .expect("the held PUBLISH");
-        let id = publish.packet_id().unwrap();
-        let sub = conn
-            .subscribe("old/#")
-            .timeout(Duration::from_millis(300))
-            .await;
-        assert!(sub.is_err(), "{sub:?}");
-        drop(conn);
-        // Before the DISCONNECT can go: a message of the ended connection.
-        let mut burst = packets::publish(b"old/t", 0, 0, b"stale", false, false, None);
-        burst.extend(packets::puback(id, None));
-        fc.send(&burst).await.unwrap();
-        fc.try_expect(PacketType::Disconnect, Duration::from_secs(5))
-            .await
-            .expect("the DISCONNECT, once the window freed");
-        let (conn, fc2) = fb.connect(&client).await;
-        let mut messages = conn.messages();
-        fc2.send(&packets::publish(
-            b"new/t", 0, 0, b"marker", false, false, None,
-        ))
-        .await
-        .unwrap();
-        let m = with_timeout(Duration::from_secs(5), messages.next())
-            .await
-            .expect("a message")
-            .unwrap();
-        assert_eq!(
-            (m.topic.as_str(), &m.payload[..]),
-            ("new/t", &b"marker"[..])
-        );
-    })
+    with_timeout(
+        T,
+        messages_of_an_ended_connection("ended-then-stray", false),
+    )
     .await;
 }
 
-/// The same with the next `connect()` made at once: it waits for the ended connection's
-/// DISCONNECT, and what that connection still receives meanwhile does not reach it.
 #[tokio::test(flavor = "multi_thread")]
 async fn messages_of_an_ended_connection_do_not_reach_a_connect_made_at_once() {
-    with_timeout(T, async {
-        let fb = FakeBroker::start().await;
-        let client = Client::builder("127.0.0.1")
-            .port(fb.port())
-            .identifier("ended-then-at-once")
-            .max_inflight_messages(1)
-            .build()
-            .unwrap();
-        let (conn, mut fc) = fb.connect(&client).await;
-        // As above: the DISCONNECT waits behind a SUBSCRIBE that waits for the window.
-        let held = conn
-            .publish("held", "x")
-            .qos(QoS::AtLeastOnce)
-            .timeout(Duration::from_millis(300))
-            .await;
-        assert!(held.is_err(), "{held:?}");
-        let publish = fc
-            .try_expect(PacketType::Publish, Duration::from_secs(5))
-            .await
-            .expect("the held PUBLISH");
-        let id = publish.packet_id().unwrap();
-        let sub = conn
-            .subscribe("old/#")
-            .timeout(Duration::from_millis(300))
-            .await;
-        assert!(sub.is_err(), "{sub:?}");
-        drop(conn);
-        let next = tokio::spawn({
-            let client = client.clone();
-            async move { client.connect().await }
-        });
-        // The next connect() has its session in place and waits for the old connection.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut burst = packets::publish(b"old/t", 0, 0, b"stale", false, false, None);
-        burst.extend(packets::puback(id, None));
-        fc.send(&burst).await.unwrap();
-        fc.try_expect(PacketType::Disconnect, Duration::from_secs(5))
-            .await
-            .expect("the DISCONNECT, once the window freed");
-        let fc2 = fb.accept().await;
-        fc2.send_connack(false, 0).await.unwrap();
-        let conn = next.await.unwrap().unwrap();
-        let mut messages = conn.messages();
-        fc2.send(&packets::publish(
-            b"new/t", 0, 0, b"marker", false, false, None,
-        ))
-        .await
-        .unwrap();
-        let m = with_timeout(Duration::from_secs(5), messages.next())
-            .await
-            .expect("a message")
-            .unwrap();
-        assert_eq!(
-            (m.topic.as_str(), &m.payload[..]),
-            ("new/t", &b"marker"[..])
-        );
-    })
+    with_timeout(
+        T,
+        messages_of_an_ended_connection("ended-then-at-once", true),
+    )
     .await;
 }
 

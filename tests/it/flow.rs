@@ -651,21 +651,24 @@ async fn the_pump_parks_when_nothing_is_pending() {
     assert_eq!(idle, Duration::ZERO, "the pump ran with nothing pending");
 }
 
+/// How a connection holding a large unacknowledged publish ends, for the pump tests.
+#[derive(Clone, Copy, Debug)]
+enum LinkEnd {
+    /// The broker resets it: a loss.
+    Lost,
+    /// Our DISCONNECT.
+    Disconnected,
+}
+
 /// A client without a connection writes nothing, so the pump leaves it alone: a large
 /// publish of a persistent session that Paho keeps for the next connection does not keep
-/// the pump (and Paho's threads, which it wakes) running through the outage.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_pump_parks_while_the_connection_is_down() {
-    if ran_in_child(
-        "flow::the_pump_parks_while_the_connection_is_down",
-        Duration::from_secs(60),
-    ) {
-        return;
-    }
+/// the pump (and Paho's threads, which it wakes) running after the connection ended,
+/// whether it was lost or we ended it (then once Paho reports our DISCONNECT).
+async fn the_pump_parks_once_the_connection_ended(how: LinkEnd) {
     let fb = FakeBroker::start().await;
     let client = Client::builder("127.0.0.1")
         .port(fb.port())
-        .identifier("pump-outage")
+        .identifier(format!("pump-{how:?}"))
         .clean_session(false)
         .build()
         .unwrap();
@@ -683,56 +686,19 @@ async fn the_pump_parks_while_the_connection_is_down() {
     let before = runs().1;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let connected = runs().1 - before;
-    let mut messages = conn.messages();
-    fc.close_rst().await;
-    let end = with_timeout(Duration::from_secs(5), messages.next()).await;
-    assert!(matches!(end, Some(Err(_))), "{end:?}");
-    // It parks after lingering for 20 ms.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let before = runs().1;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let down = runs().1 - before;
-    assert!(
-        connected >= 30,
-        "the pump looked {connected} times in 300 ms with a large publish pending"
-    );
-    assert!(
-        down <= 2,
-        "the pump ran {down} times in 500 ms without a connection ({connected} in 300 ms \
-         with one)"
-    );
-}
-
-/// The same after our own DISCONNECT: once Paho reports it, the client has no connection,
-/// and the large publish Paho keeps for the session keeps nothing running.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_pump_parks_after_our_disconnect() {
-    if ran_in_child(
-        "flow::the_pump_parks_after_our_disconnect",
-        Duration::from_secs(60),
-    ) {
-        return;
+    match how {
+        LinkEnd::Lost => {
+            let mut messages = conn.messages();
+            fc.close_rst().await;
+            let end = with_timeout(Duration::from_secs(5), messages.next()).await;
+            assert!(matches!(end, Some(Err(_))), "{end:?}");
+        }
+        LinkEnd::Disconnected => {
+            conn.disconnect().await.unwrap();
+            assert!(fc.peer_closed(Duration::from_secs(5)).await);
+        }
     }
-    let fb = FakeBroker::start().await;
-    let client = Client::builder("127.0.0.1")
-        .port(fb.port())
-        .identifier("pump-disconnect")
-        .clean_session(false)
-        .build()
-        .unwrap();
-    let (conn, mut fc) = fb.connect(&client).await;
-    let r = conn
-        .publish("big", vec![0u8; 1 << 20])
-        .qos(QoS::AtLeastOnce)
-        .timeout(Duration::from_millis(500))
-        .await;
-    assert!(r.as_ref().is_err_and(Error::is_timeout), "{r:?}");
-    let runs = thread_counters("aiomqtt-pump").await;
-    let before = runs().1;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let connected = runs().1 - before;
-    conn.disconnect().await.unwrap();
-    assert!(fc.peer_closed(Duration::from_secs(5)).await);
+    // It parks after lingering for 20 ms.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = runs().1;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -743,9 +709,31 @@ async fn the_pump_parks_after_our_disconnect() {
     );
     assert!(
         after <= 2,
-        "the pump ran {after} times in 500 ms after the DISCONNECT ({connected} in 300 ms \
-         before)"
+        "the pump ran {after} times in 500 ms after the connection ended ({how:?}; \
+         {connected} in 300 ms before)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pump_parks_while_the_connection_is_down() {
+    if ran_in_child(
+        "flow::the_pump_parks_while_the_connection_is_down",
+        Duration::from_secs(60),
+    ) {
+        return;
+    }
+    the_pump_parks_once_the_connection_ended(LinkEnd::Lost).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pump_parks_after_our_disconnect() {
+    if ran_in_child(
+        "flow::the_pump_parks_after_our_disconnect",
+        Duration::from_secs(60),
+    ) {
+        return;
+    }
+    the_pump_parks_once_the_connection_ended(LinkEnd::Disconnected).await;
 }
 
 /// A reader of the scheduler's counters (time on the CPU, times run) of the process's
