@@ -209,7 +209,7 @@ impl Hooks {
         let succeeded = outcome.is_ok();
         if succeeded {
             // Here, on Paho's thread, before any loss of this connection is reported.
-            if let Some(inner) = self.engine.get().and_then(Weak::upgrade) {
+            if let Some(inner) = self.inner() {
                 inner.progress.set_link(true);
             }
         }
@@ -219,8 +219,7 @@ impl Hooks {
         };
         drop(attempt.slow);
         if succeeded && !delivered {
-            crate::logging::log_debug!(target: &self.logger, "A connect finished after its caller gave up: closing it");
-            self.close_stray();
+            self.close_unclaimed();
         }
         self.busy.send_replace(false);
     }
@@ -251,24 +250,35 @@ impl Hooks {
             violation.what
         );
         crate::logging::log_warn!(target: &self.logger, "{what}; closing the connection");
-        if let Some(engine) = self.engine.get().and_then(Weak::upgrade) {
-            super::Engine::from_inner(engine).close_quietly_c(violation.reason);
-        }
+        self.close_with(violation.reason);
         self.connect_done(Err(Failure {
             violation: Some(what),
             ..Failure::default()
         }));
     }
 
-    /// Asks for a DISCONNECT of a connection no session owns (from any thread).
-    pub(crate) fn close_stray(&self) {
-        if let Some(engine) = self.engine.get().and_then(Weak::upgrade) {
-            super::Engine::from_inner(engine).close_quietly_c(0);
+    /// The engine, while it lives.
+    fn inner(&self) -> Option<Arc<Inner>> {
+        self.engine.get().and_then(Weak::upgrade)
+    }
+
+    /// Asks for a DISCONNECT (with `reason` on MQTT 5) of the engine's connection, from
+    /// any thread.
+    fn close_with(&self, reason: u8) {
+        if let Some(inner) = self.inner() {
+            super::Engine::from_inner(inner).close_quietly_c(reason);
         }
     }
 
+    /// A connect succeeded after its caller gave up: the connection no session owns is
+    /// closed (from any thread).
+    pub(crate) fn close_unclaimed(&self) {
+        crate::logging::log_debug!(target: &self.logger, "A connect finished after its caller gave up: closing it");
+        self.close_with(0);
+    }
+
     pub(crate) fn lost(&self) {
-        let inner = self.engine.get().and_then(Weak::upgrade);
+        let inner = self.inner();
         if let Some(inner) = &inner {
             inner.progress.set_link(false);
         }
@@ -278,7 +288,7 @@ impl Hooks {
     }
 
     pub(crate) fn disconnected(&self, reason: u8, properties: Properties) {
-        if let Some(inner) = self.engine.get().and_then(Weak::upgrade) {
+        if let Some(inner) = self.inner() {
             inner.progress.set_link(false);
         }
         self.events.lost(Loss::Disconnect {
@@ -334,9 +344,7 @@ impl Hooks {
                 let why = format!("protocol violation by the broker: {why}");
                 crate::logging::log_warn!(target: &self.logger, "{why}; closing the connection");
                 self.events.lost(Loss::Malformed(why));
-                if let Some(engine) = self.engine.get().and_then(Weak::upgrade) {
-                    super::Engine::from_inner(engine).close_quietly_c(reason);
-                }
+                self.close_with(reason);
                 return;
             }
         };

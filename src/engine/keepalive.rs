@@ -43,9 +43,7 @@ impl Registration {
         }
         {
             let mut live = lock();
-            if let Some(i) = live.iter().position(|&k| k == old) {
-                live.swap_remove(i);
-            }
+            forget(&mut live, old);
             if keepalive != 0 {
                 live.push(keepalive);
             }
@@ -57,13 +55,16 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         let current = *self.0.get_mut();
-        if current == 0 {
-            return;
+        if current != 0 {
+            forget(&mut lock(), current);
         }
-        let mut live = lock();
-        if let Some(i) = live.iter().position(|&k| k == current) {
-            live.swap_remove(i);
-        }
+    }
+}
+
+/// Removes one count of `keepalive` (0 is never counted).
+fn forget(live: &mut Vec<u16>, keepalive: u16) {
+    if let Some(i) = live.iter().position(|&k| k == keepalive) {
+        live.swap_remove(i);
     }
 }
 

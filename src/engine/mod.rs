@@ -564,7 +564,17 @@ impl Engine {
         ticket: Option<&Ticket<'_>>,
         send: impl FnOnce(registry::Key) -> Result<i32, Error>,
     ) -> Result<slot::Receiver, Error> {
-        let (key, rx) = registry::register(inner.id, ticket).ok_or_else(closed_scope)?;
+        Engine::hand(inner, registry::register(inner.id, ticket), send)
+    }
+
+    /// Hands one command to Paho under `registered` (`None`: its ticket's scope closed);
+    /// the registration is withdrawn if Paho refuses the command.
+    fn hand(
+        inner: &Inner,
+        registered: Option<registry::Registered>,
+        send: impl FnOnce(registry::Key) -> Result<i32, Error>,
+    ) -> Result<slot::Receiver, Error> {
+        let (key, rx) = registered.ok_or_else(closed_scope)?;
         match send(key) {
             Ok(0) => Ok(rx),
             Ok(rc) => {
@@ -707,15 +717,11 @@ impl Engine {
     fn disconnect_c(&self) -> Call {
         self.release_link();
         self.call(None, |inner, _| {
-            let (key, rx) = registry::register_disconnect(inner.id, &inner.progress)
-                .ok_or_else(closed_scope)?;
-            match paho::disconnect(inner.handle, inner.v5, 0, Some(key)) {
-                0 => Ok(Handed::from(rx)),
-                rc => {
-                    registry::cancel(key);
-                    Err(errors::from_rc(rc, inner.outgoing_limit))
-                }
-            }
+            let registered = registry::register_disconnect(inner.id, &inner.progress);
+            Engine::hand(inner, registered, |key| {
+                Ok(paho::disconnect(inner.handle, inner.v5, 0, Some(key)))
+            })
+            .map(Handed::from)
         })
     }
 
@@ -726,12 +732,11 @@ impl Engine {
         let inner = self.0.clone();
         let queued = thread::submit(move || {
             if paho::is_connected(inner.handle) {
-                // Its entry marks the link down once Paho reports it (no one waits).
-                let key =
-                    registry::register_disconnect(inner.id, &inner.progress).map(|(key, _)| key);
-                if paho::disconnect(inner.handle, inner.v5, reason, key) != 0 {
-                    key.into_iter().for_each(registry::cancel);
-                }
+                // Its entry marks the link down once Paho reports it; no one waits.
+                let registered = registry::register_disconnect(inner.id, &inner.progress);
+                let _ = Engine::hand(&inner, registered, |key| {
+                    Ok(paho::disconnect(inner.handle, inner.v5, reason, Some(key)))
+                });
             }
         });
         if let Err(e) = queued {
@@ -844,7 +849,7 @@ impl Drop for AbandonOnDrop<'_> {
 
 /// The receiving end of a CONNECT's outcome. A success delivered to a `connect()` that
 /// is then dropped before reading it leaves a connection no session owns: closed here,
-/// as the callback closes one that finds no receiver (see `Hooks::connect_done`).
+/// as the callback closes one that finds no receiver (`Hooks::close_unclaimed`).
 struct Outcome {
     rx: oneshot::Receiver<hooks::ConnectOutcome>,
     hooks: Arc<Hooks>,
@@ -854,8 +859,7 @@ impl Drop for Outcome {
     fn drop(&mut self) {
         self.rx.close();
         if matches!(self.rx.try_recv(), Ok(Ok(_))) {
-            crate::logging::log_debug!(target: &self.hooks.logger, "A connect finished after its caller gave up: closing it");
-            self.hooks.close_stray();
+            self.hooks.close_unclaimed();
         }
     }
 }
