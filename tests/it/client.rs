@@ -331,55 +331,23 @@ async fn the_default_port_is_1883() {
 
 /// A `connect()` dropped after its CONNACK arrived but before it was polled again leaves
 /// no connection behind: a persistent session's engine is kept, its connection closed.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_connect_dropped_after_its_connack_closes_the_connection() {
-    with_timeout(T, async {
-        let fb = FakeBroker::start().await;
-        let client = Client::builder("127.0.0.1")
-            .port(fb.port())
-            .identifier("dropped-after-connack")
-            .clean_session(false)
-            .build()
-            .unwrap();
-        let mut connect = Box::pin(client.connect());
-        let mut fc = tokio::select! {
-            r = &mut connect => panic!("connected without a CONNACK: {r:?}"),
-            fc = fb.accept() => fc,
-        };
-        fc.send_connack(true, 0).await.unwrap();
-        // The engine reports the CONNACK to the pending connect(), which nobody polls.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        drop(connect);
-        assert!(
-            fc.peer_closed(Duration::from_secs(5)).await,
-            "the connection nobody owns was left open:\n{}",
-            fc.trace()
-        );
-        // The client connects again.
-        let (conn, _fc2) = fb.connect(&client).await;
-        assert!(conn.is_connected());
-    })
-    .await;
-}
-
-/// The same with the broker's stored messages right behind the CONNACK: those the engine
-/// acknowledged before the `connect()` was dropped are the next connection's first.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_connect_dropped_after_its_connack_keeps_the_sessions_messages() {
-    with_timeout(T, async {
-        let fb = FakeBroker::start().await;
-        let client = Client::builder("127.0.0.1")
-            .port(fb.port())
-            .identifier("dropped-with-messages")
-            .clean_session(false)
-            .build()
-            .unwrap();
-        let mut connect = Box::pin(client.connect());
-        let mut fc = tokio::select! {
-            r = &mut connect => panic!("connected without a CONNACK: {r:?}"),
-            fc = fb.accept() => fc,
-        };
-        let mut burst = packets::connack(true, 0, None);
+/// With `stored`, the broker's stored message comes right behind the CONNACK: the engine
+/// acknowledges it before the drop, and it is the next connection's first.
+async fn connect_dropped_after_its_connack(id: &str, stored: bool) {
+    let fb = FakeBroker::start().await;
+    let client = Client::builder("127.0.0.1")
+        .port(fb.port())
+        .identifier(id)
+        .clean_session(false)
+        .build()
+        .unwrap();
+    let mut connect = Box::pin(client.connect());
+    let mut fc = tokio::select! {
+        r = &mut connect => panic!("connected without a CONNACK: {r:?}"),
+        fc = fb.accept() => fc,
+    };
+    let mut burst = packets::connack(true, 0, None);
+    if stored {
         burst.extend(packets::publish(
             b"stored/1",
             1,
@@ -389,13 +357,26 @@ async fn a_connect_dropped_after_its_connack_keeps_the_sessions_messages() {
             false,
             None,
         ));
-        fc.send(&burst).await.unwrap();
+    }
+    fc.send(&burst).await.unwrap();
+    if stored {
         fc.try_expect(PacketType::Puback, Duration::from_secs(5))
             .await
             .expect("the engine acknowledged the stored message");
-        drop(connect);
-        assert!(fc.peer_closed(Duration::from_secs(5)).await);
-        let (conn, _fc2) = fb.connect(&client).await;
+    } else {
+        // The engine reports the CONNACK to the pending connect(), which nobody polls.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    drop(connect);
+    assert!(
+        fc.peer_closed(Duration::from_secs(5)).await,
+        "the connection nobody owns was left open:\n{}",
+        fc.trace()
+    );
+    // The client connects again.
+    let (conn, _fc2) = fb.connect(&client).await;
+    assert!(conn.is_connected());
+    if stored {
         let m = with_timeout(Duration::from_secs(5), conn.messages().next())
             .await
             .expect("the kept message")
@@ -404,7 +385,24 @@ async fn a_connect_dropped_after_its_connack_keeps_the_sessions_messages() {
             (m.topic.as_str(), &m.payload[..]),
             ("stored/1", &b"kept"[..])
         );
-    })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connect_dropped_after_its_connack_closes_the_connection() {
+    with_timeout(
+        T,
+        connect_dropped_after_its_connack("dropped-after-connack", false),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connect_dropped_after_its_connack_keeps_the_sessions_messages() {
+    with_timeout(
+        T,
+        connect_dropped_after_its_connack("dropped-with-messages", true),
+    )
     .await;
 }
 

@@ -14,7 +14,7 @@ use crate::support::mqtt::{
 };
 use crate::support::*;
 use aiomqtt::{
-    Connection, Error, Filters, Message, PayloadFormat, Properties, ProtocolVersion, QoS,
+    Connection, Error, Filters, Message, Messages, PayloadFormat, Properties, ProtocolVersion, QoS,
     ReasonCode, RetainHandling, SubscribeOptions, Topic, Wildcard,
 };
 
@@ -1076,6 +1076,22 @@ async fn unsubscribe_single_and_list_stop_deliveries() {
         // order), so that message never came.
         let marker = format!("{t}/marker");
         conn.subscribe(&marker).qos(QoS::AtLeastOnce).await.unwrap();
+        // `gone` on `topic` must not arrive: the marker published after it comes first.
+        let assert_gone = async |topic: String, messages: &mut Messages, label: &str| {
+            for (topic, payload) in [(topic.as_str(), "gone"), (marker.as_str(), label)] {
+                publisher
+                    .publish(topic, payload)
+                    .qos(QoS::AtLeastOnce)
+                    .await
+                    .unwrap();
+            }
+            let next = next_message(messages).await;
+            assert_eq!(
+                (next.topic.as_str(), text(&next)),
+                (marker.as_str(), label),
+                "the next message after the unsubscribe ({label})"
+            );
+        };
         let publish_all = async |round: &str| {
             for n in names {
                 publisher
@@ -1105,22 +1121,7 @@ async fn unsubscribe_single_and_list_stop_deliveries() {
         conn.unsubscribe([format!("{t}/never"), format!("{t}/keep")])
             .await
             .unwrap();
-        publisher
-            .publish(format!("{t}/keep"), "gone")
-            .qos(QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        publisher
-            .publish(&marker, "marker")
-            .qos(QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        let next = next_message(&mut messages).await;
-        assert_eq!(
-            (next.topic.as_str(), text(&next)),
-            (marker.as_str(), "marker"),
-            "the next message after the unsubscribe"
-        );
+        assert_gone(format!("{t}/keep"), &mut messages, "marker").await;
 
         let v5 = connect(broker.port(), ProtocolVersion::V5).await;
         let mut v5_messages = v5.messages();
@@ -1132,22 +1133,7 @@ async fn unsubscribe_single_and_list_stop_deliveries() {
             .properties(Properties::new().user_property("k", "v"))
             .await
             .unwrap();
-        publisher
-            .publish(format!("{t}/v5"), "gone")
-            .qos(QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        publisher
-            .publish(&marker, "v5 marker")
-            .qos(QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        let next = next_message(&mut v5_messages).await;
-        assert_eq!(
-            (next.topic.as_str(), text(&next)),
-            (marker.as_str(), "v5 marker"),
-            "the next message after the v5 unsubscribe"
-        );
+        assert_gone(format!("{t}/v5"), &mut v5_messages, "v5 marker").await;
     })
     .await
 }
