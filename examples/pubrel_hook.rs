@@ -1,12 +1,18 @@
-//! What a PUBREC-time admission would cost on Paho C (BENCHMARKS.md, C12).
+//! What a PUBREC-time admission would cost on Paho C (BENCHMARKS.md, C12 and C16).
 //!
-//! On MQTT 3.1.1 Paho C tells the application nothing when a PUBREC arrives; the only
-//! trace of the PUBREL it answers with is a `put` into a client persistence store
-//! (`MQTTPacket_send`, key `sc-<id>`). A client with a store, though, hands Paho every
-//! QoS 1/2 publish to keep, and Paho reads the payload back before writing it. This
-//! program times raw paho-mqtt with and without such a store (in memory, a hash map that
-//! counts the `sc-` puts): QoS 2 at windows of 20 and 100, and QoS 1 at 100, in
-//! interleaved rounds.
+//! On MQTT 3.1.1 Paho C tells the application nothing when a PUBREC arrives. The PUBREL
+//! it answers with shows in two places only:
+//! - a `put` into a client persistence store (`MQTTPacket_send`, key `sc-<id>`). A client
+//!   with a store, though, hands Paho every QoS 1/2 publish to keep, and Paho reads the
+//!   payload back before writing it;
+//! - Paho's trace at its protocol level (`MQTTPacket_send_pubrel`, message 16, "-> PUBREL"),
+//!   which is process-wide and formats a record of every packet every client sends or
+//!   receives, under one global mutex (`Log` in `Log.c`).
+//!
+//! This program times raw paho-mqtt without a hook, with such a store (in memory, a hash
+//! map that counts the `sc-` puts), and with the trace (a callback that counts the PUBREL
+//! records, the least a hook could do with them): QoS 2 at windows of 20 and 100, and QoS
+//! 1 at 100, in interleaved rounds.
 //!
 //! ```sh
 //! cargo run --release --example pubrel_hook                 # 100,000 messages, 6 rounds
@@ -17,11 +23,58 @@
 mod broker;
 
 use std::collections::{HashMap, VecDeque};
+use std::ffi::{CStr, c_char};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use paho_mqtt as paho;
+use paho_mqtt_sys as sys;
+
+/// How a sample learns of the PUBRELs its publisher writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hook {
+    None,
+    Store,
+    Trace,
+}
+
+impl Hook {
+    fn name(self) -> &'static str {
+        match self {
+            Hook::None => "none",
+            Hook::Store => "store",
+            Hook::Trace => "trace",
+        }
+    }
+}
+
+/// PUBRELs seen in Paho's trace (every client of the process: the subscriber sends none).
+static TRACED_PUBRELS: AtomicU64 = AtomicU64::new(0);
+
+unsafe extern "C" fn on_trace(_level: sys::MQTTASYNC_TRACE_LEVELS, message: *mut c_char) {
+    if message.is_null() {
+        return;
+    }
+    // SAFETY: Paho passes a NUL-terminated record, valid for the call.
+    let record = unsafe { CStr::from_ptr(message) }.to_bytes();
+    if record.windows(9).any(|w| w == b"-> PUBREL") {
+        TRACED_PUBRELS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Paho's process-wide trace: at its protocol level into [`on_trace`], or errors only.
+fn trace(on: bool) {
+    // SAFETY: both calls only store a process-wide setting.
+    unsafe {
+        sys::MQTTAsync_setTraceCallback(Some(on_trace));
+        sys::MQTTAsync_setTraceLevel(if on {
+            sys::MQTTASYNC_TRACE_LEVELS_MQTTASYNC_TRACE_PROTOCOL
+        } else {
+            sys::MQTTASYNC_TRACE_LEVELS_MQTTASYNC_TRACE_ERROR
+        });
+    }
+}
 
 /// Publishes each publisher keeps pending, as the bench's publishers do.
 const PENDING: usize = 100;
@@ -70,8 +123,31 @@ impl paho::ClientPersistence for Store {
 
 type BoxError = Box<dyn std::error::Error>;
 
-/// One sample: (msg/s, PUBRELs put into the store).
+/// One sample: (msg/s, PUBRELs the hook saw).
 fn sample(
+    port: u16,
+    qos: i32,
+    window: i32,
+    hook: Hook,
+    n: usize,
+    run: usize,
+) -> Result<(f64, u64), BoxError> {
+    let store = hook == Hook::Store;
+    TRACED_PUBRELS.store(0, Ordering::Relaxed);
+    trace(hook == Hook::Trace);
+    let result = timed(port, qos, window, store, n, run);
+    trace(false);
+    let (rate, put) = result?;
+    let seen = match hook {
+        Hook::None => 0,
+        Hook::Store => put,
+        Hook::Trace => TRACED_PUBRELS.load(Ordering::Relaxed),
+    };
+    Ok((rate, seen))
+}
+
+/// Times `n` messages: (msg/s, PUBRELs put into the store).
+fn timed(
     port: u16,
     qos: i32,
     window: i32,
@@ -158,23 +234,27 @@ fn main() -> Result<(), BoxError> {
         "64 B, {n} messages, {PENDING} pending, {rounds} rounds; {}",
         broker::version()
     );
-    // QoS 2 at the default's window and at raw paho's; QoS 1, which a store would slow too.
+    // QoS 2 at the default's window and at raw paho's; QoS 1, which a hook would slow too.
     let cases = [
-        (2, 20, false),
-        (2, 20, true),
-        (2, 100, false),
-        (2, 100, true),
-        (1, 100, false),
-        (1, 100, true),
+        (2, 20, Hook::None),
+        (2, 20, Hook::Store),
+        (2, 100, Hook::None),
+        (2, 100, Hook::Store),
+        (1, 100, Hook::None),
+        (1, 100, Hook::Store),
+        (2, 20, Hook::Trace),
+        (2, 100, Hook::Trace),
+        (1, 100, Hook::Trace),
     ];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     let mut run = 0;
     for round in 1..=rounds {
-        for (i, &(qos, window, store)) in cases.iter().enumerate() {
+        for (i, &(qos, window, hook)) in cases.iter().enumerate() {
             run += 1;
-            let (rate, pubrels) = sample(broker.port, qos, window, store, n, run)?;
+            let (rate, pubrels) = sample(broker.port, qos, window, hook, n, run)?;
             println!(
-                "round {round}: QoS {qos}, window {window:3}, store {store:5}: {rate:8.0} msg/s, PUBRELs put {pubrels}"
+                "round {round}: QoS {qos}, window {window:3}, hook {:5}: {rate:8.0} msg/s, PUBRELs seen {pubrels}",
+                hook.name()
             );
             rates[i].push(rate);
         }
@@ -194,5 +274,13 @@ fn main() -> Result<(), BoxError> {
         paired(3, 0)
     );
     println!("paired, QoS 1 (window 100): the store {:.2}", paired(5, 4));
+    println!(
+        "paired, QoS 2: the trace at the same window {:.2} (20), {:.2} (100); 100 with the \
+         trace over 20 without it {:.2}",
+        paired(6, 0),
+        paired(7, 2),
+        paired(7, 0)
+    );
+    println!("paired, QoS 1 (window 100): the trace {:.2}", paired(8, 4));
     Ok(())
 }
