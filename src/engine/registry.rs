@@ -212,14 +212,14 @@ pub(crate) type Registered = (Key, slot::Receiver);
 /// Registers a command of `engine` before it is handed to Paho; `None` if its ticket's
 /// scope is closed.
 pub(crate) fn register(engine: u64, ticket: Option<&Ticket<'_>>) -> Option<Registered> {
+    let place = Ticket::place(ticket);
     insert(
         engine,
         ticket,
-        None,
-        None,
-        None,
-        Ticket::place(ticket),
-        None,
+        Holds {
+            place,
+            ..Holds::default()
+        },
     )
 }
 
@@ -229,14 +229,14 @@ pub(crate) fn register_disconnect(
     engine: u64,
     progress: &Arc<pump::Progress>,
 ) -> Option<Registered> {
+    let disconnecting = Some(pump::Disconnecting::new(progress));
     insert(
         engine,
         None,
-        None,
-        None,
-        None,
-        None,
-        Some(pump::Disconnecting::new(progress)),
+        Holds {
+            disconnecting,
+            ..Holds::default()
+        },
     )
 }
 
@@ -249,15 +249,12 @@ pub(crate) fn register_qos0(
     payload_len: usize,
 ) -> Option<Registered> {
     let before = QOS0_SEQ.load(Ordering::Acquire);
-    insert(
-        engine,
-        ticket,
-        None,
-        pump::for_publish(progress, true, payload_len),
-        Some(before),
-        None,
-        None,
-    )
+    let holds = Holds {
+        pump: pump::for_publish(progress, true, payload_len),
+        qos0_before: Some(before),
+        ..Holds::default()
+    };
+    insert(engine, ticket, holds)
 }
 
 /// Registers a QoS 1/2 publish of `engine` before it is handed to Paho; `resumable`
@@ -269,31 +266,38 @@ pub(crate) fn register_publish(
     payload_len: usize,
     resumable: bool,
 ) -> Option<Registered> {
-    insert(
-        engine,
-        ticket,
-        Some(Publish {
+    let holds = Holds {
+        publish: Some(Publish {
             payload_len,
             resumable,
             packet_id: 0,
             parked: false,
         }),
-        pump::for_publish(progress, false, payload_len),
-        None,
-        Ticket::place(ticket),
-        None,
-    )
+        pump: pump::for_publish(progress, false, payload_len),
+        place: Ticket::place(ticket),
+        ..Holds::default()
+    };
+    insert(engine, ticket, holds)
 }
 
-fn insert(
-    engine: u64,
-    ticket: Option<&Ticket<'_>>,
+/// What a command's entry holds for its kind, each part `None` where it does not apply.
+#[derive(Default)]
+struct Holds {
     publish: Option<Publish>,
     pump: Option<pump::Active>,
     qos0_before: Option<u64>,
     place: Option<Place>,
     disconnecting: Option<pump::Disconnecting>,
-) -> Option<Registered> {
+}
+
+fn insert(engine: u64, ticket: Option<&Ticket<'_>>, holds: Holds) -> Option<Registered> {
+    let Holds {
+        publish,
+        pump,
+        qos0_before,
+        place,
+        disconnecting,
+    } = holds;
     let (tx, rx) = slot::channel();
     let key = loop {
         let key = NEXT.fetch_add(1, Ordering::Relaxed);
