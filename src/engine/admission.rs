@@ -40,6 +40,12 @@
 //! the PUBCOMP that ends the call here), so a PUBLISH — sent first, or again after a
 //! reconnect — always finds the broker's count below full.
 //!
+//! A QoS 2 place could come back half a round trip earlier, when Paho writes the PUBREL,
+//! but Paho C shows that moment only in a client persistence store (which then copies
+//! every QoS 1/2 payload in and out) and in its process-wide protocol trace (a formatted
+//! record of every packet, under one global mutex): measured, each costs more than the
+//! wider window gains (`examples/pubrel_hook.rs`, BENCHMARKS.md C12 and C16).
+//!
 //! A call holds a place from its admission until the engine reports its command: the
 //! command's registry entry holds it (a [`Place`]) once the command is handed over, so
 //! that a call that timed out while the engine still has its command keeps the place
