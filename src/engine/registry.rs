@@ -212,15 +212,11 @@ pub(crate) type Registered = (Key, slot::Receiver);
 /// Registers a command of `engine` before it is handed to Paho; `None` if its ticket's
 /// scope is closed.
 pub(crate) fn register(engine: u64, ticket: Option<&Ticket<'_>>) -> Option<Registered> {
-    let place = Ticket::place(ticket);
-    insert(
-        engine,
-        ticket,
-        Holds {
-            place,
-            ..Holds::default()
-        },
-    )
+    let holds = Holds {
+        place: Ticket::place(ticket),
+        ..Holds::default()
+    };
+    insert(engine, ticket, holds)
 }
 
 /// Registers a DISCONNECT of `engine`, whose client has no connection once Paho reports
@@ -229,15 +225,11 @@ pub(crate) fn register_disconnect(
     engine: u64,
     progress: &Arc<pump::Progress>,
 ) -> Option<Registered> {
-    let disconnecting = Some(pump::Disconnecting::new(progress));
-    insert(
-        engine,
-        None,
-        Holds {
-            disconnecting,
-            ..Holds::default()
-        },
-    )
+    let holds = Holds {
+        disconnecting: Some(pump::Disconnecting::new(progress)),
+        ..Holds::default()
+    };
+    insert(engine, None, holds)
 }
 
 /// Registers a QoS 0 publish of `engine` of `payload_len` bytes before it is handed to
