@@ -760,15 +760,30 @@ impl Broker {
     }
 
     /// SIGSTOP: the broker stops answering (TCP connects still complete in the kernel).
+    /// Returns once the kernel reports the process stopped.
     pub fn pause(&mut self) {
         let pid = self.pid().expect("broker not running");
         send_signal(pid, "STOP");
         self.paused = true;
+        let stopped = super::util::wait_until(Duration::from_secs(5), || {
+            super::util::process_state(pid) == Some('T')
+        });
+        assert!(
+            stopped,
+            "mosquitto {pid} not stopped 5 s after SIGSTOP (state {:?})",
+            super::util::process_state(pid)
+        );
     }
 
     /// SIGCONT after [`Self::pause`].
     pub fn resume(&mut self) {
         let pid = self.pid().expect("broker not running");
+        // Shown with a failing test's output: a broker continued by something else while
+        // the test relied on it being stopped.
+        let state = super::util::process_state(pid);
+        if state != Some('T') {
+            eprintln!("mosquitto {pid} was not stopped when resumed (state {state:?})");
+        }
         send_signal(pid, "CONT");
         self.paused = false;
     }

@@ -383,19 +383,11 @@ pub fn try_signal(pid: u32, sig: &str) -> bool {
 
 /// Whether a process with this PID exists and is not a zombie.
 pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            // "pid (comm) S ..." — the state follows the last ')'.
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next());
-            !matches!(state, Some("Z") | Some("X"))
-        }
-        Err(_) => false,
-    }
+    process_state(pid).is_some_and(|state| !matches!(state, 'Z' | 'X'))
 }
 
-/// Process state letter from `/proc/<pid>/stat` (`R`, `S`, `T` for stopped, `Z`, …).
+/// Process state letter from `/proc/<pid>/stat` (`R`, `S`, `T` for stopped, `Z`, …);
+/// `None` when there is no such process. The state follows the last ')' ("pid (comm) S").
 pub fn process_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?
