@@ -471,6 +471,19 @@ async fn v5_per_call_properties_not_allowed_are_refused_before_sending() {
             }
         }
 
+        // The first packet the broker gets, answered with `ack(packet id)` if of `kind`.
+        async fn first_packet(
+            fc: &mut FakeConn,
+            kind: PacketType,
+            ack: impl FnOnce(u16) -> Vec<u8>,
+        ) -> Packet {
+            let p = fc.recv_packet(EVENT).await.expect("a packet");
+            if p.kind == kind {
+                fc.send(&ack(p.packet_id().unwrap())).await.unwrap();
+            }
+            p
+        }
+
         // PUBLISH: a Topic Alias, then a Subscription Identifier.
         let refused = [
             Properties::new().topic_alias(3),
@@ -494,14 +507,12 @@ async fn v5_per_call_properties_not_allowed_are_refused_before_sending() {
                 invalid(refused, "Subscription Identifier", "PUBLISH");
             }
             let ok = format!("p/ok{i}");
-            let (r, p) = tokio::join!(conn.publish(&ok, "x").qos(QoS::AtLeastOnce), async {
-                let p = fc.recv_packet(EVENT).await.expect("a packet");
-                if p.kind == PacketType::Publish {
-                    let id = p.packet_id().unwrap();
-                    fc.send(&packets::puback(id, Some((0, &[])))).await.unwrap();
-                }
-                p
-            });
+            let (r, p) = tokio::join!(
+                conn.publish(&ok, "x").qos(QoS::AtLeastOnce),
+                first_packet(&mut fc, PacketType::Publish, |id| {
+                    packets::puback(id, Some((0, &[])))
+                })
+            );
             assert_eq!(
                 (p.kind, p.topic().as_deref()),
                 (PacketType::Publish, Some(ok.as_str())),
@@ -519,16 +530,12 @@ async fn v5_per_call_properties_not_allowed_are_refused_before_sending() {
             "Message Expiry Interval",
             "SUBSCRIBE",
         );
-        let (r, p) = tokio::join!(conn.subscribe("s/ok"), async {
-            let p = fc.recv_packet(EVENT).await.expect("a packet");
-            if p.kind == PacketType::Subscribe {
-                let id = p.packet_id().unwrap();
-                fc.send(&packets::suback(id, &[0], Some(&[])))
-                    .await
-                    .unwrap();
-            }
-            p
-        });
+        let (r, p) = tokio::join!(
+            conn.subscribe("s/ok"),
+            first_packet(&mut fc, PacketType::Subscribe, |id| {
+                packets::suback(id, &[0], Some(&[]))
+            })
+        );
         assert_eq!(
             (p.kind, first_filter(&p).as_deref()),
             (PacketType::Subscribe, Some("s/ok")),
@@ -545,16 +552,12 @@ async fn v5_per_call_properties_not_allowed_are_refused_before_sending() {
             "Content Type",
             "UNSUBSCRIBE",
         );
-        let (r, p) = tokio::join!(conn.unsubscribe("s/ok"), async {
-            let p = fc.recv_packet(EVENT).await.expect("a packet");
-            if p.kind == PacketType::Unsubscribe {
-                let id = p.packet_id().unwrap();
-                fc.send(&packets::unsuback(id, &[0], Some(&[])))
-                    .await
-                    .unwrap();
-            }
-            p
-        });
+        let (r, p) = tokio::join!(
+            conn.unsubscribe("s/ok"),
+            first_packet(&mut fc, PacketType::Unsubscribe, |id| {
+                packets::unsuback(id, &[0], Some(&[]))
+            })
+        );
         assert_eq!(
             (p.kind, first_filter(&p).as_deref()),
             (PacketType::Unsubscribe, Some("s/ok")),
