@@ -42,6 +42,22 @@ fn subscribe_filters(p: &Packet) -> Vec<String> {
     filters
 }
 
+/// Unsubscribes from `filters` in one call, the broker answering `codes`: the call's result.
+async fn unsubscribe(
+    conn: &Connection,
+    fc: &mut FakeConn,
+    filters: &[&str],
+    codes: &[u8],
+) -> Result<(), Error> {
+    let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+    let call = tokio::spawn(conn.unsubscribe(filters).into_future());
+    let p = fc.expect(PacketType::Unsubscribe, EVENT).await;
+    fc.send(&packets::unsuback(p.packet_id().unwrap(), codes, Some(&[])))
+        .await
+        .unwrap();
+    call.await.unwrap()
+}
+
 /// Subscribes to `filters` in one call, the broker answering `codes`.
 async fn subscribe(conn: &Connection, fc: &mut FakeConn, filters: &[&str], codes: &[u8]) {
     let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
@@ -114,16 +130,7 @@ async fn a_partly_refused_unsubscribe_forgets_what_was_removed() {
         let fb = FakeBroker::start().await;
         let (conn, mut fc) = fb.connect(&client(&fb)).await;
         subscribe(&conn, &mut fc, &["a", "b", "c"], &[0, 0, 0]).await;
-        let call = tokio::spawn(conn.unsubscribe(vec!["a", "b"]).into_future());
-        let p = fc.expect(PacketType::Unsubscribe, EVENT).await;
-        fc.send(&packets::unsuback(
-            p.packet_id().unwrap(),
-            &[0x00, 0x87],
-            Some(&[]),
-        ))
-        .await
-        .unwrap();
-        let r = call.await.unwrap();
+        let r = unsubscribe(&conn, &mut fc, &["a", "b"], &[0x00, 0x87]).await;
         assert!(
             matches!(r, Err(Error::Code(c)) if c == ReasonCode::from(0x87)),
             "{r:?}"
@@ -141,12 +148,7 @@ async fn an_unsuback_with_the_wrong_number_of_codes_is_a_protocol_error() {
         let fb = FakeBroker::start().await;
         let (conn, mut fc) = fb.connect(&client(&fb)).await;
         for codes in [&[0x00][..], &[0x00, 0x00, 0x00], &[0x00, 0x42]] {
-            let call = tokio::spawn(conn.unsubscribe(vec!["a", "b"]).into_future());
-            let p = fc.expect(PacketType::Unsubscribe, EVENT).await;
-            fc.send(&packets::unsuback(p.packet_id().unwrap(), codes, Some(&[])))
-                .await
-                .unwrap();
-            let r = call.await.unwrap();
+            let r = unsubscribe(&conn, &mut fc, &["a", "b"], codes).await;
             assert!(matches!(r, Err(Error::Protocol(_))), "{codes:?}: {r:?}");
         }
     })
