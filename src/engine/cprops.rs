@@ -247,10 +247,10 @@ fn out_of_range(code: u8, wire: &Wire<'_>) -> Option<(u8, &'static str)> {
     match (code, wire) {
         // §3.2.2.3.4: 0 or 1 (a server that supports QoS 2 sends none).
         (MAXIMUM_QOS, Wire::Byte(qos)) if *qos > 1 => Some((PROTOCOL_ERROR, "is above 1")),
-        // §3.2.2.3.6, §3.3.2.3.8.
-        (MAXIMUM_PACKET_SIZE, Wire::Four(0)) | (SUBSCRIPTION_IDENTIFIER, Wire::VarInt(0)) => {
-            Some((PROTOCOL_ERROR, "is 0"))
-        }
+        // §3.2.2.3.3, §3.2.2.3.6, §3.3.2.3.8.
+        (RECEIVE_MAXIMUM, Wire::Two(0))
+        | (MAXIMUM_PACKET_SIZE, Wire::Four(0))
+        | (SUBSCRIPTION_IDENTIFIER, Wire::VarInt(0)) => Some((PROTOCOL_ERROR, "is 0")),
         // This client never allows topic aliases (its Topic Alias Maximum is 0, see
         // `Properties::check`), so a broker may send none (§3.3.2.3.4).
         (TOPIC_ALIAS, _) => Some((
@@ -270,9 +270,10 @@ pub(crate) struct Violation {
 }
 
 const MALFORMED_PACKET: u8 = 0x81;
-pub(crate) const PROTOCOL_ERROR: u8 = 0x82;
+const PROTOCOL_ERROR: u8 = 0x82;
 const TOPIC_ALIAS_INVALID: u8 = 0x94;
 
+const RECEIVE_MAXIMUM: u8 = 0x21;
 const MAXIMUM_QOS: u8 = 0x24;
 const MAXIMUM_PACKET_SIZE: u8 = 0x27;
 const TOPIC_ALIAS: u8 = 0x23;

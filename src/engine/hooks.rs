@@ -224,23 +224,17 @@ impl Hooks {
         self.busy.send_replace(false);
     }
 
-    /// An MQTT 5 CONNACK that accepted the connection. One that breaks the protocol (a
-    /// Receive Maximum of 0, a malformed property) fails the connect with
-    /// `Error::Protocol` and the connection is closed with the matching reason code:
-    /// Paho C checks neither, and with a Receive Maximum of 0 it would hold back every
-    /// command of the client (`MQTTAsync_processCommand`).
+    /// An MQTT 5 CONNACK that accepted the connection. One whose properties break the
+    /// protocol (`cprops::read_checked`: a Receive Maximum of 0, a malformed property)
+    /// fails the connect with `Error::Protocol` and the connection is closed with the
+    /// matching reason code: Paho C checks neither, and with a Receive Maximum of 0 it
+    /// would hold back every command of the client (`MQTTAsync_processCommand`).
     pub(crate) fn connack5(
         &self,
         session_present: bool,
         properties: Properties,
         violation: Option<Violation>,
     ) {
-        let violation = violation.or_else(|| {
-            (properties.receive_maximum == Some(0)).then(|| Violation {
-                reason: super::cprops::PROTOCOL_ERROR,
-                what: "the Receive Maximum property (0x21) is 0".to_owned(),
-            })
-        });
         let Some(violation) = violation else {
             self.connect_done(Ok((session_present, Some(properties))));
             return;
