@@ -717,11 +717,16 @@ impl Engine {
     fn disconnect_c(&self) -> Call {
         self.release_link();
         self.call(None, |inner, _| {
-            let registered = registry::register_disconnect(inner.id, &inner.progress);
-            Engine::hand(inner, registered, |key| {
-                Ok(paho::disconnect(inner.handle, inner.v5, 0, Some(key)))
-            })
-            .map(Handed::from)
+            Engine::send_disconnect(inner, 0).map(Handed::from)
+        })
+    }
+
+    /// Hands Paho a DISCONNECT (`reason` on MQTT 5) under a registry entry that marks
+    /// the client's link down once Paho reports it (see [`pump::Disconnecting`]).
+    fn send_disconnect(inner: &Inner, reason: u8) -> Result<slot::Receiver, Error> {
+        let registered = registry::register_disconnect(inner.id, &inner.progress);
+        Engine::hand(inner, registered, |key| {
+            Ok(paho::disconnect(inner.handle, inner.v5, reason, Some(key)))
         })
     }
 
@@ -732,11 +737,8 @@ impl Engine {
         let inner = self.0.clone();
         let queued = thread::submit(move || {
             if paho::is_connected(inner.handle) {
-                // Its entry marks the link down once Paho reports it; no one waits.
-                let registered = registry::register_disconnect(inner.id, &inner.progress);
-                let _ = Engine::hand(&inner, registered, |key| {
-                    Ok(paho::disconnect(inner.handle, inner.v5, reason, Some(key)))
-                });
+                // No one waits for the reply.
+                let _ = Engine::send_disconnect(&inner, reason);
             }
         });
         if let Err(e) = queued {
