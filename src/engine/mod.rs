@@ -91,6 +91,7 @@ mod expiry;
 pub(crate) mod fake;
 mod hooks;
 mod keepalive;
+mod on_drop;
 mod paho;
 mod pump;
 mod registry;
@@ -116,6 +117,7 @@ use tokio::time::Instant;
 
 use crate::options::Options;
 use crate::{Error, Properties, ProtocolVersion, QoS, ReasonCode, SubscribeOptions, Topic};
+use on_drop::OnDrop;
 
 pub(crate) use admission::{Admission, Claim};
 pub(crate) use call::{Abandoned, Call, Handed, Replies};
@@ -364,7 +366,7 @@ impl Engine {
         );
         // Cancelled (the caller's future dropped), the attempt's link goes as a failed
         // one's does, below.
-        let cancelled = AbandonOnDrop(Some(self));
+        let cancelled = OnDrop::new(|| self.abandon_link());
         let mut tries = 0;
         let result = loop {
             let result = self.connect_attempt(clean, deadline).await;
@@ -829,23 +831,6 @@ impl Driver for Engine {
 
     fn tls_errors(&self) -> Vec<String> {
         self.0.hooks.tls_errors()
-    }
-}
-
-/// Abandons the engine's current relay link when dropped armed.
-struct AbandonOnDrop<'a>(Option<&'a Engine>);
-
-impl AbandonOnDrop<'_> {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for AbandonOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Some(engine) = self.0.take() {
-            engine.abandon_link();
-        }
     }
 }
 

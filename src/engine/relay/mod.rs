@@ -37,6 +37,7 @@ use tokio::time::Instant;
 
 pub(crate) use pipe::LinkEnd;
 
+use super::on_drop::OnDrop;
 use crate::options::Options;
 use crate::{Error, Transport};
 
@@ -131,7 +132,11 @@ impl Relay {
         // Until the link is the current one, nothing else can end its endpoint: dropped
         // before that (the connect cancelled), this ends it at once, not at `deadline`.
         let over = Arc::new(tokio::sync::Notify::new());
-        let unclaimed = EndpointGuard(Some(over.clone()));
+        let unclaimed = {
+            let over = over.clone();
+            // A permit: `serve_once` returns at its next look, even if not yet waiting.
+            OnDrop::new(move || over.notify_one())
+        };
         let opened = runtime::run(async move {
             let upstream = match tokio::time::timeout_at(deadline, dial::dial(&options)).await {
                 Ok(result) => result?,
@@ -228,25 +233,6 @@ impl Relay {
             let held = std::mem::replace(&mut *handed, Handed::Released);
             drop(handed);
             drop(held);
-        }
-    }
-}
-
-/// Ends a link's endpoint when dropped armed (see [`Relay::dial`]).
-struct EndpointGuard(Option<Arc<tokio::sync::Notify>>);
-
-impl EndpointGuard {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for EndpointGuard {
-    fn drop(&mut self) {
-        if let Some(over) = self.0.take() {
-            // A permit: `serve_once` returns at its next look, even if it is not yet
-            // waiting.
-            over.notify_one();
         }
     }
 }

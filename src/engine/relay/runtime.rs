@@ -8,6 +8,7 @@ use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
 
 use crate::Error;
+use crate::engine::on_drop::OnDrop;
 
 fn handle() -> Result<&'static Handle, Error> {
     static HANDLE: OnceLock<Result<Handle, String>> = OnceLock::new();
@@ -53,17 +54,12 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    struct AbortOnDrop(tokio::task::AbortHandle);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
     let (tx, rx) = oneshot::channel();
     let task = spawn(async move {
         let _ = tx.send(task.await);
     })?;
-    let _abort = AbortOnDrop(task.abort_handle());
+    let abort = task.abort_handle();
+    let _abort = OnDrop::new(move || abort.abort());
     rx.await
         .map_err(|_| Error::Io(std::io::Error::other("the relay thread has stopped")))
 }
