@@ -1114,12 +1114,7 @@ async fn keepalive_zero_on_v5_keeps_to_the_server_keep_alive() {
             .keepalive(Duration::from_secs(60))
             .build()
             .unwrap();
-        let (long, _long_fc) = tokio::join!(long.connect(), async {
-            let fc = fb.accept().await;
-            fc.send_connack(false, 0).await.unwrap();
-            fc
-        });
-        let long = long.unwrap();
+        let (long, _long_fc) = fb.connect(&long).await;
         // Three PINGREQs: within 6 s at a 1 s keep-alive; checks every 5 s give two at most.
         let pinged = wait_until_async(Duration::from_secs(6), || {
             fc.received(PacketType::Pingreq).len() >= 3

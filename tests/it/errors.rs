@@ -451,12 +451,7 @@ async fn v5_per_call_properties_not_allowed_are_refused_before_sending() {
     with_timeout(BODY, async {
         let fb = FakeBroker::start().await;
         let client = v5_client(&fb);
-        let (conn, mut fc) = tokio::join!(client.connect(), async {
-            let fc = fb.accept().await;
-            fc.send_connack(false, 0).await.unwrap();
-            fc
-        });
-        let conn = conn.expect("connected");
+        let (conn, mut fc) = fb.connect(&client).await;
 
         #[track_caller]
         fn invalid(r: Result<impl std::fmt::Debug, Error>, property: &str, packet: &str) {
@@ -605,12 +600,7 @@ async fn a_qos2_publish_ended_by_the_broker_says_the_broker_may_lack_qos2() {
         let hint = "a broker without QoS 2";
 
         // No QoS 2 support: the broker closes on the PUBLISH.
-        let (conn, mut fc) = tokio::join!(client.connect(), async {
-            let fc = fb.accept().await;
-            fc.send_connack(false, 0).await.unwrap();
-            fc
-        });
-        let conn = conn.unwrap();
+        let (conn, mut fc) = fb.connect(&client).await;
         let (r, _) = tokio::join!(conn.publish("t", "x").qos(QoS::ExactlyOnce), async {
             fc.expect(PacketType::Publish, EVENT).await;
             fc.close_fin().await;
@@ -621,12 +611,7 @@ async fn a_qos2_publish_ended_by_the_broker_says_the_broker_may_lack_qos2() {
         drop(conn);
 
         // QoS 2 works, then the link goes: no hint.
-        let (conn, mut fc) = tokio::join!(client.connect(), async {
-            let fc = fb.accept().await;
-            fc.send_connack(false, 0).await.unwrap();
-            fc
-        });
-        let conn = conn.unwrap();
+        let (conn, mut fc) = fb.connect(&client).await;
         let (r, _) = tokio::join!(conn.publish("t", "1").qos(QoS::ExactlyOnce), async {
             let p = fc.expect(PacketType::Publish, EVENT).await;
             let id = p.packet_id().unwrap();

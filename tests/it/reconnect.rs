@@ -309,12 +309,7 @@ async fn backoff_grows_with_jitter_and_is_capped() {
             .reconnect(policy)
             .build()
             .unwrap();
-        let (conn, mut fc) = tokio::join!(client.connect(), async {
-            let fc = fb.accept().await;
-            fc.send_connack(false, 0).await.unwrap();
-            fc
-        });
-        let conn = conn.unwrap();
+        let (conn, mut fc) = fb.connect(&client).await;
         let mut events = conn.events();
 
         // The loss, then ATTEMPTS refusals (CONNACK 3, Server unavailable): for each
@@ -455,12 +450,7 @@ async fn session_taken_over_on_v5_ends_the_connection() {
             .reconnect(fast())
             .build()
             .unwrap();
-        let (conn, fc) = tokio::join!(client.connect(), async {
-            let fc = fb.accept().await;
-            fc.send_connack(false, 0).await.unwrap();
-            fc
-        });
-        let conn = conn.unwrap();
+        let (conn, fc) = fb.connect(&client).await;
         let mut events = conn.events();
         let mut messages = conn.messages();
         fc.send(&packets::disconnect_v5(0x8E, &[])).await.unwrap();

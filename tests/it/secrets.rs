@@ -172,12 +172,7 @@ async fn password_never_reaches_any_log_record() {
             .logger("secrets-test")
             .build()
             .unwrap();
-        let (conn, mut fc) = tokio::join!(client.connect(), async {
-            let fc = fb.accept().await;
-            fc.send_connack(false, 0).await.unwrap();
-            fc
-        });
-        let conn = conn.unwrap();
+        let (conn, mut fc) = fb.connect(&client).await;
         let flags = fc.connect.packet.as_ref().and_then(|p| p.connect_flags());
         assert_eq!(
             flags.map(|f| f & 0xC0),
